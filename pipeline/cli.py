@@ -1,0 +1,87 @@
+"""The `datagen` command: run stages, show config, review outputs."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from pipeline.config import dump_config, load_config
+from pipeline.errors import DatagenError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="Build phi-style textbook-quality pretraining corpora.")
+config_app = typer.Typer(help="Inspect the resolved configuration.")
+app.add_typer(config_app, name="config")
+
+ARGS_HELP = "stage=NAME and key=value config overrides (dotted keys, YAML values)"
+
+
+def _split_stage(args: list[str]) -> tuple[str | None, list[str]]:
+    stage = None
+    rest = []
+    for a in args:
+        if a.startswith("stage="):
+            stage = a.split("=", 1)[1] or None
+        else:
+            rest.append(a)
+    return stage, rest
+
+
+@app.command()
+def run(args: list[str] = typer.Argument(None, help=ARGS_HELP)) -> None:
+    """Run one stage (stage=NAME) or every stage in order."""
+    from pipeline.stages import resolve_stage, run_pipeline
+    from pipeline.summary import print_summary
+
+    stage, overrides = _split_stage(args or [])
+    cfg = load_config(overrides)
+    resolve_stage(stage)  # unknown stage fails before any work
+    console = Console(stderr=True)
+    results = run_pipeline(cfg, stage, console)
+    print_summary(results, Console())
+
+
+@app.command()
+def review(args: list[str] = typer.Argument(None, help=ARGS_HELP)) -> None:
+    """Write a self-contained HTML report of sampled outputs and print its path."""
+    try:
+        from pipeline.review import write_review
+    except ImportError:
+        raise DatagenError("review is not available in this version") from None
+    stage, overrides = _split_stage(args or [])
+    cfg = load_config(overrides)
+    path = write_review(cfg, stage)
+    print(path)
+
+
+@config_app.command("show")
+def config_show(args: list[str] = typer.Argument(None, help="key=value overrides")) -> None:
+    """Print the resolved config (defaults + overrides) as YAML."""
+    _, overrides = _split_stage(args or [])
+    print(dump_config(load_config(overrides)), end="")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except DatagenError as e:
+        print(f"datagen: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("datagen: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("datagen: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

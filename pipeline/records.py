@@ -1,0 +1,83 @@
+"""Record types that travel between stages (one JSON object per line in shards)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def stable_id(*parts: object, prefix: str = "") -> str:
+    """A short content hash: same parts give the same id on every machine."""
+    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
+    return f"{prefix}{h}"
+
+
+class PlanItem(BaseModel):
+    """One generation request: topic x audience x format x vocabulary constraint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    topic: str
+    subject: str = ""  # the chapter/area the topic belongs to
+    audience: str
+    format: str
+    words: list[str]
+    seed_text: str | None = None  # optional web extract the request is grounded on
+
+
+class Document(BaseModel):
+    """A text document, synthetic or web; the same type flows through filter, web and emit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    text: str
+    source: Literal["synthetic", "web"] = "synthetic"
+    # plan fields (synthetic)
+    topic: str | None = None
+    subject: str | None = None
+    audience: str | None = None
+    format: str | None = None
+    required_words: list[str] = Field(default_factory=list)
+    # generation provenance (synthetic)
+    template: str | None = None
+    messages: list[dict[str, str]] | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    created_at: str | None = None
+    # web provenance
+    url: str | None = None
+    source_file: str | None = None
+    warc_record_id: str | None = None
+    offset: int | None = None
+    fetch_date: str | None = None
+    language: str | None = None
+    # filter results: scores are kept so thresholds can change without rescoring
+    scores: dict[str, float] = Field(default_factory=dict)
+    drop_reason: str | None = None
+    cluster_id: str | None = None
+    kept_id: str | None = None
+
+
+class Failure(BaseModel):
+    """An item that failed after the last retry, with the reason (never an empty text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    reason: str
+    attempts: int
+    created_at: str = Field(default_factory=utc_now)
+    template: str | None = None
+    model: str | None = None

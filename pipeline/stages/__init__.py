@@ -1,0 +1,124 @@
+"""Stage registry and driver.
+
+Each stage is a module ``pipeline.stages.<name>`` with one entry point
+``run(cfg, run, console) -> dict`` (the dict goes into the stage's manifest) and a tuple
+``CONFIG_KEYS`` naming the config keys that define its output. A stage's config hash covers
+those keys and the hashes of the stages it reads from, so a changed plan makes generate stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import shutil
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from rich.console import Console
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import DatagenError
+from pipeline.records import utc_now
+from pipeline.runs import Run
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    needs: tuple[str, ...] = ()
+
+    def module(self) -> ModuleType:
+        return importlib.import_module(f"pipeline.stages.{self.name}")
+
+
+# Data flows one way, in this order. `datagen run` runs them all.
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("plan"),
+    StageSpec("generate", needs=("plan",)),
+)
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def stage_hash(cfg: PipelineConfig, run: Run, spec: StageSpec) -> str:
+    upstream = []
+    for dep in spec.needs:
+        m = run.read_manifest(dep) or {}
+        upstream.append(m.get("config_hash", stage_hash(cfg, run, BY_NAME[dep])))
+    keys = tuple(spec.module().CONFIG_KEYS)
+    own = cfg.section_hash(*keys) if keys else ""
+    return _combine(own, upstream)
+
+
+def _combine(own: str, upstream: list[str]) -> str:
+    return hashlib.sha256("|".join([own, *upstream]).encode()).hexdigest()[:16]
+
+
+def _closure(name: str) -> list[str]:
+    """The stage and everything it reads from, in pipeline order."""
+    need: set[str] = set()
+    todo = [name]
+    while todo:
+        s = todo.pop()
+        if s not in need:
+            need.add(s)
+            todo.extend(BY_NAME[s].needs)
+    return [s.name for s in STAGES if s.name in need]
+
+
+def resolve_stage(name: str | None) -> list[str]:
+    if name is None:
+        return [s.name for s in STAGES]
+    if name not in BY_NAME:
+        allowed = ", ".join(BY_NAME)
+        raise DatagenError(f"unknown stage '{name}' (allowed: {allowed})")
+    return _closure(name)
+
+
+def run_pipeline(cfg: PipelineConfig, stage: str | None, console: Console) -> list[dict[str, Any]]:
+    """Run ``stage`` (and any upstream stage not yet finished) or every stage in order."""
+    run = Run(cfg.run.root, cfg.run.name)
+    order = resolve_stage(stage)
+    targets = set(order) if stage is None else {stage}
+    results = []
+    for name in order:
+        spec = BY_NAME[name]
+        h = stage_hash(cfg, run, spec)
+        manifest = run.read_manifest(name)
+        redo = cfg.force and (name in targets or (manifest or {}).get("config_hash") != h)
+        if manifest and manifest.get("config_hash") != h and not redo:
+            raise DatagenError(
+                f"{run.path / name}: stage '{name}' was run with a different config "
+                f"(its inputs or {', '.join(spec.module().CONFIG_KEYS) or 'settings'} changed); "
+                f"pass force=true to redo it, or run.name=NEW for a separate run"
+            )
+        if manifest and manifest.get("status") == "finished" and not redo:
+            if not (name == "generate" and cfg.retry_failed):
+                console.print(f"[dim]{name}: finished earlier, skipped ({run.path / name})[/]")
+                results.append(manifest)
+                continue
+        if redo and (run.path / name).exists():
+            shutil.rmtree(run.path / name)
+        results.append(_run_one(cfg, run, spec, h, console))
+    return results
+
+
+def _run_one(cfg: PipelineConfig, run: Run, spec: StageSpec, h: str,
+             console: Console) -> dict[str, Any]:
+    started, t0 = utc_now(), time.perf_counter()
+    base = {"stage": spec.name, "config_hash": h, "started_at": started, "run": str(run.path)}
+    run.stage_dir(spec.name)
+    run.write_manifest(spec.name, {**base, "status": "running"})
+    console.rule(f"[bold]{spec.name}")
+    try:
+        out = spec.module().run(cfg, run, console)
+    except BaseException as e:
+        reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        run.write_manifest(spec.name, {**base, "status": "failed", "error": reason[:500],
+                                       "elapsed_s": round(time.perf_counter() - t0, 3)})
+        raise
+    manifest = {**base, "status": "finished", **out, "finished_at": utc_now(),
+                "elapsed_s": round(time.perf_counter() - t0, 3)}
+    run.write_manifest(spec.name, manifest)
+    return manifest
