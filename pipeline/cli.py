@@ -64,23 +64,24 @@ def config_show(args: list[str] = typer.Argument(None, help="key=value overrides
     print(dump_config(load_config(overrides)), end="")
 
 
+INTERRUPTED = "datagen: interrupted; run the same command again to resume"
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # typer turns Ctrl-C into a returned 130 when not in standalone mode
+        rv = app(standalone_mode=False)
     except DatagenError as e:
         print(f"datagen: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
-        print("datagen: interrupted; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("datagen: interrupted; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        rv = 130
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+    if rv == 130:
+        print(INTERRUPTED, file=sys.stderr)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

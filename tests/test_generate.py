@@ -1,0 +1,202 @@
+"""generate against a fake OpenAI-compatible server: fault injection, resume, budget, secrets.
+
+The fake server is for fault injection only; real generation is tested in test_e2e_teacher.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import datagen
+from fake_openai import FakeOpenAI, ServerThread, request_key
+
+SCRIPTS = [
+    [],                      # ok
+    ["429"],                 # rate limited once, Retry-After: 1
+    ["500", "500"],          # two server errors
+    ["slow"],                # slower than teacher.timeout_s
+    ["malformed"],           # truncated JSON body
+    ["drop"],                # connection closed without a response
+    ["always500"] * 20,      # never recovers -> failure with reason
+    ["empty", "429"],        # empty completion, then rate limited
+]
+FAST = ["teacher.max_retries=3", "teacher.backoff_initial_s=0.05", "teacher.backoff_max_s=0.2",
+        "teacher.timeout_s=1", "teacher.concurrency=8"]
+
+
+def script_for(key: str) -> list[str]:
+    return SCRIPTS[int(key, 16) % len(SCRIPTS)]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def gen_args(url: str, *extra: str) -> list[str]:
+    return ["run", "stage=generate", f"teacher.base_url={url}", "teacher.model=fake-model", *extra]
+
+
+def test_every_item_ends_as_output_or_failure_and_nothing_is_requested_after_success(tmp_path):
+    fake = FakeOpenAI(slow_s=3.0, script=script_for)
+    with ServerThread(fake) as srv:
+        r = datagen(*gen_args(srv.url, "plan.n=40", *FAST), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        gen = tmp_path / "runs/default/generate"
+        plan_ids = {p["id"] for p in read_jsonl(tmp_path / "runs/default/plan/plan.jsonl")}
+        outputs, failures = read_jsonl(gen / "outputs.jsonl"), read_jsonl(gen / "failures.jsonl")
+        out_ids, fail_ids = [o["id"] for o in outputs], [f["id"] for f in failures]
+        assert len(out_ids) == len(set(out_ids))
+        assert set(out_ids) | set(fail_ids) == plan_ids
+        assert not set(out_ids) & set(fail_ids)
+        # every fault kind occurred, and only the never-recovering one ends as a failure
+        kinds = {tuple(script_for(k)) for k in fake.attempts}
+        assert len(kinds) == len(SCRIPTS)
+        never = [k for k in fake.attempts if script_for(k) == SCRIPTS[6]]
+        assert len(failures) == len(never) > 0
+        assert all(f["reason"].startswith("http_500") and f["attempts"] == 4 for f in failures)
+        assert all(o["text"].startswith("A fake answer") for o in outputs)  # never empty
+        for k, n in fake.attempts.items():
+            s = script_for(k)
+            if s != SCRIPTS[6]:
+                assert n == len(s) + 1, (k, s, n)  # retried exactly until success
+        assert sum(fake.after_success.values()) == 0
+        manifest = json.loads((gen / "manifest.json").read_text())
+        assert manifest["failed"] == len(failures) and manifest["items"] == len(outputs)
+        assert manifest["cost_usd"] is None  # fake-model has no price: unknown, not 0
+        assert manifest["summary"]["cost_usd"] == "unknown"
+
+        # rerun: finished stage is skipped; retry_failed reruns only the failures
+        before = fake.total
+        r = datagen(*gen_args(srv.url, "plan.n=40", *FAST), cwd=tmp_path)
+        assert r.returncode == 0 and fake.total == before
+        r = datagen(*gen_args(srv.url, "plan.n=40", "retry_failed=true", *FAST), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert fake.total - before == 4 * len(never)  # only failed items, 4 attempts each
+        assert sum(fake.after_success.values()) == 0
+        assert len(read_jsonl(gen / "failures.jsonl")) == len(never)
+        assert len(read_jsonl(gen / "outputs.jsonl")) == len(outputs)
+
+
+def test_retry_failed_moves_recovered_items_to_outputs(tmp_path):
+    flaky = {"fail": True}
+
+    def script(key: str) -> list[str]:
+        return ["always500"] * 4 if flaky["fail"] and int(key, 16) % 3 == 0 else []
+
+    fake = FakeOpenAI(script=script)
+    with ServerThread(fake) as srv:
+        args = gen_args(srv.url, "plan.n=12", *FAST)
+        assert datagen(*args, cwd=tmp_path).returncode == 0
+        gen = tmp_path / "runs/default/generate"
+        n_failed = len(read_jsonl(gen / "failures.jsonl"))
+        assert n_failed > 0
+        flaky["fail"] = False
+        fake.attempts.clear()
+        r = datagen(*args, "retry_failed=true", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert read_jsonl(gen / "failures.jsonl") == []
+        assert len(read_jsonl(gen / "outputs.jsonl")) == 12
+        # first run: successes + 4 attempts per failure; retry: one request per failed item
+        assert fake.total == (12 - n_failed) + n_failed * 4 + n_failed
+
+
+def test_non_retryable_error_fails_at_once_with_reason(tmp_path):
+    fake = FakeOpenAI(script=lambda key: ["400"])
+    with ServerThread(fake) as srv:
+        r = datagen(*gen_args(srv.url, "plan.n=3", *FAST), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        failures = read_jsonl(tmp_path / "runs/default/generate/failures.jsonl")
+        assert len(failures) == 3 and all(f["reason"].startswith("http_400") for f in failures)
+        assert fake.total == 3
+
+
+def _kill_midway(cmd: list[str], cwd: Path, outputs: Path, min_lines: int) -> None:
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *cmd], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if outputs.exists() and len(outputs.read_bytes().splitlines()) >= min_lines:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
+    fake = FakeOpenAI(latency_s=0.1)
+    with ServerThread(fake) as srv:
+        base = gen_args(srv.url, "plan.n=40", "teacher.concurrency=4")
+        crashed = tmp_path / "runs/crashed/generate/outputs.jsonl"
+        _kill_midway([*base, "run.name=crashed"], tmp_path, crashed, min_lines=8)
+        finished_before = read_jsonl(crashed)
+        assert 8 <= len(finished_before) < 40
+        attempts_at_kill = dict(fake.attempts)
+        r = datagen(*base, "run.name=crashed", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        # items finished before the kill were not requested again; items in flight at the
+        # kill (answered by the server, never received) were asked at most once more
+        for o in finished_before:
+            assert fake.attempts[request_key(o["messages"])] == 1
+        assert all(fake.attempts[k] <= n + 1 for k, n in attempts_at_kill.items())
+        assert sum(fake.attempts.values()) <= 40 + 4
+        r = datagen(*base, "run.name=clean", "teacher.cache_dir=" + str(tmp_path / "c2"),
+                    cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    crashed_ids = [o["id"] for o in read_jsonl(crashed)]
+    clean = read_jsonl(tmp_path / "runs/clean/generate/outputs.jsonl")
+    assert len(crashed_ids) == len(set(crashed_ids)) == 40
+    assert set(crashed_ids) == {o["id"] for o in clean}
+    assert {o["id"]: o["text"] for o in read_jsonl(crashed)} == {o["id"]: o["text"] for o in clean}
+
+
+def test_budget_stops_before_it_is_exceeded_and_keeps_what_finished(tmp_path):
+    fake = FakeOpenAI(completion_tokens=1000)
+    price = "teacher.prices={fake-model: {input_per_mtok: 100, output_per_mtok: 100}}"
+    with ServerThread(fake) as srv:
+        # each request: ~(prompt + 600 max_tokens) estimated, 1100 actual tokens at $100/M
+        r = datagen(*gen_args(srv.url, "plan.n=20", price, "budget.max_cost_usd=0.8",
+                              "teacher.concurrency=2"), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((tmp_path / "runs/default/generate/manifest.json").read_text())
+        assert m["status"] == "stopped" and m["summary"]["stopped"] == "budget"
+        assert 0 < m["items"] < 20
+        assert m["cost_usd"] <= 0.8
+        assert m["cost_usd"] == round(m["items"] * 1100 * 100 / 1e6, 6)
+        # a larger budget continues where it stopped, without re-requesting
+        r = datagen(*gen_args(srv.url, "plan.n=20", price, "budget.max_cost_usd=5"),
+                    cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((tmp_path / "runs/default/generate/manifest.json").read_text())
+        assert m["status"] == "finished" and m["items"] == 20
+        assert sum(fake.after_success.values()) == 0
+
+
+def test_api_key_is_used_but_written_nowhere(tmp_path):
+    secret = "sk-test-DO-NOT-LEAK-4f1c2a9e"
+    fake = FakeOpenAI(script=lambda key: ["429"] if int(key, 16) % 2 else ["always500"] * 9)
+    with ServerThread(fake) as srv:
+        r = datagen(*gen_args(srv.url, "plan.n=6", "teacher.api_key_env=MY_KEY", *FAST),
+                    cwd=tmp_path, env={"MY_KEY": secret})
+        assert r.returncode == 0, r.stderr
+    assert f"Bearer {secret}" in fake.auth_headers
+    assert secret not in r.stdout + r.stderr
+    files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert any(p.name == "failures.jsonl" for p in files) and len(files) > 5
+    for p in files:
+        assert secret.encode() not in p.read_bytes(), p
+
+
+def test_request_key_matches_what_the_pipeline_sends(tmp_path):
+    """Guards the fault tests: the server's per-request key is derived from the messages."""
+    fake = FakeOpenAI()
+    with ServerThread(fake) as srv:
+        assert datagen(*gen_args(srv.url, "plan.n=2"), cwd=tmp_path).returncode == 0
+    outs = read_jsonl(tmp_path / "runs/default/generate/outputs.jsonl")
+    assert {request_key(o["messages"]) for o in outs} == set(fake.attempts)
