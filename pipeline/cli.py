@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import click
 import typer
@@ -17,6 +18,7 @@ config_app = typer.Typer(help="Inspect the resolved configuration.")
 app.add_typer(config_app, name="config")
 
 ARGS_HELP = "stage=NAME and key=value config overrides (dotted keys, YAML values)"
+Args = Annotated[list[str] | None, typer.Argument(help=ARGS_HELP)]
 
 
 def _split_stage(args: list[str]) -> tuple[str | None, list[str]]:
@@ -31,7 +33,7 @@ def _split_stage(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 @app.command()
-def run(args: list[str] = typer.Argument(None, help=ARGS_HELP)) -> None:
+def run(args: Args = None) -> None:
     """Run one stage (stage=NAME) or every stage in order."""
     from pipeline.stages import resolve_stage, run_pipeline
     from pipeline.summary import print_summary
@@ -45,7 +47,7 @@ def run(args: list[str] = typer.Argument(None, help=ARGS_HELP)) -> None:
 
 
 @app.command()
-def review(args: list[str] = typer.Argument(None, help=ARGS_HELP)) -> None:
+def review(args: Args = None) -> None:
     """Write a self-contained HTML report of sampled outputs and print its path."""
     try:
         from pipeline.review import write_review
@@ -58,7 +60,7 @@ def review(args: list[str] = typer.Argument(None, help=ARGS_HELP)) -> None:
 
 
 @config_app.command("show")
-def config_show(args: list[str] = typer.Argument(None, help="key=value overrides")) -> None:
+def config_show(args: Args = None) -> None:
     """Print the resolved config (defaults + overrides) as YAML."""
     _, overrides = _split_stage(args or [])
     print(dump_config(load_config(overrides)), end="")

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the provenance table written by main() is long Markdown lines)
 """Build the plan's data files in data/ from real sources (rerun to refresh them).
 
   python scripts/build_data.py            # needs the `build` extra: pip install -e '.[build]'
@@ -21,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-OPENSTAX = SHARED / "text" / "openstax_python" / "osbooks-introduction-python-programming.cnxml.tar.xz"
+OPENSTAX = (SHARED / "text" / "openstax_python"
+            / "osbooks-introduction-python-programming.cnxml.tar.xz")
 
 # Cosmopedia's audiences (github.com/huggingface/cosmopedia, prompts; Ben Allal et al. 2024)
 COSMOPEDIA_AUDIENCES = [

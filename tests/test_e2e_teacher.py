@@ -22,7 +22,8 @@ SMALL = ["teacher.max_tokens=48", "teacher.concurrency=2"]
 
 @pytest.fixture
 def port() -> int:
-    """A port of our own, so the test finds its server among any others on the machine."""
+    """Ports of our own (this one and the next, one server per core), so the test finds its
+    servers among any others on the machine."""
     import socket
 
     with socket.socket() as s:
@@ -38,7 +39,8 @@ def llama_servers(port: int) -> list[int]:
                 cmd = (p / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"llama_cpp.server" in cmd and f"--port\0{port}\0".encode() in cmd:
+            ours = any(f"--port\0{p}\0".encode() in cmd for p in (port, port + 1))
+            if b"llama_cpp.server" in cmd and ours:
                 pids.append(int(p.name))
     return pids
 
@@ -52,7 +54,8 @@ def wait_gone(port: int, deadline_s: float = 15) -> list[int]:
 
 def test_generate_writes_real_text_from_the_embedded_teacher(tmp_path, port):
     assert llama_servers(port) == []
-    r = datagen("run", "stage=generate", "plan.n=3", *SMALL, f"teacher.local.port={port}", cwd=tmp_path)
+    r = datagen("run", "stage=generate", "plan.n=3", *SMALL, f"teacher.local.port={port}",
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     gen = tmp_path / "runs/default/generate"
     docs = [json.loads(line) for line in (gen / "outputs.jsonl").read_text().splitlines()]
@@ -80,6 +83,10 @@ def test_ctrl_c_stops_the_server_and_a_rerun_resumes(tmp_path, port):
     while not llama_servers(port) and time.monotonic() < end:
         time.sleep(0.1)
     assert llama_servers(port), "server did not start"
+    # one server per core: llama-cpp-python's server runs one request at a time
+    while len(llama_servers(port)) < min(2, os.cpu_count() or 1) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert len(llama_servers(port)) == min(2, os.cpu_count() or 1)
     out = tmp_path / "runs/default/generate/outputs.jsonl"
     while not (out.exists() and out.read_text().strip()) and time.monotonic() < end:
         time.sleep(0.1)
@@ -91,7 +98,8 @@ def test_ctrl_c_stops_the_server_and_a_rerun_resumes(tmp_path, port):
     m = json.loads((tmp_path / "runs/default/generate/manifest.json").read_text())
     assert m["status"] == "failed" and m["error"] == "interrupted"
     done = len(out.read_text().splitlines())
-    r = datagen("run", "stage=generate", "plan.n=6", *SMALL, f"teacher.local.port={port}", cwd=tmp_path)
+    r = datagen("run", "stage=generate", "plan.n=6", *SMALL, f"teacher.local.port={port}",
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"{done} done earlier" in r.stderr
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]

@@ -27,6 +27,11 @@ OUTPUTS = "outputs.jsonl"
 FAILURES = "failures.jsonl"
 
 
+def rerun_requested(cfg: PipelineConfig) -> bool:
+    """retry_failed=true reruns a finished generate stage for its failed items only."""
+    return cfg.retry_failed
+
+
 def _ids(path: Path, model: type[Document] | type[Failure]) -> set[str]:
     if not path.exists():
         return set()

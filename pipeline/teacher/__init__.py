@@ -48,12 +48,11 @@ def _api_key(cfg: PipelineConfig, base_url: str) -> str:
 async def open_teacher(cfg: PipelineConfig, run: Run, console: Console) -> AsyncIterator[Teacher]:
     cache = ResponseCache(cache_dir(cfg)) if cfg.teacher.cache else None
     with contextlib.ExitStack() as stack:
-        base_url = cfg.teacher.base_url
-        if not base_url:
-            log = run.path / "logs" / "teacher-server.log"
-            base_url = stack.enter_context(
-                local_server(cfg.teacher.local, cfg.teacher.model, log, console))
-        teacher = Teacher(cfg.teacher, base_url, _api_key(cfg, base_url), cache)
+        urls = [cfg.teacher.base_url]
+        if not cfg.teacher.base_url:
+            urls = stack.enter_context(
+                local_server(cfg.teacher.local, cfg.teacher.model, run.path / "logs", console))
+        teacher = Teacher(cfg.teacher, urls, _api_key(cfg, urls[0]), cache)
         try:
             yield teacher
         finally:

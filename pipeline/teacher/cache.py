@@ -1,18 +1,20 @@
 """Content-addressed response cache: key = model + messages + sampling params.
 
-One small JSON file per successful response under ``<dir>/<key[:2]>/<key>.json``, written
-atomically, so a rerun (or a run killed with -9) never pays twice for a finished request.
-Nothing here ever holds the API key.
+A SQLite file (WAL mode) holding one row per successful response, committed as each
+response arrives: a rerun, or a run restarted after kill -9, never pays twice for a finished
+request. Committed rows survive a killed process (WAL writes reach the OS at commit); several
+processes may share one cache. Nothing here ever holds the API key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import sqlite3
 from pathlib import Path
 from typing import Any
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
 def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
@@ -24,22 +26,25 @@ def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]
 class ResponseCache:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-
-    def _path(self, key: str) -> Path:
-        return self.folder / key[:2] / f"{key}.json"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "responses.sqlite"
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: no fsync per commit; committed data survives a process kill (not a power cut,
+        # which costs at most a repeat request for the last responses)
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(SCHEMA)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self._path(key).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        row = self.db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        # no fsync: the data survives a killed process (it is in the OS page cache);
-        # a cache entry lost to a power cut only costs one repeat request
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(value, f, ensure_ascii=False)
-        os.replace(tmp, path)
+        self.db.execute("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
+                        (key, json.dumps(value, ensure_ascii=False)))
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM responses").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()

