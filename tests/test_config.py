@@ -103,3 +103,10 @@ def test_plan_stage_writes_plan_and_is_not_redone(tmp_path):
     assert r.returncode == 2 and "force=true" in r.stderr
     r = datagen("run", "stage=plan", "plan.n=6", "force=true", cwd=tmp_path)
     assert r.returncode == 0 and len(plan.read_bytes().splitlines()) == 6
+
+
+def test_missing_web_input_fails_before_any_stage_runs(tmp_path):
+    r = datagen("run", "web.inputs=[/nonexistent/crawl.warc.gz]", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "/nonexistent/crawl.warc.gz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # plan did not run

@@ -2,8 +2,12 @@
 
 Each stage is a module ``pipeline.stages.<name>`` with one entry point
 ``run(cfg, run, console) -> dict`` (the dict goes into the stage's manifest) and a tuple
-``CONFIG_KEYS`` naming the config keys that define its output. A stage's config hash covers
-those keys and the hashes of the stages it reads from, so a changed plan makes generate stale.
+``CONFIG_KEYS`` naming the config keys that define its output. Optional hooks:
+``preflight(cfg)`` checks inputs that need no upstream output, and runs for every stage
+before any stage does (a missing input path fails before any work starts);
+``rerun_requested(cfg)`` asks to run a finished stage again (generate with retry_failed).
+A stage's config hash covers its keys and the hashes of the stages it reads from, so a
+changed plan makes generate stale.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ class StageSpec:
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("plan"),
     StageSpec("generate", needs=("plan",)),
+    StageSpec("annotate", needs=("generate",)),
+    StageSpec("train_classifier", needs=("annotate",)),
+    StageSpec("filter", needs=("generate", "train_classifier")),
+    StageSpec("web", needs=("filter",)),
+    StageSpec("emit", needs=("filter", "web")),
 )
 BY_NAME = {s.name: s for s in STAGES}
 
@@ -81,6 +90,9 @@ def run_pipeline(cfg: PipelineConfig, stage: str | None, console: Console) -> li
     run = Run(cfg.run.root, cfg.run.name)
     order = resolve_stage(stage)
     targets = set(order) if stage is None else {stage}
+    for name in order:
+        if preflight := getattr(BY_NAME[name].module(), "preflight", None):
+            preflight(cfg)
     results = []
     for name in order:
         spec = BY_NAME[name]
@@ -93,11 +105,12 @@ def run_pipeline(cfg: PipelineConfig, stage: str | None, console: Console) -> li
                 f"(its inputs or {', '.join(spec.module().CONFIG_KEYS) or 'settings'} changed); "
                 f"pass force=true to redo it, or run.name=NEW for a separate run"
             )
-        if manifest and manifest.get("status") == "finished" and not redo:
-            if not (name == "generate" and cfg.retry_failed):
-                console.print(f"[dim]{name}: finished earlier, skipped ({run.path / name})[/]")
-                results.append(manifest)
-                continue
+        # a stage may ask to run again although finished (generate with retry_failed=true)
+        rerun = getattr(spec.module(), "rerun_requested", lambda c: False)(cfg)
+        if manifest and manifest.get("status") == "finished" and not redo and not rerun:
+            console.print(f"[dim]{name}: finished earlier, skipped ({run.path / name})[/]")
+            results.append(manifest)
+            continue
         if redo and (run.path / name).exists():
             shutil.rmtree(run.path / name)
         results.append(_run_one(cfg, run, spec, h, console))

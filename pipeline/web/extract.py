@@ -1,0 +1,115 @@
+"""HTML -> main text, with charset handling that never crashes.
+
+``decode_html`` turns raw bytes into text: the declared charset (HTTP header, else a
+``<meta charset>`` in the first bytes), else UTF-8; invalid bytes become U+FFFD and are
+counted. ``extract_text`` runs the configured extractor (trafilatura by default, the most
+accurate of six extractors measured here with ``include_comments=False``; resiliparse is
+about 14x faster and less exact) and keeps paragraphs as separate lines.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import re
+from dataclasses import dataclass
+
+from pipeline.errors import DatagenError
+
+EXTRACTORS = ("trafilatura", "resiliparse")
+HTML_TYPES = ("text/html", "application/xhtml+xml", "application/xml+xhtml")
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+_HTML_SNIFF = re.compile(rb"<(!doctype html|html|head|body|title|div|p)[\s>]", re.I)
+
+
+_REPLACED = [0]
+
+
+def _count_and_replace(err: UnicodeError) -> tuple[str, int]:
+    """Like errors="replace" (one U+FFFD per bad sequence), counting the bytes replaced."""
+    assert isinstance(err, UnicodeDecodeError)
+    _REPLACED[0] += err.end - err.start
+    return "\ufffd", err.end
+
+
+codecs.register_error("datagen_replace", _count_and_replace)
+
+
+@dataclass
+class Decoded:
+    text: str
+    charset: str
+    replaced: int  # invalid bytes replaced by U+FFFD
+    unknown_charset: bool  # the declared charset was not a known codec
+
+
+def is_binary(payload: bytes) -> bool:
+    """NUL bytes in the first KiB: an image, PDF, archive... never text."""
+    return b"\x00" in payload[:1024]
+
+
+def looks_like_html(payload: bytes) -> bool:
+    return _HTML_SNIFF.search(payload[:4096]) is not None
+
+
+def is_html(content_type: str | None, payload: bytes) -> bool:
+    """Declared HTML, or undeclared bytes that look like HTML."""
+    if content_type:
+        return content_type in HTML_TYPES
+    return looks_like_html(payload)
+
+
+def decode_html(payload: bytes, declared: str | None = None) -> Decoded:
+    """Bytes -> str with the declared/meta charset, else UTF-8; bad bytes replaced and counted."""
+    unknown = False
+    charset = declared
+    if not charset:
+        m = _META_CHARSET.search(payload[:4096])
+        charset = m.group(1).decode("ascii", "replace").lower() if m else None
+    if charset:
+        try:
+            charset = codecs.lookup(charset).name
+        except LookupError:
+            unknown, charset = True, None
+    charset = charset or "utf-8"
+    _REPLACED[0] = 0
+    text = payload.decode(charset, errors="datagen_replace")
+    return Decoded(text, charset, _REPLACED[0], unknown)
+
+
+class Extractor:
+    """Main-text extraction with trafilatura (default) or resiliparse."""
+
+    def __init__(self, name: str = "trafilatura", include_tables: bool = True,
+                 fast: bool = False) -> None:
+        if name not in EXTRACTORS:
+            raise DatagenError(f"web.extractor: unknown extractor '{name}' "
+                               f"(allowed: {', '.join(EXTRACTORS)})")
+        self.name = name
+        self.include_tables = include_tables
+        self.fast = fast
+        if name == "resiliparse":
+            try:
+                import resiliparse  # noqa: F401
+            except ImportError:
+                raise DatagenError("web.extractor=resiliparse needs the resiliparse package "
+                                   "(pip install resiliparse)") from None
+        else:
+            # trafilatura logs every page it finds too short: that is our funnel's job
+            logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
+
+    def __call__(self, html: str, url: str | None = None) -> str:
+        """Main text with one paragraph per line ('' when nothing is found)."""
+        if self.name == "resiliparse":
+            from resiliparse.extract.html2text import extract_plain_text
+
+            text = extract_plain_text(html, main_content=True, alt_texts=False,
+                                      preserve_formatting=True, list_bullets=False)
+        else:
+            import trafilatura
+
+            text = trafilatura.extract(html, url=url, include_comments=False,
+                                       include_tables=self.include_tables, fast=self.fast,
+                                       output_format="txt", deduplicate=False) or ""
+        lines = (ln.strip() for ln in text.splitlines())
+        return "\n".join(ln for ln in lines if ln)

@@ -1,0 +1,708 @@
+"""Streaming readers for web data: WARC/WET (warcio), ARC v1/v2, HTML files, JSONL (plain,
+.gz, .zst), parquet and Hugging Face ``datasets`` (streaming).
+
+Every reader yields :class:`WebRecord` one at a time and never holds a file in memory. Damage
+is counted in :class:`ReadStats` (one line per problem naming the file and offset) and the
+rest of the file is still read where the format allows it:
+
+- a corrupt record in a per-record-gzip WARC: skipped, reading resumes at the next gzip member;
+- a truncated file: the records before the damage are yielded, the cut record is counted;
+- a WARC that is ONE gzip stream (warcio refuses those): read again as a decompressed stream;
+- ARC v1 (warcio rejects it): parsed here from its ``URL IP date mime length`` header lines;
+- records without an HTTP header block (Wayback exports): the block is the payload.
+
+Input problems found before reading (missing path, a folder or glob with no input files,
+unknown format) raise :class:`DatagenError` so a run fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as globlib
+import gzip
+import io
+import json
+import os
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+from warcio.archiveiterator import ArchiveIterator
+from warcio.bufferedreaders import BufferedReader, ChunkedDataReader
+from warcio.exceptions import ArchiveLoadFailed
+from warcio.statusandheaders import StatusAndHeadersParser, StatusAndHeadersParserException
+
+from pipeline import PROJECT_ROOT
+from pipeline.errors import DatagenError
+
+FORMATS = ("warc", "arc", "html", "jsonl", "parquet", "hf")
+
+# name endings -> format; WET is WARC with "conversion" records, WAT is WARC metadata only
+_SUFFIXES: tuple[tuple[str, str], ...] = (
+    (".warc.gz", "warc"), (".warc", "warc"), (".wet.gz", "warc"), (".wet", "warc"),
+    (".wat.gz", "warc"), (".arc.gz", "arc"), (".arc", "arc"),
+    (".html", "html"), (".htm", "html"), (".html.gz", "html"), (".xhtml", "html"),
+    (".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".jsonl.zst", "jsonl"), (".json.gz", "jsonl"),
+    (".ndjson", "jsonl"), (".json", "jsonl"), (".json.zst", "jsonl"),
+    (".parquet", "parquet"),
+)
+# WARC record types that carry a document; the rest (warcinfo, request, metadata, revisit)
+# are counted but not yielded
+CONTENT_TYPES = ("response", "resource", "conversion")
+_ARC_HEADER = re.compile(rb"^(\S+) (\S+) (\d{14}) (\S*) (?:.* )?(\d+)\r?\n?$")
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_MESSAGES = 50
+_HINT = " (set web.inputs=[PATH,...], or web.inputs=[] to skip web data)"
+_HTTP_PARSER = StatusAndHeadersParser(["HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/2.0"],
+                                      verify=False)
+
+
+@dataclass
+class WebRecord:
+    """One candidate document as read from an input, before extraction."""
+
+    source_file: str
+    offset: int | None
+    url: str | None = None
+    record_id: str | None = None
+    fetch_date: str | None = None
+    content_type: str | None = None  # mime type, lower case, no parameters
+    charset: str | None = None  # declared charset (HTTP header), if any
+    http_status: int | None = None
+    payload: bytes | None = None  # raw bytes to extract from (HTML)
+    text: str | None = None  # already plain text (WET conversion, JSONL, parquet, HF)
+    pos: int = 0  # input bytes consumed so far in this file (for progress)
+
+
+@dataclass
+class ReadStats:
+    """Counts of what the readers saw: record types, errors per kind, first messages."""
+
+    record_types: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    messages: list[str] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+
+    def error(self, kind: str, where: str, what: str) -> None:
+        self.errors[kind] += 1
+        if len(self.messages) < MAX_MESSAGES:
+            self.messages.append(f"{where}: {what}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "bytes": self.bytes,
+                "record_types": dict(sorted(self.record_types.items())),
+                "errors": dict(sorted(self.errors.items())), "error_messages": self.messages}
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """A resolved input: a file with its format, or a HF dataset name."""
+
+    path: str
+    format: str
+
+    @property
+    def size(self) -> int:
+        return 0 if self.format == "hf" else os.path.getsize(self.path)
+
+
+# --------------------------------------------------------------------------- resolving
+def format_of(name: str) -> str | None:
+    low = name.lower()
+    for suffix, fmt in _SUFFIXES:
+        if low.endswith(suffix):
+            return fmt
+    return None
+
+
+def sniff_format(path: Path) -> str | None:
+    """Guess a format from the first bytes (after gzip/zstd decompression)."""
+    try:
+        with _open_binary(path) as f:
+            head = f.read(64)
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError):
+        return None
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"WARC/"):
+        return "warc"
+    if head.startswith(b"filedesc://"):
+        return "arc"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"{"):
+        return "jsonl"
+    if head.startswith(b"<"):
+        return "html"
+    return None
+
+
+def _glob(pattern: str) -> list[str]:
+    """Expand a glob relative to the cwd, else to the project root (like cfg.project_path)."""
+    p = Path(pattern).expanduser()
+    if p.is_absolute():
+        return sorted(globlib.glob(str(p), recursive=True))
+    hits = sorted(globlib.glob(str(p), recursive=True))
+    return hits or sorted(globlib.glob(str(PROJECT_ROOT / p), recursive=True))
+
+
+def _resolve_path(item: str) -> Path | None:
+    p = Path(item).expanduser()
+    if p.is_absolute() or p.exists():
+        return p if p.exists() else None
+    q = PROJECT_ROOT / p
+    return q if q.exists() else None
+
+
+def resolve_inputs(inputs: list[str], fmt: str = "auto") -> list[InputSource]:
+    """Expand paths, globs and folders into input files, all checked before any work.
+
+    ``hf:NAME`` names a Hugging Face dataset (name or local path); everything else is a file,
+    a folder (searched recursively for known input files) or a glob.
+    """
+    if fmt != "auto" and fmt not in FORMATS:
+        raise DatagenError(f"web.format: unknown format '{fmt}' (allowed: auto, "
+                           f"{', '.join(FORMATS)})")
+    out: list[InputSource] = []
+    for item in inputs:
+        if item.startswith("hf:") or fmt == "hf":
+            name = item.removeprefix("hf:")
+            if not name:
+                raise DatagenError("web.inputs: 'hf:' needs a dataset name or path (hf:NAME)")
+            out.append(InputSource(name, "hf"))
+            continue
+        if any(ch in item for ch in "*?["):
+            files = [f for f in _glob(item) if os.path.isfile(f)]
+            if not files:
+                raise DatagenError(f"web.inputs: {item}: matches no file{_HINT}")
+            out.extend(_source(Path(f), fmt, strict=False, where=item) for f in files)
+            continue
+        p = _resolve_path(item)
+        if p is None:
+            raise DatagenError(f"web.inputs: {item}: no such file or folder{_HINT}")
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file()
+                           and (format_of(f.name) == fmt if fmt != "auto" else format_of(f.name)))
+            if not files:
+                kinds = fmt if fmt != "auto" else ", ".join(sorted({s for s, _ in _SUFFIXES}))
+                raise DatagenError(f"{p}: folder has no input files (looked for {kinds})")
+            out.extend(_source(f, fmt, strict=True, where=str(p)) for f in files)
+        else:
+            out.append(_source(p, fmt, strict=True, where=str(p)))
+    return [s for s in out if s is not None]
+
+
+def _source(path: Path, fmt: str, strict: bool, where: str) -> InputSource:
+    if fmt != "auto":
+        return InputSource(str(path), fmt)
+    found = format_of(path.name) or sniff_format(path)
+    if found is None:
+        if path.stat().st_size == 0:  # reported (not fatal) when read
+            return InputSource(str(path), "empty")
+        raise DatagenError(f"{path}: unknown input format (from {where}); "
+                           f"set web.format to one of {', '.join(FORMATS)}")
+    return InputSource(str(path), found)
+
+
+# --------------------------------------------------------------------------- helpers
+def _open_binary(path: Path | str) -> IO[bytes]:
+    """Open a file, transparently decompressing gzip (all members) or zstd."""
+    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    head = raw.read(4)
+    raw.seek(0)
+    if head.startswith(_GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if head.startswith(_ZSTD_MAGIC):
+        return io.BufferedReader(_ZstdReader(raw))  # type: ignore[return-value]
+    return raw
+
+
+class _ZstdReader(io.RawIOBase):
+    """zstd frames (one or more) as a raw stream; raises EOFError when the input ends inside
+    a frame (python-zstandard's stream_reader just stops, hiding a truncated file)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.fileobj = raw  # for _raw_pos
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._buf = b""
+        self._in_frame = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            chunk = self.raw.read(1 << 16)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd stream ends before the end of its frame")
+                return 0
+            while chunk:
+                self._in_frame = True
+                self._buf += self._d.decompress(chunk)
+                if self._d.eof:  # a frame ended: the rest starts a new one
+                    self._in_frame = False
+                    chunk = self._d.unused_data
+                    self._d = zstandard.ZstdDecompressor().decompressobj()
+                else:
+                    chunk = b""
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _raw_pos(f: IO[bytes]) -> int:
+    """Compressed bytes consumed: the position in the underlying file (for progress)."""
+    inner: Any = getattr(f, "fileobj", None)
+    try:
+        return int(inner.tell() if inner is not None else f.tell())
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def iso_date(value: str | None) -> str | None:
+    """WARC-Date (ISO), an HTTP date, or an ARC ``YYYYMMDDhhmmss`` stamp -> ISO 8601 UTC."""
+    if not value or value.strip().lower() in ("null", "none", "-"):
+        return None
+    v = value.strip()
+    if re.fullmatch(r"\d{14}", v):
+        with contextlib.suppress(ValueError):
+            return datetime.strptime(v, "%Y%m%d%H%M%S").replace(tzinfo=UTC).isoformat()
+        return None
+    if v[:4].isdigit() and "T" in v:
+        return v
+    try:
+        d = parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (d if d.tzinfo else d.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
+def split_content_type(value: str | None) -> tuple[str | None, str | None]:
+    """``text/html; charset=UTF-8`` -> (``text/html``, ``utf-8``)."""
+    if not value:
+        return None, None
+    parts = [p.strip() for p in value.split(";")]
+    mime = parts[0].lower() or None
+    charset = None
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        if k.strip().lower() == "charset" and v.strip():
+            charset = v.strip().strip("\"'").lower()
+    return mime, charset
+
+
+def _where(path: str, offset: int | None) -> str:
+    return f"{path}" if offset is None else f"{path} @ offset {offset}"
+
+
+# --------------------------------------------------------------------------- WARC / WET
+def iter_warc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
+    """WARC and WET records via warcio; copes with damage as described in the module doc."""
+    seen = 0
+    with open(path, "rb") as raw:
+        gz = raw.read(3) == _GZIP_MAGIC
+        pos = 0
+        while True:
+            raw.seek(pos)
+            it = ArchiveIterator(raw, no_record_parse=True)
+            off = pos
+            try:
+                for rec in it:
+                    seen += 1
+                    wr = _warc_record(rec, it, path, stats)
+                    off = it.get_record_offset()
+                    if wr is not None:
+                        wr.pos = raw.tell()
+                        yield wr
+                return
+            except ArchiveLoadFailed as e:
+                if "non-chunked gzip" in str(e):
+                    # ONE gzip stream for the whole file: warcio refuses to seek in it, so read
+                    # it as a decompressed stream (offsets are then decompressed offsets)
+                    yield from _iter_warc_stream(path, stats, skip=seen)
+                    return
+                off = max(off, int(getattr(it, "offset", off)))
+                stats.error("corrupt_record", _where(path, off), _first_line(e))
+            # warcio raises assorted types on damaged bytes (AttributeError on a cut header,
+            # ValueError, zlib.error, EOFError); count the damage and resume after it
+            except (EOFError, zlib.error, OSError, ValueError, AttributeError, KeyError,
+                    IndexError) as e:
+                off = max(off, int(getattr(it, "offset", off)))
+                stats.error("corrupt_record", _where(path, off),
+                            f"unreadable record ({type(e).__name__}: {_first_line(e)})")
+            nxt = _next_member(raw, off + 1, gz)
+            if nxt is None:
+                return
+            pos = nxt
+
+
+def _iter_warc_stream(path: str, stats: ReadStats, skip: int) -> Iterator[WebRecord]:
+    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as f:
+        it = ArchiveIterator(f, no_record_parse=True)
+        off: int | None = 0
+        n = 0
+        try:
+            for rec in it:
+                n += 1
+                if n <= skip:  # counted already by the first pass
+                    continue
+                wr = _warc_record(rec, it, path, stats)
+                off = it.get_record_offset()
+                if wr is not None:
+                    wr.pos = raw.tell()
+                    yield wr
+        except (ArchiveLoadFailed, EOFError, zlib.error, OSError, ValueError, AttributeError,
+                KeyError, IndexError) as e:
+            kind = "truncated" if isinstance(e, EOFError) else "corrupt_record"
+            stats.error(kind, _where(path, off), f"stream ends in damage ({_first_line(e)}); "
+                        "records before it were read")
+
+
+def _next_member(raw: IO[bytes], start: int, gz: bool) -> int | None:
+    """Offset of the next gzip member (gzip files) or ``WARC/`` line (plain files) at or after
+    ``start`` whose content starts a WARC record; None at the end of the file."""
+    marker = _GZIP_MAGIC if gz else b"WARC/1."
+    raw.seek(start)
+    base = start
+    tail = b""
+    while True:
+        chunk = raw.read(1 << 20)
+        if not chunk:
+            return None
+        buf = tail + chunk
+        i = buf.find(marker)
+        while i >= 0:
+            at = base - len(tail) + i
+            if not gz or _starts_warc(raw, at):
+                return at
+            i = buf.find(marker, i + 1)
+        tail = buf[-(len(marker) - 1):]
+        base += len(chunk)
+        raw.seek(base)
+
+
+def _starts_warc(raw: IO[bytes], at: int) -> bool:
+    here = raw.tell()
+    try:
+        raw.seek(at)
+        d = zlib.decompressobj(31)
+        head = d.decompress(raw.read(512), 16)
+        return head.startswith(b"WARC/")
+    except zlib.error:
+        return False
+    finally:
+        raw.seek(here)
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception as one short printable line (warcio quotes raw bytes in its messages)."""
+    text = " ".join(str(e).split())
+    text = "".join(ch if ch.isprintable() and ord(ch) < 0x7F else "?" for ch in text)
+    return text[:120] or type(e).__name__
+
+
+def _http_body(block: bytes) -> tuple[Any, bytes]:
+    """Split an HTTP response block into parsed headers and the decoded body (chunked transfer
+    and gzip/deflate/br content encodings undone by warcio's readers)."""
+    bio = io.BytesIO(block)
+    http = _HTTP_PARSER.parse(bio)
+    enc = (http.get_header("Content-Encoding") or "").lower() or None
+    if enc not in BufferedReader.get_supported_decompressors():
+        enc = None
+    if (http.get_header("Transfer-Encoding") or "").lower() == "chunked":
+        return http, ChunkedDataReader(bio, decomp_type=enc).read()
+    if enc:
+        return http, BufferedReader(bio, decomp_type=enc).read()
+    return http, bio.read()
+
+
+def _warc_record(rec: Any, it: ArchiveIterator, path: str,
+                 stats: ReadStats) -> WebRecord | None:
+    """Read one record's block, then its offset (warcio's get_record_offset reads the record
+    to its end, so it must come after the content).
+
+    Records are read with ``no_record_parse``: the HTTP header block is parsed here only when
+    the block starts with ``HTTP/``, so Wayback-style records without one keep their first
+    HTML lines (warcio would take them for a status line and headers)."""
+    rtype = rec.rec_type or "unknown"
+    stats.record_types[rtype] += 1
+    if rtype not in CONTENT_TYPES:
+        return None
+    h = rec.rec_headers
+    declared = int(h.get_header("Content-Length") or 0)
+    block = rec.raw_stream.read()
+    offset = it.get_record_offset()
+    if len(block) < declared:
+        stats.error("truncated", _where(path, offset),
+                    f"record cut short ({len(block)} of {declared} bytes); skipped")
+        return None
+    status = None
+    if rtype == "response" and block.startswith(b"HTTP/"):
+        try:
+            http, data = _http_body(block)
+        except (StatusAndHeadersParserException, EOFError, zlib.error, OSError,
+                ValueError) as e:
+            stats.error("corrupt_record", _where(path, offset),
+                        f"bad HTTP block ({_first_line(e)}); skipped")
+            return None
+        with contextlib.suppress(ValueError, TypeError):
+            status = int(http.get_statuscode())
+        mime, charset = split_content_type(http.get_header("Content-Type"))
+    else:  # resource/conversion records, or Wayback-style records without HTTP headers
+        data = block
+        mime, charset = split_content_type(h.get_header("Content-Type"))
+        if not mime or mime.startswith("application/http"):
+            mime, charset = split_content_type(h.get_header("X-Archive-Guessed-Content-Type"))
+    date = iso_date(h.get_header("WARC-Date")) or iso_date(h.get_header("Memento-Datetime"))
+    wr = WebRecord(source_file=path, offset=offset, url=h.get_header("WARC-Target-URI"),
+                   record_id=h.get_header("WARC-Record-ID"), fetch_date=date,
+                   content_type=mime, charset=charset, http_status=status)
+    if rtype == "conversion":  # WET: already plain text (UTF-8 by the CC spec)
+        wr.text = data.decode("utf-8", errors="replace")
+        wr.content_type = "text/plain"
+    else:
+        wr.payload = data
+    return wr
+
+
+# --------------------------------------------------------------------------- ARC
+def iter_arc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
+    """ARC v1 (``URL IP date mime length``) and v2 (10 fields, length last) files."""
+    with _open_binary(path) as f:
+        off = 0
+        try:
+            line = f.readline()
+            while line:
+                if not line.strip():
+                    off += len(line)
+                    line = f.readline()
+                    continue
+                m = _ARC_HEADER.match(line)
+                if m is None:
+                    stats.error("corrupt_record", _where(path, off),
+                                "not an ARC header line; skipping to the next one")
+                    off += len(line)
+                    line = f.readline()
+                    while line and not _ARC_HEADER.match(line):
+                        off += len(line)
+                        line = f.readline()
+                    continue
+                url, _ip, date, mime, length = m.groups()
+                size = int(length)
+                body = f.read(size)
+                rec_off = off
+                off += len(line) + len(body)
+                if len(body) < size:
+                    stats.error("truncated", _where(path, rec_off),
+                                f"record cut short ({len(body)} of {size} bytes); skipped")
+                    return
+                if url.startswith(b"filedesc://"):
+                    stats.record_types["arc_header"] += 1
+                else:
+                    stats.record_types["arc_record"] += 1
+                    wr = _arc_record(path, rec_off, url, date, mime, body)
+                    wr.pos = _raw_pos(f)
+                    yield wr
+                line = f.readline()
+        except (EOFError, zlib.error, OSError) as e:
+            stats.error("truncated", _where(path, off),
+                        f"compressed stream ends in damage ({_first_line(e)}); "
+                        "records before it were read")
+
+
+def _arc_record(path: str, off: int, url: bytes, date: bytes, mime: bytes,
+                body: bytes) -> WebRecord:
+    status = None
+    charset = None
+    ctype = mime.decode("latin-1").lower()
+    payload = body
+    if body.startswith(b"HTTP/"):
+        cut = _header_end(body)
+        head, payload = body[:cut], body[cut:]
+        lines = head.decode("latin-1").splitlines()
+        with contextlib.suppress(IndexError, ValueError):
+            status = int(lines[0].split()[1])
+        for hl in lines[1:]:
+            k, _, v = hl.partition(":")
+            if k.strip().lower() == "content-type":
+                m2, charset = split_content_type(v)
+                ctype = m2 or ctype
+    return WebRecord(source_file=path, offset=off, url=url.decode("utf-8", "replace"),
+                     fetch_date=iso_date(date.decode("ascii")),
+                     content_type=split_content_type(ctype)[0], charset=charset,
+                     http_status=status, payload=payload)
+
+
+def _header_end(body: bytes) -> int:
+    ends = [(i, n) for i, n in ((body.find(b"\r\n\r\n"), 4), (body.find(b"\n\n"), 2)) if i >= 0]
+    if not ends:
+        return len(body)
+    i, n = min(ends)
+    return i + n
+
+
+# --------------------------------------------------------------------------- HTML files
+def iter_html(path: str, stats: ReadStats) -> Iterator[WebRecord]:
+    try:
+        with _open_binary(path) as f:
+            data = f.read()
+    except (EOFError, zlib.error, OSError) as e:
+        stats.error("truncated", path, f"cannot read ({_first_line(e)})")
+        return
+    stats.record_types["html_file"] += 1
+    mtime = datetime.fromtimestamp(os.path.getmtime(path), UTC).isoformat(timespec="seconds")
+    yield WebRecord(source_file=path, offset=0, url=Path(path).resolve().as_uri(),
+                    fetch_date=mtime, content_type="text/html", payload=data,
+                    pos=os.path.getsize(path))
+
+
+# --------------------------------------------------------------------------- JSONL
+def _field(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def iter_jsonl(path: str, stats: ReadStats, text_field: str, url_field: str,
+               date_field: str) -> Iterator[WebRecord]:
+    lineno = 0
+    try:
+        with _open_binary(path) as f:
+            for line in f:
+                lineno += 1
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    stats.error("bad_json", f"{path}:{lineno}", f"not valid JSON ({e}); skipped")
+                    continue
+                text = _field(obj, text_field)
+                if not isinstance(text, str):
+                    stats.error("missing_text", f"{path}:{lineno}",
+                                f"no string field '{text_field}' (web.text_field); skipped")
+                    continue
+                stats.record_types["jsonl_line"] += 1
+                url = _field(obj, url_field)
+                date = _field(obj, date_field)
+                yield WebRecord(source_file=path, offset=lineno,
+                                url=url if isinstance(url, str) else None,
+                                fetch_date=iso_date(date) if isinstance(date, str) else None,
+                                content_type="text/plain", text=text, pos=_raw_pos(f))
+    except (EOFError, zlib.error, OSError, zstandard.ZstdError) as e:
+        stats.error("truncated", f"{path}:{lineno + 1}",
+                    f"compressed stream ends in damage ({_first_line(e)}); "
+                    "lines before it were read")
+
+
+# --------------------------------------------------------------------------- parquet
+def iter_parquet(path: str, stats: ReadStats, text_field: str, url_field: str,
+                 date_field: str) -> Iterator[WebRecord]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        stats.error("corrupt_file", path, f"not a readable parquet file ({_first_line(e)})")
+        return
+    names = set(pf.schema_arrow.names)
+    if text_field not in names:
+        raise DatagenError(f"{path}: parquet has no column '{text_field}' (web.text_field); "
+                           f"columns: {', '.join(sorted(names))}")
+    cols = [c for c in (text_field, url_field, date_field) if c in names]
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=256, columns=cols):
+            d = batch.to_pydict()
+            for i in range(batch.num_rows):
+                text = d[text_field][i]
+                row += 1
+                if not isinstance(text, str):
+                    stats.error("missing_text", f"{path} row {row}", "text is null; skipped")
+                    continue
+                stats.record_types["parquet_row"] += 1
+                url = d[url_field][i] if url_field in d else None
+                date = d[date_field][i] if date_field in d else None
+                yield WebRecord(source_file=path, offset=row - 1, url=url,
+                                fetch_date=iso_date(str(date)) if date is not None else None,
+                                content_type="text/plain", text=text)
+    except (pa.ArrowInvalid, OSError) as e:
+        stats.error("corrupt_record", f"{path} row {row}", f"unreadable ({_first_line(e)})")
+
+
+# --------------------------------------------------------------------------- HF datasets
+def iter_hf(name: str, stats: ReadStats, text_field: str, url_field: str, date_field: str,
+            split: str, config: str | None) -> Iterator[WebRecord]:
+    """A Hugging Face dataset by name (online users) or local path, streamed row by row."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise DatagenError(f"web.inputs: hf:{name}: cannot load dataset "
+                           f"({_first_line(e)})") from None
+    for i, row in enumerate(ds):
+        text = _field(row, text_field)
+        if not isinstance(text, str):
+            stats.error("missing_text", f"hf:{name} row {i}", f"no field '{text_field}'")
+            continue
+        stats.record_types["hf_row"] += 1
+        url = _field(row, url_field)
+        date = _field(row, date_field)
+        yield WebRecord(source_file=f"hf:{name}", offset=i,
+                        url=url if isinstance(url, str) else None,
+                        fetch_date=iso_date(str(date)) if date is not None else None,
+                        content_type="text/plain", text=text)
+
+
+# --------------------------------------------------------------------------- dispatch
+def iter_source(src: InputSource, stats: ReadStats, text_field: str = "text",
+                url_field: str = "url", date_field: str = "date", hf_split: str = "train",
+                hf_config: str | None = None) -> Iterator[WebRecord]:
+    """All records of one input; an empty file is reported and yields nothing."""
+    stats.files += 1
+    if src.format != "hf":
+        size = src.size
+        stats.bytes += size
+        if size == 0:
+            stats.error("empty_file", src.path, "empty file; nothing to read")
+            return
+    if src.format == "empty":
+        return
+    if src.format == "warc":
+        yield from iter_warc(src.path, stats)
+    elif src.format == "arc":
+        yield from iter_arc(src.path, stats)
+    elif src.format == "html":
+        yield from iter_html(src.path, stats)
+    elif src.format == "jsonl":
+        yield from iter_jsonl(src.path, stats, text_field, url_field, date_field)
+    elif src.format == "parquet":
+        yield from iter_parquet(src.path, stats, text_field, url_field, date_field)
+    elif src.format == "hf":
+        yield from iter_hf(src.path, stats, text_field, url_field, date_field, hf_split,
+                           hf_config)
+    else:  # pragma: no cover - resolve_inputs only returns known formats
+        raise DatagenError(f"{src.path}: unknown format '{src.format}'")
+
+
+__all__ = ["FORMATS", "InputSource", "ReadStats", "WebRecord", "format_of",
+           "iter_source", "resolve_inputs", "sniff_format"]

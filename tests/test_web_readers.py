@@ -1,0 +1,299 @@
+"""Web readers on the real Common Crawl / web-archive samples in ../shared/data/web."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from warcio.archiveiterator import ArchiveIterator
+from warcio.exceptions import ArchiveLoadFailed
+from web_testdata import (
+    ARC,
+    CC,
+    CCNET,
+    DOLMA0,
+    IAH,
+    RESILIPARSE,
+    WAYBACK,
+    WEBIS_BIG,
+    WEBIS_SMALL,
+    WHIRLWIND,
+    WHIRLWIND_WET,
+    warcio_counts,
+    warcio_payloads,
+)
+
+from pipeline.errors import DatagenError
+from pipeline.web.readers import (
+    CONTENT_TYPES,
+    InputSource,
+    ReadStats,
+    iter_source,
+    resolve_inputs,
+)
+
+
+def read_all(path: Path | str, fmt: str = "auto", **kw: str) -> tuple[list, ReadStats]:
+    stats = ReadStats()
+    recs = []
+    for src in resolve_inputs([str(path)], fmt):
+        recs += list(iter_source(src, stats, **kw))
+    return recs, stats
+
+
+@pytest.mark.parametrize("path", [RESILIPARSE, WHIRLWIND, WHIRLWIND_WET, DOLMA0, IAH, WAYBACK],
+                         ids=lambda p: p.name)
+def test_warc_reader_counts_match_warcio(path: Path) -> None:
+    with open(path, "rb") as f:
+        expected = warcio_counts(f)
+    recs, stats = read_all(path)
+    assert stats.record_types == expected
+    assert len(recs) == sum(expected[t] for t in CONTENT_TYPES)
+    assert not stats.errors
+
+
+def test_warc_reader_keeps_provenance_of_each_response() -> None:
+    payloads = warcio_payloads(RESILIPARSE)
+    recs, _ = read_all(RESILIPARSE)
+    assert {r.record_id for r in recs} == set(payloads)
+    for r in recs:
+        assert r.payload == payloads[r.record_id]
+        assert r.url and r.url.startswith("http")
+        assert r.fetch_date and r.fetch_date.startswith("2020-08")
+        assert r.content_type == "text/html" and r.http_status == 200
+    # offsets point at the record: warcio started there reads the same record
+    with open(RESILIPARSE, "rb") as f:
+        for r in recs[:3]:
+            f.seek(r.offset)
+            rec = next(iter(ArchiveIterator(f)))
+            assert rec.rec_headers.get_header("WARC-Record-ID") == r.record_id
+
+
+@pytest.mark.parametrize("path", [WEBIS_SMALL, WEBIS_BIG], ids=lambda p: p.name)
+def test_single_gzip_stream_warc_is_read_as_a_stream(path: Path) -> None:
+    with open(path, "rb") as f, pytest.raises(ArchiveLoadFailed):
+        warcio_counts(f)  # warcio refuses the file as it is
+    with gzip.open(path, "rb") as f:
+        expected = warcio_counts(f)  # ... and reads it decompressed
+    recs, stats = read_all(path)
+    assert stats.record_types == expected
+    assert len(recs) == expected["response"]
+    assert not stats.errors
+
+
+def test_wet_conversion_record_is_plain_text() -> None:
+    recs, _ = read_all(WHIRLWIND_WET)
+    assert len(recs) == 1
+    assert recs[0].text and recs[0].payload is None
+    assert recs[0].url == "https://an.wikipedia.org/wiki/Escopete"
+
+
+def test_wayback_records_without_http_headers_yield_the_whole_block() -> None:
+    recs, stats = read_all(WAYBACK)
+    with open(WAYBACK, "rb") as f:
+        blocks = [rec.raw_stream.read() for rec in ArchiveIterator(f, no_record_parse=True)
+                  if rec.rec_type == "response"]
+    assert not any(b.startswith(b"HTTP/") for b in blocks)
+    # the first HTML lines are not taken for an HTTP status line and headers
+    assert [r.payload for r in recs] == blocks
+    assert all(r.http_status is None for r in recs)
+    # WARC-Date is "null" in this export: the Memento-Datetime gives the fetch date
+    assert all(r.fetch_date and r.fetch_date[:2] == "20" for r in recs)
+
+
+def test_arc_v1_file_is_read_although_warcio_rejects_it() -> None:
+    with gzip.open(ARC, "rb") as f, pytest.raises(ArchiveLoadFailed):
+        warcio_counts(f)
+    provenance = (CC / "PROVENANCE.txt").read_text(encoding="utf-8")
+    m = re.search(r"Records: (\d+) \((\d+) text/html, (\d+) application/pdf\)", provenance)
+    assert m is not None
+    total, html, pdf = (int(x) for x in m.groups())
+    recs, stats = read_all(ARC)
+    assert len(recs) == total
+    assert sum(r.content_type == "text/html" for r in recs) == html
+    assert sum(r.content_type == "application/pdf" for r in recs) == pdf
+    assert all(r.fetch_date and r.fetch_date.startswith("2008-") for r in recs)
+    assert not stats.errors
+
+
+def test_truncated_warc_yields_records_before_damage_and_counts_the_cut(tmp_path: Path) -> None:
+    with open(RESILIPARSE, "rb") as f:
+        it = ArchiveIterator(f)
+        spans = []
+        for rec in it:
+            rec.content_stream().read()
+            spans.append((rec.rec_type, rec.rec_headers.get_header("WARC-Record-ID"),
+                          it.get_record_offset(), it.get_record_length()))
+    responses = [s for s in spans if s[0] == "response"]
+    cut_in = responses[len(responses) // 2]
+    cut = cut_in[2] + cut_in[3] // 2  # the middle of one response record
+    bad = tmp_path / "cut.warc.gz"
+    bad.write_bytes(RESILIPARSE.read_bytes()[:cut])
+    recs, stats = read_all(bad)
+    complete = [s[1] for s in responses if s[2] + s[3] <= cut]
+    assert [r.record_id for r in recs] == complete
+    assert sum(stats.errors.values()) == 1
+    assert str(bad) in stats.messages[0]
+
+
+def test_corrupt_record_is_skipped_and_the_rest_of_the_file_read(tmp_path: Path) -> None:
+    with open(RESILIPARSE, "rb") as f:
+        it = ArchiveIterator(f)
+        responses = []
+        for rec in it:
+            rec.content_stream().read()
+            if rec.rec_type == "response":
+                responses.append((rec.rec_headers.get_header("WARC-Record-ID"),
+                                  it.get_record_offset()))
+    victim_id, victim_off = responses[len(responses) // 2]
+    data = bytearray(RESILIPARSE.read_bytes())
+    data[victim_off + 40:victim_off + 240] = b"A" * 200  # damage inside that gzip member
+    bad = tmp_path / "corrupt.warc.gz"
+    bad.write_bytes(bytes(data))
+    recs, stats = read_all(bad)
+    ids = [r.record_id for r in recs]
+    assert ids == [i for i, _ in responses if i != victim_id]
+    assert stats.errors["corrupt_record"] == 1
+    assert f"offset {victim_off}" in stats.messages[0]
+
+
+def test_jsonl_gz_reader_matches_json_lines() -> None:
+    recs, stats = read_all(CCNET[0], url_field="metadata.url", date_field="created")
+    with gzip.open(CCNET[0], "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    assert [r.text for r in recs] == [row["text"] for row in rows]
+    assert [r.url for r in recs] == [row["metadata"]["url"] for row in rows]
+    assert all(r.fetch_date for r in recs)
+    assert stats.record_types["jsonl_line"] == len(rows)
+
+
+def test_truncated_jsonl_gz_keeps_earlier_lines_and_reports(tmp_path: Path) -> None:
+    data = CCNET[0].read_bytes()
+    bad = tmp_path / "cut.jsonl.gz"
+    bad.write_bytes(data[: len(data) // 2])
+    with gzip.open(CCNET[0], "rt", encoding="utf-8") as f:
+        full = [json.loads(line)["text"] for line in f]
+    recs, stats = read_all(bad)
+    assert 0 < len(recs) < len(full)
+    assert [r.text for r in recs] == full[: len(recs)]
+    assert stats.errors["truncated"] + stats.errors["bad_json"] >= 1
+    assert str(bad) in stats.messages[0]
+
+
+def test_parquet_reader_streams_rows(tmp_path: Path) -> None:
+    with gzip.open(CCNET[1], "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    path = tmp_path / "cc.parquet"
+    pq.write_table(pa.table({"text": [r["text"] for r in rows],
+                             "url": [r["metadata"]["url"] for r in rows]}), path,
+                   row_group_size=3)
+    recs, _ = read_all(path)
+    assert [r.text for r in recs] == [r["text"] for r in rows]
+    assert [r.url for r in recs] == [r["metadata"]["url"] for r in rows]
+
+
+def test_parquet_without_the_text_column_names_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"body": ["a"]}), path)
+    with pytest.raises(DatagenError, match="web.text_field"):
+        read_all(path)
+
+
+def test_html_folder_reader_reads_each_file(tmp_path: Path) -> None:
+    payloads = list(warcio_payloads(DOLMA0).values())[:3]
+    for i, p in enumerate(payloads):
+        (tmp_path / f"page{i}.html").write_bytes(p)
+    (tmp_path / "notes.md").write_text("not an input", encoding="utf-8")
+    recs, _ = read_all(tmp_path)
+    assert sorted(r.payload for r in recs) == sorted(payloads)
+    assert all(r.url and r.url.startswith("file://") for r in recs)
+
+
+def test_hf_reader_streams_a_local_dataset(tmp_path: Path) -> None:
+    shutil.copy(CCNET[0], tmp_path / "train.jsonl.gz")
+    stats = ReadStats()
+    srcs = resolve_inputs([f"hf:{tmp_path}"])
+    assert srcs == [InputSource(str(tmp_path), "hf")]
+    recs = list(iter_source(srcs[0], stats))
+    with gzip.open(CCNET[0], "rt", encoding="utf-8") as f:
+        assert [r.text for r in recs] == [json.loads(line)["text"] for line in f]
+
+
+def test_missing_path_fails_with_the_path(tmp_path: Path) -> None:
+    with pytest.raises(DatagenError, match=r"web.inputs: .*nope.warc.gz: no such file"):
+        resolve_inputs([str(RESILIPARSE), str(tmp_path / "nope.warc.gz")])
+
+
+def test_folder_without_input_files_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "readme.md").write_text("x", encoding="utf-8")
+    with pytest.raises(DatagenError, match="folder has no input files"):
+        resolve_inputs([str(tmp_path)])
+
+
+def test_glob_matching_nothing_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(DatagenError, match="matches no file"):
+        resolve_inputs([str(tmp_path / "*.warc.gz")])
+
+
+def test_empty_file_is_reported_and_skipped(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.warc.gz"
+    empty.write_bytes(b"")
+    recs, stats = read_all(empty)
+    assert recs == []
+    assert stats.errors["empty_file"] == 1
+    assert stats.messages == [f"{empty}: empty file; nothing to read"]
+
+
+def test_unknown_format_names_the_file(tmp_path: Path) -> None:
+    odd = tmp_path / "data.bin"
+    odd.write_bytes(RESILIPARSE.read_bytes()[:10][::-1])
+    with pytest.raises(DatagenError, match=r"data.bin: unknown input format"):
+        resolve_inputs([str(odd)])
+
+
+def test_format_is_sniffed_when_the_name_says_nothing(tmp_path: Path) -> None:
+    renamed = tmp_path / "crawl.data"
+    shutil.copy(RESILIPARSE, renamed)
+    assert resolve_inputs([str(renamed)]) == [InputSource(str(renamed), "warc")]
+
+
+def test_jsonl_zst_and_plain_readers_match_the_gz_one(tmp_path: Path) -> None:
+    import zstandard
+
+    raw = gzip.decompress(CCNET[1].read_bytes())
+    (tmp_path / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    (tmp_path / "b.jsonl").write_bytes(raw)
+    gz, _ = read_all(CCNET[1])
+    zst, _ = read_all(tmp_path / "a.jsonl.zst")
+    plain, _ = read_all(tmp_path / "b.jsonl")
+    assert [r.text for r in zst] == [r.text for r in plain] == [r.text for r in gz]
+    assert len(gz) == raw.count(b"\n")
+
+
+def test_jsonl_missing_text_field_is_counted_per_line(tmp_path: Path) -> None:
+    recs, stats = read_all(CCNET[0], text_field="body")
+    assert recs == []
+    assert stats.errors["missing_text"] == 10 == len(gzip.decompress(
+        CCNET[0].read_bytes()).splitlines())
+    assert "web.text_field" in stats.messages[0]
+
+
+def test_truncated_jsonl_zst_keeps_earlier_lines_and_reports(tmp_path: Path) -> None:
+    import zstandard
+
+    raw = gzip.decompress(CCNET[1].read_bytes())
+    data = zstandard.ZstdCompressor().compress(raw)
+    bad = tmp_path / "cut.jsonl.zst"
+    bad.write_bytes(data[: len(data) * 3 // 4])
+    recs, stats = read_all(bad)
+    full = [json.loads(line)["text"] for line in raw.splitlines()]
+    assert len(recs) < len(full)
+    assert [r.text for r in recs] == full[: len(recs)]
+    assert stats.errors["truncated"] == 1
+    assert "zstd stream ends" in stats.messages[0]
