@@ -48,15 +48,14 @@ def run(args: Args = None) -> None:
 
 @app.command()
 def review(args: Args = None) -> None:
-    """Write a self-contained HTML report of sampled outputs and print its path."""
-    try:
-        from pipeline.review import write_review
-    except ImportError:
-        raise DatagenError("review is not available in this version") from None
+    """Write a self-contained HTML report of sampled outputs and print its path.
+    ``n=50`` is short for ``review.n=50``."""
+    from pipeline.review import write_review
+
     stage, overrides = _split_stage(args or [])
+    overrides = [f"review.{o}" if o.startswith("n=") else o for o in overrides]
     cfg = load_config(overrides)
-    path = write_review(cfg, stage)
-    print(path)
+    print(write_review(cfg, stage))
 
 
 @config_app.command("show")

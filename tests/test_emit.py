@@ -1,0 +1,249 @@
+"""The emit stage on real text: mixing, splits, text and token shards, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from emit_testdata import build_run
+from rich.console import Console
+
+from pipeline.config import load_config
+from pipeline.errors import DatagenError
+from pipeline.runs import Run
+from pipeline.stages import StageSpec, _run_one
+from pipeline.stages import emit as emit_stage
+from pipeline.tokenize import load_tokenizer, read_token_shard
+
+QUIET = Console(quiet=True)
+
+
+def run_emit(root: Path, *overrides: str, name: str = "t") -> dict:
+    """Run the emit stage through the stage driver (so its manifest is written)."""
+    cfg = load_config([f"run.root={root}", f"run.name={name}", *overrides])
+    return _run_one(cfg, Run(root, name), StageSpec("emit", needs=("filter",)), "test", QUIET)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("emit")
+    build_run(root)
+    manifest = run_emit(root, "emit.shard_tokens=60000", "emit.mix.exercises.weight=2",
+                        "emit.mix.web.weight=0.5", "emit.val_fraction=0.1",
+                        "emit.phases=[{name: anneal, top_fraction: 0.25}]")
+    return root, root / "t" / "emit", manifest
+
+
+def rows(emit_dir: Path, split: str) -> list[dict]:
+    return [r for p in emit_stage.text_shards(emit_dir, split)
+            for r in pq.read_table(p).to_pylist()]
+
+
+def test_text_shards_load_with_datasets(built):
+    datasets = pytest.importorskip("datasets")
+    _, out, manifest = built
+    ds = datasets.load_dataset("parquet", data_files={
+        "train": str(out / "text" / "train" / "*.parquet"),
+        "validation": str(out / "text" / "val" / "*.parquet")}, cache_dir=str(out.parent / "hf"))
+    assert ds["train"].num_rows == manifest["splits"]["train"]["documents"]
+    assert ds["validation"].num_rows == manifest["splits"]["val"]["documents"]
+    for col in ("id", "text", "source", "format", "quality", "url", "topic", "model", "n_tokens"):
+        assert col in ds["train"].column_names
+    assert set(ds["train"]["source"]) == {"textbook", "exercises", "web"}
+
+
+def test_token_shards_hold_the_text_shards_documents_in_order(built):
+    _, out, manifest = built
+    tok = load_tokenizer("smollm2")
+    assert manifest["tokenizer"]["vocab_size"] == 49152 and manifest["tokenizer"]["dtype"] == "<u2"
+    for split in ("train", "val", "anneal"):
+        texts, toks = emit_stage.text_shards(out, split), emit_stage.token_shards(out, split)
+        assert len(texts) == len(toks) == len(manifest["shards"][split]) >= 1
+        for tp, kp in zip(texts, toks, strict=True):
+            table = pq.read_table(tp).to_pylist()
+            tokens, ends = read_token_shard(kp)
+            assert len(ends) == len(table) and int(ends[-1]) == len(tokens)
+            ends = ends.astype(np.int64)
+            starts = np.concatenate([[0], ends[:-1]])
+            for r, s, e in list(zip(table, starts, ends, strict=True))[:8]:
+                assert int(tokens[e - 1]) == tok.eot_id and r["n_tokens"] == e - s
+                assert tok.tokenizer.decode(tokens[s:e - 1].tolist()) == r["text"]
+    assert len(manifest["shards"]["train"]) >= 3  # shard_tokens=60000 splits the train split
+
+
+def test_manifest_checksums_match_the_files(built):
+    _, out, manifest = built
+    for split, shards in manifest["shards"].items():
+        for s in shards:
+            for part in ("text", "tokens"):
+                p = out / s[part]["path"]
+                assert hashlib.sha256(p.read_bytes()).hexdigest() == s[part]["sha256"], split
+    total = sum(s["tokens"]["tokens"] for s in manifest["shards"]["train"])
+    assert total == manifest["splits"]["train"]["tokens"] == manifest["summary"]["train_tokens"]
+    by = manifest["splits"]["train"]["by_source"]
+    assert sum(v["tokens"] for v in by.values()) == total
+
+
+def test_weight_two_repeats_each_exercise_twice_and_half_web_is_sampled(built):
+    _, out, manifest = built
+    train, val = rows(out, "train"), rows(out, "val")
+    val_ids = {r["id"] for r in val}
+    ex_ids = [r["id"] for r in train if r["source"] == "exercises"]
+    avail = {s: v for s, v in manifest["sources"].items()}
+    assert ex_ids and all(ex_ids.count(i) == 2 for i in ex_ids)
+    n_ex_pool = avail["exercises"]["documents"] - sum(1 for r in val if r["source"] == "exercises")
+    assert len(set(ex_ids)) == n_ex_pool
+    web = [r for r in train if r["source"] == "web"]
+    web_pool_tokens = avail["web"]["tokens"] - sum(r["n_tokens"] for r in val
+                                                    if r["source"] == "web")
+    got = sum(r["n_tokens"] for r in web)
+    assert 0.5 * web_pool_tokens <= got < 0.5 * web_pool_tokens + max(r["n_tokens"] for r in web)
+    assert len({r["id"] for r in web}) == len(web)  # downsampling never repeats
+    assert not val_ids & {r["id"] for r in train}
+
+
+def test_validation_split_holds_out_whole_documents(built):
+    _, out, manifest = built
+    n = sum(v["documents"] for v in manifest["sources"].values())
+    val = rows(out, "val")
+    assert len(val) == round(0.1 * n)
+    assert not {r["id"] for r in val} & {r["id"] for r in rows(out, "train")}
+    assert not {r["id"] for r in val} & {r["id"] for r in rows(out, "anneal")}
+
+
+def test_anneal_split_takes_the_best_quarter_of_each_source(built):
+    _, out, _ = built
+    pool = [r for r in rows(out, "train") if r["repeat"] == 0]
+    pool += [r for r in rows(out, "train") if r["source"] == "web"]  # web was sampled
+    anneal = rows(out, "anneal")
+    assert anneal
+    for src in ("textbook", "exercises"):
+        a = [r["quality"] for r in anneal if r["source"] == src]
+        rest = [r["quality"] for r in pool if r["source"] == src
+                and r["id"] not in {x["id"] for x in anneal}]
+        assert a and rest and min(a) >= max(rest)
+    mean_a = np.mean([r["quality"] for r in anneal if r["source"] == "textbook"])
+    mean_t = np.mean([r["quality"] for r in pool if r["source"] == "textbook"])
+    assert mean_a > mean_t
+
+
+def test_shuffle_is_seeded_and_reproducible(built, tmp_path):
+    root, out, manifest = built
+    build_run(tmp_path)
+    args = ("emit.shard_tokens=60000", "emit.mix.exercises.weight=2", "emit.mix.web.weight=0.5",
+            "emit.val_fraction=0.1", "emit.phases=[{name: anneal, top_fraction: 0.25}]")
+    same = run_emit(tmp_path, *args)
+    assert [s["tokens"]["sha256"] for s in same["shards"]["train"]] == \
+        [s["tokens"]["sha256"] for s in manifest["shards"]["train"]]
+    build_run(tmp_path, name="t2")
+    other = run_emit(tmp_path, *args, "seed=99", name="t2")
+    assert other["shards"]["train"][0]["tokens"]["sha256"] != \
+        manifest["shards"]["train"][0]["tokens"]["sha256"]
+    ids = [r["id"] for r in rows(out, "train")]
+    assert ids != sorted(ids)  # shuffled, not in input order
+
+
+def test_token_budget_sets_a_sources_size(tmp_path):
+    build_run(tmp_path, n_web=20)
+    m = run_emit(tmp_path, "emit.mix.textbook.tokens=150000", "emit.val_fraction=0",
+                 "emit.mix.web.weight=0")
+    assert "web" not in m["splits"]["train"]["by_source"] and m["sources"]["web"]["tokens"] > 0
+    assert "val" not in m["splits"]
+    got = m["splits"]["train"]["by_source"]["textbook"]
+    have = m["sources"]["textbook"]["tokens"]
+    assert have < 150000  # the budget needs whole copies plus a sample
+    assert 150000 <= got["tokens"] < 150000 + 20000
+    assert got["documents"] > got["unique_documents"]
+
+
+def test_without_web_stage_emits_synthetic_only_and_says_so(tmp_path):
+    build_run(tmp_path, web=False)
+    m = run_emit(tmp_path)
+    assert set(m["sources"]) == {"textbook", "exercises"}
+    assert "web stage not finished" in m["inputs"]["notes"]["web"]
+    card = (tmp_path / "t" / "emit" / "README.md").read_text()
+    assert "web stage not finished" in card and "| filter | finished |" in card
+
+
+def _cfg(root: Path, *ov: str):
+    return load_config([f"run.root={root}", "run.name=t", *ov])
+
+
+def test_unknown_mix_source_fails_before_writing(tmp_path):
+    run = build_run(tmp_path, web=False, n_synth=10)
+    with pytest.raises(DatagenError, match=r"emit.mix: unknown source 'blogs'"):
+        emit_stage.run(_cfg(tmp_path, "emit.mix.blogs.weight=1"), run, QUIET)
+    assert not (run.path / "emit").exists()
+
+
+def test_missing_tokenizer_fails_before_writing(tmp_path):
+    run = build_run(tmp_path, web=False, n_synth=10)
+    with pytest.raises(DatagenError, match="does not exist"):
+        emit_stage.run(_cfg(tmp_path, f"emit.tokenizer={tmp_path}/tok.json"), run, QUIET)
+    assert not (run.path / "emit").exists()
+
+
+def test_no_kept_documents_fails_before_writing(tmp_path):
+    run = build_run(tmp_path, web=False, n_synth=0)
+    with pytest.raises(DatagenError, match="no kept documents to emit"):
+        emit_stage.run(_cfg(tmp_path), run, QUIET)
+    assert not (run.path / "emit").exists()
+
+
+def test_unfinished_filter_stage_is_an_error(tmp_path):
+    run = Run(tmp_path, "t")
+    with pytest.raises(DatagenError, match="stage 'filter' has not finished"):
+        emit_stage.run(_cfg(tmp_path), run, QUIET)
+
+
+def test_phases_without_quality_scores_is_an_error(tmp_path):
+    build_run(tmp_path, web=False, n_synth=12)
+    with pytest.raises(DatagenError, match="emit.phases: no input document has a quality"):
+        run_emit(tmp_path, "emit.quality_key=nope.quality", "emit.phases=[{name: anneal}]")
+
+
+def test_killed_emit_leaves_only_whole_shards_and_reruns_cleanly(tmp_path):
+    """SIGKILL emit while it writes many small shards: every file under a final name is
+    complete, and a rerun gives the same corpus as an uninterrupted run."""
+    build_run(tmp_path)
+    args = [f"run.root={tmp_path}", "run.name=t", "emit.shard_tokens=1000"]
+    code = ("import sys; from rich.console import Console; from pipeline.config import load_config;"
+            "from pipeline.runs import Run; from pipeline.stages import emit;"
+            "cfg = load_config(sys.argv[1:]);"
+            "emit.run(cfg, Run(cfg.run.root, cfg.run.name), Console(quiet=True))")
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=Path(__file__).parents[1],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    tok_dir = tmp_path / "t" / "emit" / "tokens" / "train"
+    while proc.poll() is None and len(list(tok_dir.glob("part-*.ds.index"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # killed mid-write, not finished
+    for ds in tok_dir.glob("part-*.ds"):
+        idx = ds.with_name(ds.name + ".index")
+        if idx.exists():  # the index is written after its .ds: both whole
+            assert int(np.fromfile(idx, "<u8")[-1]) * 2 == ds.stat().st_size
+    for p in (tmp_path / "t" / "emit" / "text" / "train").glob("part-*.parquet"):
+        assert pq.read_table(p).num_rows > 0  # a half-written parquet would not parse
+    again = run_emit(tmp_path, "emit.shard_tokens=1000")
+    build_run(tmp_path, name="clean")
+    clean = run_emit(tmp_path, "emit.shard_tokens=1000", name="clean")
+    assert [s["tokens"]["sha256"] for s in again["shards"]["train"]] == \
+        [s["tokens"]["sha256"] for s in clean["shards"]["train"]]
+    left = [p for p in (tmp_path / "t" / "emit").rglob("*") if p.name.endswith(".tmp")]
+    assert left == []
+
+
+def test_manifest_is_json_with_config_hash(built):
+    root, out, _ = built
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "finished" and m["config_hash"]
+    assert m["tokenizer"]["name"] == "smollm2" and len(m["tokenizer"]["sha256"]) == 16
