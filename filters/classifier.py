@@ -1,0 +1,142 @@
+"""fastText quality classifier (the phi-1 recipe: a teacher labels a sample, a cheap classifier
+scores everything).
+
+- ``QualityClassifier(model_path, positive_label)``: loads any supervised fastText model (ours,
+  or a published one such as the DCLM / FineWeb-Edu fastText classifiers) and returns
+  P(positive) for a batch of texts: ``clf.predict_proba(texts) -> np.ndarray``.
+- ``train_classifier(texts, labels, out_path, cfg, seed)``: trains on binary labels with a
+  stratified held-out split and returns precision / recall / F1 / confusion matrix.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ClassifierConfig
+from pipeline.errors import DatagenError
+
+POSITIVE = "__label__hq"
+NEGATIVE = "__label__lq"
+
+
+def clean_text(text: str) -> str:
+    """fastText reads one example per line: newlines and runs of whitespace become one space."""
+    return " ".join(text.split())
+
+
+def _load_fasttext(path: Path) -> Any:
+    import fasttext
+
+    fasttext.FastText.eprint = lambda *a, **k: None  # silence the load_model warning
+    try:
+        return fasttext.load_model(str(path))
+    except (ValueError, MemoryError, RuntimeError) as e:
+        raise DatagenError(f"{path}: not a fastText model ({e})") from None
+
+
+class QualityClassifier:
+    def __init__(self, model_path: Path | str, positive_label: str = POSITIVE) -> None:
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise DatagenError(f"{self.model_path}: fastText model file not found")
+        self.model = _load_fasttext(self.model_path)
+        self.labels = list(self.model.get_labels())
+        if not positive_label.startswith("__label__"):
+            positive_label = f"__label__{positive_label}"
+        if positive_label not in self.labels:
+            raise DatagenError(f"classifier.positive_label: '{positive_label}' is not a label of "
+                               f"{self.model_path} (labels: {', '.join(self.labels)})")
+        self.positive_label = positive_label
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """P(positive label) for each text."""
+        if not texts:
+            return np.zeros(0)
+        labels, probs = self.model.predict([clean_text(t) for t in texts], k=len(self.labels))
+        pos = self.positive_label
+        out = np.fromiter((p[lab.index(pos)] if pos in lab else 0.0
+                           for lab, p in zip(labels, probs, strict=True)),
+                          dtype=np.float64, count=len(texts))
+        return np.minimum(out, 1.0)  # fastText's softmax can print 1.00001
+
+
+def stratified_split(labels: Sequence[bool], test_fraction: float,
+                     seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, test): each class contributes round(fraction * n) >= 1 test examples
+    when it has at least 2 examples."""
+    rng = random.Random(seed)
+    train: list[int] = []
+    test: list[int] = []
+    for cls in (True, False):
+        idx = [i for i, y in enumerate(labels) if y is cls]
+        rng.shuffle(idx)
+        k = round(test_fraction * len(idx)) if test_fraction > 0 else 0
+        if test_fraction > 0 and len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        test += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(test)
+
+
+def binary_metrics(y_true: Sequence[bool], y_pred: Sequence[bool]) -> dict[str, Any]:
+    tp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t and p)
+    fp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if not t and p)
+    fn = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t and not p)
+    tn = sum(1 for t, p in zip(y_true, y_pred, strict=True) if not t and not p)
+    n = len(y_true)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    majority = max(tp + fn, fp + tn) / n if n else 0.0
+    return {"n": n, "precision": round(precision, 4), "recall": round(recall, 4),
+            "f1": round(f1, 4), "accuracy": round((tp + tn) / n, 4) if n else 0.0,
+            "majority_baseline_accuracy": round(majority, 4),
+            "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
+
+
+def train_classifier(texts: Sequence[str], labels: Sequence[bool], out_path: Path,
+                     cfg: ClassifierConfig | None = None, seed: int = 1234) -> dict[str, Any]:
+    """Train a supervised fastText model on binary labels; save it atomically to ``out_path``.
+    Returns counts and held-out metrics (threshold 0.5 on P(positive))."""
+    import fasttext
+
+    cfg = cfg or ClassifierConfig()
+    if len(texts) != len(labels):
+        raise ValueError("texts and labels differ in length")
+    n_pos = sum(1 for y in labels if y)
+    if n_pos == 0 or n_pos == len(labels):
+        raise DatagenError(f"labels have a single class ({n_pos} positive of {len(labels)}); "
+                           "cannot train a classifier")
+    train_idx, test_idx = stratified_split(labels, cfg.test_fraction, seed)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, train_file = tempfile.mkstemp(dir=out_path.parent, prefix=".train.", suffix=".txt")
+    fd2, tmp_model = tempfile.mkstemp(dir=out_path.parent, prefix=".model.", suffix=".tmp")
+    os.close(fd2)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for i in train_idx:
+                f.write(f"{POSITIVE if labels[i] else NEGATIVE} {clean_text(texts[i])}\n")
+        model = fasttext.train_supervised(
+            input=train_file, wordNgrams=cfg.word_ngrams, epoch=cfg.epoch, lr=cfg.lr,
+            dim=cfg.dim, minCount=1, loss="softmax", thread=1, seed=seed, verbose=0)
+        model.save_model(tmp_model)
+        os.replace(tmp_model, out_path)
+    finally:
+        Path(train_file).unlink(missing_ok=True)
+        Path(tmp_model).unlink(missing_ok=True)
+    out: dict[str, Any] = {"n_train": len(train_idx), "n_test": len(test_idx),
+                           "n_positive": n_pos, "n_negative": len(labels) - n_pos}
+    if test_idx:
+        clf = QualityClassifier(out_path, POSITIVE)
+        p = clf.predict_proba([texts[i] for i in test_idx])
+        out["heldout"] = binary_metrics([labels[i] for i in test_idx], [bool(x >= 0.5) for x in p])
+    else:
+        out["heldout"] = None
+    return out

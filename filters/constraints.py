@@ -1,0 +1,74 @@
+"""Vocabulary-constraint check (TinyStories-style required words): the fraction of a record's
+``required_words`` that appear in its text, inflections counted with lemminflect
+("run" is satisfied by "ran", "running"; "child" by "children").
+
+A record with no required words scores coverage 1.0.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import lemminflect
+
+from pipeline.records import Document
+
+_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+
+
+@lru_cache(maxsize=65_536)
+def word_forms(word: str) -> frozenset[str]:
+    """The word, its lemmas, and every inflection of each (lower case)."""
+    w = word.strip().lower()
+    forms = {w}
+    lemmas = {w}
+    for lem in lemminflect.getAllLemmas(w).values():
+        lemmas.update(x.lower() for x in lem)
+    for lem in lemmas:
+        forms.add(lem)
+        for infl in lemminflect.getAllInflections(lem).values():
+            forms.update(x.lower() for x in infl)
+    if len(forms) == 1 and " " not in w:  # unknown to lemminflect: regular rules
+        for infl in lemminflect.getAllInflectionsOOV(w, "NOUN").values():
+            forms.update(x.lower() for x in infl)
+        for infl in lemminflect.getAllInflectionsOOV(w, "VERB").values():
+            forms.update(x.lower() for x in infl)
+    return frozenset(forms)
+
+
+def text_tokens(text: str) -> set[str]:
+    return {m.group(0).lower() for m in _WORD.finditer(text)}
+
+
+def covered_words(required: list[str], text: str) -> list[str]:
+    """The required words present in ``text`` in some inflected form. A multi-word entry
+    counts when it occurs as a phrase (case-insensitive)."""
+    tokens = text_tokens(text)
+    low = text.lower()
+    out = []
+    for w in required:
+        if " " in w.strip():
+            if w.strip().lower() in low:
+                out.append(w)
+        elif word_forms(w) & tokens:
+            out.append(w)
+    return out
+
+
+class ConstraintFilter:
+    family = "constraints"
+
+    def __init__(self, min_coverage: float = 0.5) -> None:
+        self.min_coverage = min_coverage
+
+    def score(self, doc: Document) -> dict[str, float]:
+        req = [w for w in doc.required_words if w.strip()]
+        if not req:
+            return {"coverage": 1.0, "required": 0.0, "satisfied": 0.0}
+        hit = covered_words(req, doc.text)
+        return {"coverage": len(hit) / len(req), "required": float(len(req)),
+                "satisfied": float(len(hit))}
+
+    def keep(self, s: dict[str, float]) -> str | None:
+        return "constraints.coverage" if s["coverage"] < self.min_coverage else None

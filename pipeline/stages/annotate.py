@@ -1,0 +1,160 @@
+"""annotate: the teacher rates a seeded sample of generated documents for educational value
+(additive 0-5 scale, prompts/annotate.j2), the labels the quality classifier learns from.
+
+Each rating is appended to ``annotations.jsonl`` as it arrives; an answer with no parseable
+final score line is a recorded failure in ``failures.jsonl`` (never a 0). A rerun requests only
+what is missing. With ``classifier.model_path`` set there is nothing to label: the stage skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from rich.console import Console
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import DatagenError
+from pipeline.prompting import PromptLibrary
+from pipeline.records import Document, Failure, utc_now
+from pipeline.runs import JsonlAppender, Run, read_jsonl, repair_jsonl_tail
+
+CONFIG_KEYS = ("annotate", "teacher.model", "classifier.model_path", "seed")
+ANNOTATIONS = "annotations.jsonl"
+FAILURES = "failures.jsonl"
+
+# the last "Educational score: N" (markdown bold, "N/5" and "= N" tolerated)
+_SCORE = re.compile(r"educational\s+score\s*(?:\*\*)?\s*[:=\-]\s*(?:\*\*)?\s*(\d+(?:\.\d+)?)"
+                    r"\s*(?:/\s*5|out of 5|points?)?", re.IGNORECASE)
+
+
+class Annotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    score: int
+    justification: str
+    response: str
+    model: str | None = None
+    created_at: str
+
+
+def parse_score(text: str) -> int | None:
+    """The final educational score 0-5, or None when the answer has no valid score line."""
+    found = _SCORE.findall(text or "")
+    if not found:
+        return None
+    value = float(found[-1])
+    if value != int(value) or not 0 <= value <= 5:
+        return None
+    return int(value)
+
+
+def justification(text: str) -> str:
+    m = list(_SCORE.finditer(text))
+    return (text[:m[-1].start()] if m else text).strip()
+
+
+def sample_documents(docs: list[Document], n: int, seed: int) -> list[Document]:
+    """A seeded sample of n documents (order independent of how generate wrote them)."""
+    ordered = sorted(docs, key=lambda d: d.id)
+    if n >= len(ordered):
+        return ordered
+    return sorted(random.Random(seed).sample(ordered, n), key=lambda d: d.id)
+
+
+def _ids(path: Path, model: type[BaseModel]) -> set[str]:
+    if not path.exists():
+        return set()
+    repair_jsonl_tail(path)
+    return {r.id for r in read_jsonl(path, model)}  # type: ignore[attr-defined]
+
+
+def _template(cfg: PipelineConfig) -> tuple[PromptLibrary, str]:
+    path = cfg.project_path(cfg.annotate.prompt)
+    if not path.is_file():
+        raise DatagenError(f"annotate.prompt: template {path} not found")
+    return PromptLibrary(path.parent), path.name.removesuffix(".j2")
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    if not cfg.classifier.model_path and cfg.annotate.n:
+        _template(cfg)
+
+
+def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
+    folder = run.stage_dir("annotate")
+    if cfg.classifier.model_path:
+        console.print("annotate: classifier.model_path is set; nothing to label")
+        return {"skipped": "classifier.model_path is set", "summary": {"skipped": "model_path"}}
+    gen = run.require_finished("generate", "annotate")
+    gen_path = gen / "outputs.jsonl"
+    docs = list(read_jsonl(gen_path, Document)) if gen_path.exists() else []
+    sample = sample_documents(docs, cfg.annotate.n, cfg.seed)
+    out_path, fail_path = folder / ANNOTATIONS, folder / FAILURES
+    done = _ids(out_path, Annotation) | _ids(fail_path, Failure)
+    todo = [d for d in sample if d.id not in done]
+    prompts, name = _template(cfg)
+    params = {"max_tokens": cfg.annotate.max_tokens, "temperature": cfg.annotate.temperature}
+    console.print(f"annotate: {len(sample)} sampled of {len(docs)}, {len(sample) - len(todo)} "
+                  f"done earlier, {len(todo)} to request")
+    if todo:
+        from pipeline.teacher import Completion, Job
+
+        jobs = [Job(id=d.id, template=f"{name}.j2", params=params,
+                    messages=prompts.render(name, text=d.text[:cfg.annotate.max_doc_chars]))
+                for d in todo]
+        with JsonlAppender(out_path, fsync=False) as out, \
+                JsonlAppender(fail_path, fsync=False) as fails:
+
+            def ok(job: Job, c: Completion) -> None:
+                score = parse_score(c.text)
+                if score is None:
+                    tail = " ".join(c.text.split())[-80:]
+                    fails.write(Failure(id=job.id, reason=f"unparseable: no 'Educational score: "
+                                        f"0-5' line (answer ends {tail!r})", attempts=1,
+                                        template=job.template, model=c.model))
+                    return
+                out.write(Annotation(id=job.id, score=score, justification=justification(c.text),
+                                     response=c.text, model=c.model, created_at=utc_now()))
+
+            def bad(job: Job, reason: str, attempts: int) -> None:
+                fails.write(Failure(id=job.id, reason=reason, attempts=attempts,
+                                    template=job.template, model=cfg.teacher.model))
+
+            asyncio.run(_annotate(cfg, run, console, jobs, ok, bad))
+    return _manifest(out_path, fail_path, len(sample), len(docs))
+
+
+async def _annotate(cfg: PipelineConfig, run: Run, console: Console, jobs: list[Any],
+                    ok: Any, bad: Any) -> Any:
+    from pipeline.teacher import open_teacher, run_batch
+
+    async with open_teacher(cfg, run, console) as teacher:
+        return await run_batch(teacher, jobs, ok, bad, console, label="annotate",
+                               total=len(jobs), budget_usd=cfg.budget.max_cost_usd)
+
+
+def _manifest(out_path: Path, fail_path: Path, sampled: int, available: int) -> dict[str, Any]:
+    anns = list(read_jsonl(out_path, Annotation)) if out_path.exists() else []
+    fails = list(read_jsonl(fail_path, Failure)) if fail_path.exists() else []
+    hist = Counter(a.score for a in anns)
+    reasons = Counter(f.reason.split(":")[0] for f in fails)
+    return {
+        "summary": {"rated": len(anns), "failed": len(fails),
+                    "mean_score": round(sum(a.score for a in anns) / len(anns), 2)
+                    if anns else None},
+        "available": available,
+        "sampled": sampled,
+        "rated": len(anns),
+        "failed": len(fails),
+        "failure_reasons": dict(sorted(reasons.items())),
+        "score_histogram": {str(k): hist.get(k, 0) for k in range(6)},
+        "annotations": ANNOTATIONS,
+        "failures": FAILURES,
+    }

@@ -1,0 +1,137 @@
+"""Decontamination against the real GSM8K / HumanEval / MBPP / ARC / PIQA test files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from filters_testdata import (
+    SHARED,
+    gsm8k_items,
+    humaneval_items,
+    openstax_modules,
+    wikitext_articles,
+)
+
+from filters.decontam import Decontaminator
+from pipeline.config import BenchmarkSource, DecontamConfig
+from pipeline.errors import DatagenError
+
+
+@pytest.fixture(scope="module")
+def dc() -> Decontaminator:
+    return Decontaminator(DecontamConfig())
+
+
+def test_all_default_benchmarks_load_from_shared_data(dc):
+    assert set(dc.loaded) == {"gsm8k", "humaneval", "mbpp", "arc", "piqa"}
+    assert dc.loaded["gsm8k"]["items"] == 1319 and dc.loaded["humaneval"]["items"] == 164
+    assert not dc.unavailable
+
+
+def test_document_quoting_a_gsm8k_test_item_is_dropped(dc):
+    item = gsm8k_items()[100]
+    text = openstax_modules()[5]["text"] + "\n\nPractice problem: " + item["question"] + \
+        "\n\nSolution. " + item["answer"]
+    res = dc.check(text)
+    assert res.reason == "decontam.gsm8k"
+    assert res.matches["gsm8k"] > 0
+
+
+def test_document_quoting_a_humaneval_problem_is_dropped(dc):
+    item = humaneval_items()[10]
+    text = "Here is an exercise for you.\n\n" + item["prompt"] + item["canonical_solution"]
+    assert dc.check(text).reason == "decontam.humaneval"
+
+
+def test_textbook_text_without_benchmark_quotes_is_kept(dc):
+    for m in openstax_modules()[:30]:
+        res = dc.check(m["text"])
+        assert res.reason is None and res.text is None, m["title"]
+
+
+def test_punctuation_and_case_do_not_hide_a_match(dc):
+    q = gsm8k_items()[7]["question"]
+    mangled = q.upper().replace(" ", "  ").replace(",", " ,")
+    assert dc.check(mangled).reason == "decontam.gsm8k"
+
+
+def test_cut_mode_removes_a_window_around_the_match_and_keeps_the_rest():
+    cfg = DecontamConfig(mode="cut", benchmarks=DecontamConfig().benchmarks[:1])
+    dc = Decontaminator(cfg)
+    article = wikitext_articles()[2]
+    half = len(article) // 2
+    q = gsm8k_items()[3]["question"]
+    text = article[:half] + " " + q + " " + article[half:]
+    res = dc.check(text)
+    assert res.reason is None and res.text is not None
+    assert q not in res.text and res.pieces == 2
+    assert res.text.startswith(article[:half - 250].strip()[:100])
+    assert len(res.text) <= len(text) - len(q) - 2 * cfg.cut_window + 10
+    # the same quote spread through the text more than 10 times: the doc is dropped (GPT-3)
+    paras = [p for a in wikitext_articles() for p in a.split("\n\n") if len(p) > 800][:12]
+    many = "\n\n".join(p + " " + gsm8k_items()[i]["question"] for i, p in enumerate(paras))
+    assert Decontaminator(cfg).check(many).reason == "decontam.gsm8k"
+
+
+def test_local_json_csv_parquet_files_give_the_same_ngrams(tmp_path):
+    rows = gsm8k_items()[:200]
+    (tmp_path / "g.json").write_text(json.dumps(rows))
+    with open(tmp_path / "g.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["question", "answer"])
+        w.writeheader()
+        w.writerows(rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "g.parquet")
+    counts = []
+    for ext in ("json", "csv", "parquet"):
+        src = BenchmarkSource(name="g", path=str(tmp_path / f"g.{ext}"),
+                              fields=["question", "answer"])
+        d = Decontaminator(DecontamConfig(benchmarks=[src]))
+        counts.append(d.loaded["g"]["ngrams"])
+        assert d.check(rows[50]["question"]).reason == "decontam.g"
+    assert len(set(counts)) == 1 and counts[0] > 1000
+
+
+def test_nested_fields_are_walked_for_arc_choices():
+    arc = BenchmarkSource(name="arc", path=str(SHARED / "benchmarks/arc/ARC-Challenge-Test.jsonl"),
+                          fields=["question.choices.text"])
+    d = Decontaminator(DecontamConfig(ngram=4, benchmarks=[arc]))
+    assert d.loaded["arc"]["ngrams"] > 0
+
+
+def test_missing_benchmark_warns_or_fails_by_config(tmp_path):
+    src = BenchmarkSource(name="gone", path=str(tmp_path / "nope.jsonl"), fields=["q"])
+    d = Decontaminator(DecontamConfig(benchmarks=[src]))
+    assert "gone" in d.unavailable and not d.loaded
+    with pytest.raises(DatagenError, match="decontam.benchmarks.gone"):
+        Decontaminator(DecontamConfig(benchmarks=[src], on_missing="error"))
+    gsm = str(SHARED / "benchmarks/gsm8k/test.jsonl")
+    with pytest.raises(DatagenError, match="decontam.benchmarks.g.fields: none of questoin"):
+        Decontaminator(DecontamConfig(benchmarks=[BenchmarkSource(
+            name="g", path=gsm, fields=["questoin"])]))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(gsm8k_items()[0]) + "\n{not json\n")
+    with pytest.raises(DatagenError, match="bad.jsonl:2"):
+        Decontaminator(DecontamConfig(benchmarks=[BenchmarkSource(
+            name="bad", path=str(bad), fields=["question"])]))
+
+
+def test_hf_dataset_path_loads_through_datasets_when_downloads_are_allowed(tmp_path,
+                                                                           monkeypatch):
+    """The online path (``datasets.load_dataset``), exercised on a local dataset folder."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    folder = tmp_path / "gsm8k_local"
+    folder.mkdir()
+    (folder / "test.jsonl").write_bytes((SHARED / "benchmarks/gsm8k/test.jsonl").read_bytes())
+    src = BenchmarkSource(name="gsm8k", path=str(tmp_path / "absent.jsonl"), hf=str(folder),
+                          split="test", fields=["question", "answer"])
+    off = Decontaminator(DecontamConfig(benchmarks=[src]))
+    assert "allow_download=false" in off.unavailable["gsm8k"]
+    on = Decontaminator(DecontamConfig(benchmarks=[src], allow_download=True))
+    assert on.loaded["gsm8k"]["items"] == 1319
+    assert on.loaded["gsm8k"]["source"] == f"hf:{folder}"
+    assert on.check(gsm8k_items()[9]["question"]).reason == "decontam.gsm8k"
