@@ -132,6 +132,11 @@ class AnnotateConfig(Section):
     max_tokens: int = Field(200, ge=8)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_doc_chars: int = Field(2000, ge=100)  # the document is cut to this in the prompt
+    # ask for JSON {"justification", "score"} under a schema (constrained decoding):
+    # json_object = llama.cpp's form, json_schema = OpenAI/vLLM structured outputs, off = a
+    # plain "Educational score: N" line; auto = json_object on the embedded teacher (the 135M
+    # model never reaches a score line unconstrained), off elsewhere
+    structured: str = Field("auto", pattern="^(auto|off|json_object|json_schema)$")
 
 
 class ClassifierConfig(Section):
@@ -144,6 +149,10 @@ class ClassifierConfig(Section):
     lr: float = Field(0.5, gt=0)
     dim: int = Field(64, ge=2)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    # a model trained here filters only if it is demonstrably useful: each class has at least
+    # this many labels and, on the held-out split, it beats the majority-class baseline with
+    # F1 > 0. Otherwise its probability is still stored on every record (score only).
+    min_labels_per_class: int = Field(10, ge=1)
 
 
 class FilterConfig(Section):

@@ -117,3 +117,28 @@ def test_annotation_sample_is_seeded_and_order_independent():
     b = [d.id for d in sample_documents(list(reversed(docs)), 8, seed=3)]
     assert a == b and len(set(a)) == 8
     assert [d.id for d in sample_documents(docs, 8, seed=4)] != a
+
+
+@pytest.mark.parametrize("answer,rating", [
+    ('{"justification": "Clear worked examples.", "score": 4}', (4, "Clear worked examples.")),
+    ('{"justification": "x", "score": 0}', (0, "x")),
+    ('{"justification": "x", "score": 10}', None),      # out of range: not a 5
+    ('{"justification": "x", "score": "3"}', None),     # not an integer
+    ('{"justification": "cut off by max_tok', None),    # truncated JSON
+])
+def test_structured_rating_is_parsed_or_reported_as_none(answer, rating):
+    from pipeline.stages.annotate import parse_rating
+
+    assert parse_rating(answer, structured=True) == rating
+
+
+def test_a_model_that_does_not_beat_the_majority_baseline_only_scores():
+    from pipeline.stages.train_classifier import usefulness
+
+    held_useless = {"f1": 0.0, "accuracy": 0.8, "majority_baseline_accuracy": 0.8}
+    held_good = {"f1": 0.7, "accuracy": 0.9, "majority_baseline_accuracy": 0.6}
+    assert usefulness(3, 18, held_good, 10) == (False, "3 positive / 18 negative labels; "
+                                                "classifier.min_labels_per_class is 10")
+    applied, why = usefulness(40, 60, held_useless, 10)
+    assert not applied and "does not beat the majority baseline 0.8" in why
+    assert usefulness(40, 60, held_good, 10) == (True, "")

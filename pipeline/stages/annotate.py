@@ -9,6 +9,7 @@ what is missing. With ``classifier.model_path`` set there is nothing to label: t
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 from collections import Counter
@@ -53,6 +54,46 @@ def parse_score(text: str) -> int | None:
     if value != int(value) or not 0 <= value <= 5:
         return None
     return int(value)
+
+
+# justification first, then the score (as the plain-text prompt); an enum because llama.cpp's
+# grammar ignores minimum/maximum
+RATING_SCHEMA = {
+    "type": "object",
+    "properties": {"justification": {"type": "string"},
+                   "score": {"type": "integer", "enum": [0, 1, 2, 3, 4, 5]}},
+    "required": ["justification", "score"],
+}
+
+
+def structured_mode(cfg: PipelineConfig) -> str:
+    if cfg.annotate.structured != "auto":
+        return cfg.annotate.structured
+    return "off" if cfg.teacher.base_url else "json_object"
+
+
+def response_format(mode: str) -> dict[str, Any] | None:
+    if mode == "json_object":
+        return {"type": "json_object", "schema": RATING_SCHEMA}
+    if mode == "json_schema":
+        return {"type": "json_schema",
+                "json_schema": {"name": "rating", "schema": RATING_SCHEMA, "strict": True}}
+    return None
+
+
+def parse_rating(text: str, structured: bool) -> tuple[int, str] | None:
+    """(score, justification) from an answer, or None when it holds no valid score."""
+    if not structured:
+        score = parse_score(text)
+        return None if score is None else (score, justification(text))
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    score = obj.get("score") if isinstance(obj, dict) else None
+    if not isinstance(score, int) or isinstance(score, bool) or not 0 <= score <= 5:
+        return None
+    return score, str(obj.get("justification", "")).strip()
 
 
 def justification(text: str) -> str:
@@ -100,27 +141,34 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     done = _ids(out_path, Annotation) | _ids(fail_path, Failure)
     todo = [d for d in sample if d.id not in done]
     prompts, name = _template(cfg)
-    params = {"max_tokens": cfg.annotate.max_tokens, "temperature": cfg.annotate.temperature}
+    mode = structured_mode(cfg)
+    params: dict[str, Any] = {"max_tokens": cfg.annotate.max_tokens,
+                              "temperature": cfg.annotate.temperature}
+    if fmt := response_format(mode):
+        params["response_format"] = fmt
     console.print(f"annotate: {len(sample)} sampled of {len(docs)}, {len(sample) - len(todo)} "
                   f"done earlier, {len(todo)} to request")
     if todo:
         from pipeline.teacher import Completion, Job
 
         jobs = [Job(id=d.id, template=f"{name}.j2", params=params,
-                    messages=prompts.render(name, text=d.text[:cfg.annotate.max_doc_chars]))
+                    messages=prompts.render(name, text=d.text[:cfg.annotate.max_doc_chars],
+                                            json_answer=mode != "off"))
                 for d in todo]
         with JsonlAppender(out_path, fsync=False) as out, \
                 JsonlAppender(fail_path, fsync=False) as fails:
 
             def ok(job: Job, c: Completion) -> None:
-                score = parse_score(c.text)
-                if score is None:
+                rating = parse_rating(c.text, structured=mode != "off")
+                if rating is None:
                     tail = " ".join(c.text.split())[-80:]
-                    fails.write(Failure(id=job.id, reason=f"unparseable: no 'Educational score: "
-                                        f"0-5' line (answer ends {tail!r})", attempts=1,
+                    want = ("a JSON score 0-5" if mode != "off"
+                            else "an 'Educational score: 0-5' line")
+                    fails.write(Failure(id=job.id, reason=f"unparseable: no {want} "
+                                        f"(answer ends {tail!r})", attempts=1,
                                         template=job.template, model=c.model))
                     return
-                out.write(Annotation(id=job.id, score=score, justification=justification(c.text),
+                out.write(Annotation(id=job.id, score=rating[0], justification=rating[1],
                                      response=c.text, model=c.model, created_at=utc_now()))
 
             def bad(job: Job, reason: str, attempts: int) -> None:
@@ -128,7 +176,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                                     template=job.template, model=cfg.teacher.model))
 
             asyncio.run(_annotate(cfg, run, console, jobs, ok, bad))
-    return _manifest(out_path, fail_path, len(sample), len(docs))
+    return _manifest(out_path, fail_path, len(sample), len(docs), mode)
 
 
 async def _annotate(cfg: PipelineConfig, run: Run, console: Console, jobs: list[Any],
@@ -140,7 +188,8 @@ async def _annotate(cfg: PipelineConfig, run: Run, console: Console, jobs: list[
                                total=len(jobs), budget_usd=cfg.budget.max_cost_usd)
 
 
-def _manifest(out_path: Path, fail_path: Path, sampled: int, available: int) -> dict[str, Any]:
+def _manifest(out_path: Path, fail_path: Path, sampled: int, available: int,
+              mode: str) -> dict[str, Any]:
     anns = list(read_jsonl(out_path, Annotation)) if out_path.exists() else []
     fails = list(read_jsonl(fail_path, Failure)) if fail_path.exists() else []
     hist = Counter(a.score for a in anns)
@@ -154,6 +203,7 @@ def _manifest(out_path: Path, fail_path: Path, sampled: int, available: int) -> 
         "rated": len(anns),
         "failed": len(fails),
         "failure_reasons": dict(sorted(reasons.items())),
+        "structured": mode,
         "score_histogram": {str(k): hist.get(k, 0) for k in range(6)},
         "annotations": ANNOTATIONS,
         "failures": FAILURES,

@@ -77,16 +77,20 @@ def build_filters(cfg: PipelineConfig) -> list[DocFilter]:
     return out
 
 
-def load_classifier(cfg: PipelineConfig, run: Run) -> tuple[QualityClassifier | None, str | None]:
-    """The model train_classifier chose (or None with the reason)."""
+def load_classifier(cfg: PipelineConfig,
+                    run: Run) -> tuple[QualityClassifier | None, bool, str | None]:
+    """The model train_classifier chose (or None), whether it makes keep decisions (a model
+    that is not demonstrably useful only scores), and the note saying why not."""
     m = run.read_manifest("train_classifier") or {}
     if m.get("trained"):
         path = run.path / "train_classifier" / "model.bin"
     elif m.get("model_path"):
         path = Path(m["model_path"])
     else:
-        return None, m.get("note", "train_classifier produced no model")
-    return QualityClassifier(path, m.get("positive_label") or cfg.classifier.positive_label), None
+        return None, False, m.get("note", "train_classifier produced no model")
+    clf = QualityClassifier(path, m.get("positive_label") or cfg.classifier.positive_label)
+    applied = bool(m.get("applied", True))
+    return clf, applied, None if applied else m.get("note")
 
 
 def _clear_outputs(folder: Path) -> None:
@@ -139,7 +143,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     decon = Decontaminator(cfg.decontam)
     for name, why in decon.unavailable.items():
         console.print(f"[yellow]decontam: benchmark '{name}' skipped: {why}[/]")
-    clf, clf_note = load_classifier(cfg, run)
+    clf, clf_applied, clf_note = load_classifier(cfg, run)
     if clf_note:
         console.print(f"[yellow]filter: no classifier decision ({clf_note})[/]")
     d = cfg.dedup
@@ -193,7 +197,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
             for doc in alive:
                 if not apply_filters(doc, filters, reasons):
                     continue
-                if clf is not None and doc.scores["classifier.prob"] < cfg.classifier.min_score:
+                if clf_applied and doc.scores["classifier.prob"] < cfg.classifier.min_score:
                     doc.drop_reason = "classifier.min_score"
                     reasons[doc.drop_reason] += 1
                     continue
@@ -284,7 +288,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         "classifier": {
             "positive_label": clf.positive_label if clf else None,
             "min_score": cfg.classifier.min_score,
-            "applied": clf is not None,
+            "applied": clf_applied,
             "note": clf_note,
             "mean_prob": round(float(np.mean(probs)), 4) if probs else None,
             "above_min_score": sum(1 for p in probs if p >= cfg.classifier.min_score),

@@ -34,6 +34,18 @@ def preflight(cfg: PipelineConfig) -> None:
                            "fastText model file not found")
 
 
+def usefulness(n_pos: int, n_neg: int, held: dict[str, Any],
+               min_per_class: int) -> tuple[bool, str]:
+    """Should a model trained here make keep decisions? (True, "") or (False, why)."""
+    if min(n_pos, n_neg) < min_per_class:
+        return False, (f"{n_pos} positive / {n_neg} negative labels; classifier."
+                       f"min_labels_per_class is {min_per_class}")
+    if held and (held["f1"] <= 0 or held["accuracy"] <= held["majority_baseline_accuracy"]):
+        return False, (f"held-out F1 {held['f1']}, accuracy {held['accuracy']} does not beat "
+                       f"the majority baseline {held['majority_baseline_accuracy']}")
+    return True, ""
+
+
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     folder = run.stage_dir("train_classifier")
     c = cfg.classifier
@@ -42,7 +54,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         clf = QualityClassifier(path, c.positive_label)  # DatagenError if missing / wrong label
         console.print(f"train_classifier: using {path} (labels {', '.join(clf.labels)})")
         return {"model_path": str(path.resolve()), "positive_label": clf.positive_label,
-                "trained": False, "labels": clf.labels,
+                "trained": False, "applied": True, "labels": clf.labels,
                 "summary": {"model": path.name, "trained": False}}
     ann_dir = run.require_finished("annotate", "train_classifier")
     ann_path = ann_dir / ANNOTATIONS
@@ -69,6 +81,11 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     console.print(f"train_classifier: {len(ids)} labels ({n_pos} positive), training fastText")
     metrics = train_classifier(texts, labels, model_path, c, cfg.seed)
     held = metrics.get("heldout") or {}
+    applied, why = usefulness(n_pos, len(ids) - n_pos, held, c.min_labels_per_class)
+    if not applied:
+        console.print(f"[yellow]train_classifier: model scores only, no keep decision: {why}[/]")
     return {**base, **metrics, "model_path": str(model_path.resolve()), "trained": True,
+            "applied": applied, "note": None if applied else f"score only: {why}",
             "summary": {"labels": len(ids), "positive": n_pos,
-                        "f1": held.get("f1", "n/a"), "model": MODEL}}
+                        "f1": held.get("f1", "n/a"), "model": MODEL,
+                        "applied": applied}}

@@ -171,6 +171,15 @@ def _load_classifier(cfg: PipelineConfig, run: Run, notes: list[str]) -> Any:
     return QualityClassifier(path, label)
 
 
+def _classifier_applied(run: Run, notes: list[str]) -> bool:
+    """The filter stage's verdict: a model that is not demonstrably useful only scores."""
+    info = (run.read_manifest("filter") or {}).get("classifier") or {}
+    applied = bool(info.get("applied", True))
+    if not applied:
+        notes.append(f"quality: scores only, no keep decision ({info.get('note')})")
+    return applied
+
+
 class WebStage:
     def __init__(self, cfg: PipelineConfig, run: Run, console: Console) -> None:
         self.cfg = cfg
@@ -193,6 +202,8 @@ class WebStage:
         self.heuristics = heur
         self.pii = PIIMasker(w.email_placeholder, w.ip_placeholder) if w.pii else None
         self.classifier = _load_classifier(cfg, run, self.notes)
+        self.classifier_applied = (self.classifier is not None
+                                   and _classifier_applied(run, self.notes))
         self._load_dedup()
         self.decontam = None
         if w.decontam and cfg.decontam.enabled:
@@ -305,7 +316,7 @@ class WebStage:
             survivors = []
             for d, pr in zip(batch, probs, strict=True):
                 d.scores["quality.p_positive"] = round(float(pr), 6)
-                if w.min_quality > 0 and pr < w.min_quality:
+                if self.classifier_applied and w.min_quality > 0 and pr < w.min_quality:
                     self._drop(d, "quality", "quality.low_score")
                 else:
                     f.passed("quality", words(d.text))
