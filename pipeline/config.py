@@ -56,7 +56,7 @@ class LocalServerConfig(Section):
     n_ctx: int = 4096
     # llama-cpp-python's server handles one request at a time, so parallel "slots" are
     # separate server processes; 0 = one per core. Measured here: 2 servers x 1 thread gave
-    # ~5x the tokens/s of 1 server x 2 threads on a busy 2-core machine (docs/benchmarks.md)
+    # 2.8x the tokens/s of 1 server x 2 threads on 2 cores (docs/benchmarks.md)
     servers: int = Field(0, ge=0)
     n_threads: int = Field(0, ge=0)  # threads per server; 0 = cores / servers
     startup_timeout_s: float = 180.0

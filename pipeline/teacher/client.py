@@ -201,8 +201,8 @@ class Teacher:
         t0 = time.perf_counter()
         # client.post with cast_to=object: the SDK's own request path (auth, base URL, error
         # types, timeouts) without its per-request TypedDict transform and pydantic model
-        # construction, which cost ~1/3 of the client CPU at high request rates
-        # (scripts/bench/generate_throughput.py); we validate the body ourselves below
+        # construction: 558 vs 520 req/s at 128 in flight (docs/benchmarks.md); the body is
+        # validated below
         i = min(range(len(self.clients)), key=self.in_flight.__getitem__)
         self.in_flight[i] += 1
         try:

@@ -6,7 +6,8 @@ The fake server (tests/fake_openai.py, aiohttp) runs in its own process and answ
 chat request after a fixed 200 ms. The client is datagen's real path: Teacher (openai SDK
 AsyncOpenAI, tenacity, rate limiter) driven by run_batch with 128 workers, response cache on
 (as in a real run) and off. Little's law bounds completed requests/s at in_flight / latency
-= 128 / 0.2 s = 640/s. Transports aiohttp (default) and httpx are measured side by side.
+= 128 / 0.2 s = 640/s. Transports aiohttp (default) and httpx, and the SDK's typed
+``chat.completions.create`` path, are measured side by side.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ from rich.console import Console  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.teacher import Job, Teacher, run_batch  # noqa: E402
 from pipeline.teacher.cache import ResponseCache  # noqa: E402
+from pipeline.teacher.client import Completion, _parse_completion  # noqa: E402
+
+
+class TypedCreateTeacher(Teacher):
+    """The same client through the SDK's typed ``chat.completions.create`` (what datagen's
+    raw ``client.post`` path replaces), for comparison."""
+
+    async def _call(self, messages, params) -> Completion:  # noqa: ANN001
+        t0 = time.perf_counter()
+        resp = await self.clients[0].chat.completions.create(
+            model=self.model, messages=messages, **params)
+        return _parse_completion(resp.model_dump(), self.model, time.perf_counter() - t0)
 
 
 def _serve(port: int, latency: float) -> None:
@@ -49,11 +62,12 @@ def _free_port() -> int:
 
 
 async def _measure(url: str, transport: str, n: int, concurrency: int, cache_dir: str | None,
-                   tag: str) -> float:
+                   tag: str, typed: bool = False) -> float:
     cfg = load_config([f"teacher.concurrency={concurrency}", f"teacher.transport={transport}",
                        "teacher.model=fake-model"])
-    teacher = Teacher(cfg.teacher, url, "bench", ResponseCache(Path(cache_dir))
-                      if cache_dir else None)
+    cls = TypedCreateTeacher if typed else Teacher
+    teacher = cls(cfg.teacher, url, "bench", ResponseCache(Path(cache_dir))
+                  if cache_dir else None)
     jobs = [Job(id=str(i), messages=[{"role": "user", "content": f"{tag} request {i}"}])
             for i in range(n)]
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115
@@ -90,17 +104,20 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}; server latency {args.latency*1000:.0f} ms, "
           f"{args.concurrency} in flight, bound {bound:.0f} req/s, {args.requests} requests")
-    variants = [("aiohttp", True), ("aiohttp", False), ("httpx", True), ("httpx", False)]
+    # (transport, cache, typed create() path)
+    variants = [("aiohttp", True, False), ("aiohttp", False, False), ("httpx", True, False),
+                ("httpx", False, False), ("aiohttp", True, True)]
     results: dict[str, list[float]] = {}
     try:
         for rep in range(args.repeats):  # interleaved, so noise hits all variants alike
-            for transport, cache in variants:
-                name = f"{transport}, cache {'on' if cache else 'off'}"
+            for transport, cache, typed in variants:
+                name = (f"{transport}, cache {'on' if cache else 'off'}"
+                        + (", SDK create()" if typed else ""))
                 with tempfile.TemporaryDirectory() as d:
                     rate = asyncio.run(_measure(url, transport, args.requests, args.concurrency,
-                                                d if cache else None, f"{rep}-{name}"))
+                                                d if cache else None, f"{rep}-{name}", typed))
                 results.setdefault(name, []).append(rate)
-                print(f"  run {rep + 1}: {name:<22} {rate:7.1f} req/s")
+                print(f"  run {rep + 1}: {name:<36} {rate:7.1f} req/s", flush=True)
     finally:
         proc.terminate()
     print("\n| client transport | median req/s | % of Little's-law bound |\n|---|---|---|")
