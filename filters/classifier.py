@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.config import ClassifierConfig
 from pipeline.errors import DatagenError
+from pipeline.runs import file_mode
 
 POSITIVE = "__label__hq"
 NEGATIVE = "__label__lq"
@@ -127,6 +128,7 @@ def train_classifier(texts: Sequence[str], labels: Sequence[bool], out_path: Pat
             input=train_file, wordNgrams=cfg.word_ngrams, epoch=cfg.epoch, lr=cfg.lr,
             dim=cfg.dim, minCount=1, loss="softmax", thread=1, seed=seed, verbose=0)
         model.save_model(tmp_model)
+        os.chmod(tmp_model, file_mode())
         os.replace(tmp_model, out_path)
     finally:
         Path(train_file).unlink(missing_ok=True)

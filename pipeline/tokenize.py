@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from pipeline.errors import DatagenError
+from pipeline.runs import atomic_write_bytes
 
 BUNDLED = "smollm2"
 _GGUF_SPECIAL = 3  # llama.cpp token type CONTROL
@@ -188,7 +188,7 @@ def write_token_shard(path: Path, docs: Sequence[np.ndarray], dtype: np.dtype,
     meta_path = path.with_name(path.name + ".metadata")
     sha = _write_array(path, tokens)
     _write_array(index_path, ends)
-    _write_bytes(meta_path, meta.encode())
+    atomic_write_bytes(meta_path, meta.encode())
     return {"path": path.name, "index": index_path.name, "tokens": n, "documents": len(docs),
             "bytes": path.stat().st_size, "sha256": sha,
             "index_sha256": hashlib.sha256(ends.tobytes()).hexdigest()}
@@ -196,17 +196,8 @@ def write_token_shard(path: Path, docs: Sequence[np.ndarray], dtype: np.dtype,
 
 def _write_array(path: Path, arr: np.ndarray) -> str:
     data = np.ascontiguousarray(arr).tobytes()
-    _write_bytes(path, data)
+    atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_token_shard(path: Path, dtype: np.dtype | str = "<u2") -> tuple[np.ndarray, np.ndarray]:

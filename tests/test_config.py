@@ -110,3 +110,4 @@ def test_missing_web_input_fails_before_any_stage_runs(tmp_path):
     assert r.returncode == 2
     assert "/nonexistent/crawl.warc.gz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()  # plan did not run
+
