@@ -99,10 +99,14 @@ def test_plan_stage_writes_plan_and_is_not_redone(tmp_path):
     assert len(first.splitlines()) == 5
     r = datagen("run", "stage=plan", "plan.n=5", cwd=tmp_path)
     assert r.returncode == 0 and "skipped" in r.stderr
+    # a changed config redoes the stage; the earlier output is moved aside, not lost
     r = datagen("run", "stage=plan", "plan.n=6", cwd=tmp_path)
-    assert r.returncode == 2 and "force=true" in r.stderr
-    r = datagen("run", "stage=plan", "plan.n=6", "force=true", cwd=tmp_path)
     assert r.returncode == 0 and len(plan.read_bytes().splitlines()) == 6
+    moved = list((tmp_path / "runs/default/.superseded").glob("plan-*/plan.jsonl"))
+    assert len(moved) == 1 and moved[0].read_bytes() == first
+    assert plan.read_bytes().startswith(first)  # a longer plan extends the shorter one
+    r = datagen("run", "stage=plan", "plan.n=6", "force=true", cwd=tmp_path)
+    assert r.returncode == 0 and "force=true" in r.stderr
 
 
 def test_missing_web_input_fails_before_any_stage_runs(tmp_path):

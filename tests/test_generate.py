@@ -200,3 +200,16 @@ def test_request_key_matches_what_the_pipeline_sends(tmp_path):
         assert datagen(*gen_args(srv.url, "plan.n=2"), cwd=tmp_path).returncode == 0
     outs = read_jsonl(tmp_path / "runs/default/generate/outputs.jsonl")
     assert {request_key(o["messages"]) for o in outs} == set(fake.attempts)
+
+
+def test_a_larger_plan_redoes_generate_without_paying_again_for_earlier_items(tmp_path):
+    fake = FakeOpenAI()
+    with ServerThread(fake) as srv:
+        assert datagen(*gen_args(srv.url, "plan.n=10"), cwd=tmp_path).returncode == 0
+        r = datagen(*gen_args(srv.url, "plan.n=15"), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    gen = tmp_path / "runs/default/generate"
+    assert len(read_jsonl(gen / "outputs.jsonl")) == 15
+    assert fake.total == 15  # the first 10 came from the response cache
+    old = list((tmp_path / "runs/default/.superseded").glob("generate-*/outputs.jsonl"))
+    assert len(old) == 1 and len(read_jsonl(old[0])) == 10

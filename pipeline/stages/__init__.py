@@ -7,7 +7,8 @@ Each stage is a module ``pipeline.stages.<name>`` with one entry point
 before any stage does (a missing input path fails before any work starts);
 ``rerun_requested(cfg)`` asks to run a finished stage again (generate with retry_failed).
 A stage's config hash covers its keys and the hashes of the stages it reads from, so a
-changed plan makes generate stale.
+changed plan makes generate stale: a finished stage with the same hash is skipped, a stale one
+is redone, its earlier output moved to ``<run>/.superseded/``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("emit", needs=("filter", "web")),
 )
 BY_NAME = {s.name: s for s in STAGES}
+SUPERSEDED = ".superseded"  # earlier outputs of redone stages: <run>/.superseded/<stage>-<hash>
 
 
 def stage_hash(cfg: PipelineConfig, run: Run, spec: StageSpec) -> str:
@@ -98,13 +100,10 @@ def run_pipeline(cfg: PipelineConfig, stage: str | None, console: Console) -> li
         spec = BY_NAME[name]
         h = stage_hash(cfg, run, spec)
         manifest = run.read_manifest(name)
-        redo = cfg.force and (name in targets or (manifest or {}).get("config_hash") != h)
-        if manifest and manifest.get("config_hash") != h and not redo:
-            raise DatagenError(
-                f"{run.path / name}: stage '{name}' was run with a different config "
-                f"(its inputs or {', '.join(spec.module().CONFIG_KEYS) or 'settings'} changed); "
-                f"pass force=true to redo it, or run.name=NEW for a separate run"
-            )
+        # a stage whose config (or an upstream stage) changed is redone, like make or DVC;
+        # force=true redoes the requested stages even when nothing changed
+        stale = manifest is not None and manifest.get("config_hash") != h
+        redo = stale or (cfg.force and name in targets)
         # a stage may ask to run again although finished (generate with retry_failed=true)
         rerun = getattr(spec.module(), "rerun_requested", lambda c: False)(cfg)
         if manifest and manifest.get("status") == "finished" and not redo and not rerun:
@@ -112,9 +111,20 @@ def run_pipeline(cfg: PipelineConfig, stage: str | None, console: Console) -> li
             results.append(manifest)
             continue
         if redo and (run.path / name).exists():
-            shutil.rmtree(run.path / name)
+            why = "its config or an upstream stage changed" if stale else "force=true"
+            _supersede(run, name, (manifest or {}).get("config_hash", "unknown"), why, console)
         results.append(_run_one(cfg, run, spec, h, console))
     return results
+
+
+def _supersede(run: Run, name: str, old_hash: str, why: str, console: Console) -> None:
+    """Move a stage's earlier output aside (never delete it) before the stage is redone."""
+    dest = run.path / SUPERSEDED / f"{name}-{old_hash}"
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(run.path / name, dest)
+    console.print(f"[yellow]{name}: redone ({why}); the earlier output is in {dest}[/]")
 
 
 def _run_one(cfg: PipelineConfig, run: Run, spec: StageSpec, h: str,

@@ -43,8 +43,5 @@ class ResponseCache:
         self.db.execute("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
                         (key, json.dumps(value, ensure_ascii=False)))
 
-    def __len__(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM responses").fetchone()[0])
-
     def close(self) -> None:
         self.db.close()

@@ -165,7 +165,7 @@ class Teacher:
                        params: dict[str, Any] | None = None) -> Completion:
         params = self.sampling_params(params)
         key = cache_key(self.model, messages, params)
-        if self.cache and (hit := self.cache.get(key)):
+        if self.cache is not None and (hit := self.cache.get(key)):
             self.cache_hits += 1
             return Completion(**{**hit, "cached": True})
         retrying = AsyncRetrying(
@@ -191,7 +191,7 @@ class Teacher:
             if isinstance(e, (openai.OpenAIError, MalformedResponse, json.JSONDecodeError)):
                 raise TeacherError(describe_error(e), attempts) from None
             raise
-        if self.cache:
+        if self.cache is not None:
             self.cache.put(key, {k: v for k, v in completion.__dict__.items() if k != "cached"})
         return completion
 
@@ -201,7 +201,7 @@ class Teacher:
         t0 = time.perf_counter()
         # client.post with cast_to=object: the SDK's own request path (auth, base URL, error
         # types, timeouts) without its per-request TypedDict transform and pydantic model
-        # construction: 558 vs 520 req/s at 128 in flight (docs/benchmarks.md); the body is
+        # construction: 558 vs 514 req/s at 128 in flight (docs/benchmarks.md); the body is
         # validated below
         i = min(range(len(self.clients)), key=self.in_flight.__getitem__)
         self.in_flight[i] += 1
@@ -217,7 +217,7 @@ class Teacher:
     async def close(self) -> None:
         for client in self.clients:
             await client.close()
-        if self.cache:
+        if self.cache is not None:
             self.cache.close()
 
 
