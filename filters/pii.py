@@ -15,9 +15,13 @@ from pipeline.records import Document
 
 # RFC 5322 "dot-atom" local part @ domain with a 2+ letter TLD (as datatrove's PIIFormatter)
 EMAIL = re.compile(
-    r"(?<![\w.+-])[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    # the look-behind excludes every local-part character, so a match can only start where a
+    # run of them starts (no quadratic rescans of long '////' or '====' runs)
+    r"(?<![\w.!#$%&'*+/=?^`{|}~-])"
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\b")
-IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.]|\.\d)")
+# a sentence-final "." may follow an address ("... is 192.168.1.1."), a fifth number may not
+IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
 

@@ -400,7 +400,9 @@ in the stage output; statistics over {{ n_stats_kept }} kept / {{ n_stats_droppe
 {% if d.audience %}&middot; audience {{ d.audience }}{% endif %}
 {% if d.subject %}&middot; subject {{ d.subject }}{% endif %}
 {% if d.model %}&middot; teacher {{ d.model }}{% endif %}
-{% if d.url %}&middot; <a href="{{ d.url }}">{{ d.url }}</a>{% endif %}
+{% if d.url and d.url.startswith(("http://", "https://")) -%}
+&middot; <a href="{{ d.url }}">{{ d.url }}</a>
+{%- elif d.url %}&middot; {{ d.url }}{% endif %}
 {% if d.required_words %}<br>required words:
 {% for w in d.required_words %}<mark>{{ w }}</mark> {% endfor %}{% endif %}
 </div>

@@ -171,6 +171,8 @@ def load_tokenizer(spec: str, eot_token: str = "<|endoftext|>") -> LoadedTokeniz
     if eot_id is None:
         raise DatagenError(f"emit.eot_token: {eot_token!r} is not in the tokenizer ({source})")
     sha = hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+    # "<|endoftext|>" written inside a document is text, not a document boundary
+    tok.encode_special_tokens = True
     return LoadedTokenizer(tok, spec, source, sha, eot_token, eot_id)
 
 

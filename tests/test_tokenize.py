@@ -84,3 +84,12 @@ def test_token_shard_bytes_follow_the_documented_layout(smollm2, tmp_path: Path)
     meta = (tmp_path / "part-00000.ds.metadata").read_text().splitlines()
     assert meta[0] == "smollm2|2" and meta[1] == str(n)
     assert not list(tmp_path.glob(".*tmp"))  # temp files renamed away
+
+
+def test_end_of_text_written_inside_a_document_is_text_not_a_boundary(smollm2):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
+    text = "The string <|endoftext|> marks the end of a document in GPT-2."
+    ours = smollm2.tokenizer.encode(text, add_special_tokens=False).ids
+    assert smollm2.eot_id not in ours
+    assert ours == llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)

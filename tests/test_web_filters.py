@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -101,12 +102,22 @@ def test_pii_masks_a_real_page_ip_address() -> None:
     assert "<IP_ADDRESS>" in masked
 
 
+IPV4_SHAPE = re.compile(r"\d+\.\d+\.\d+\.\d+")
+
+
 def test_pii_keeps_things_that_only_look_like_addresses() -> None:
     text = pages(DOLMA1)["https://commoncrawl.org/faq"]
     masked, _ = PIIMasker().mask(text)
     # everything but the masked spans is unchanged: the words around are all still there
-    kept = [w for w in text.split() if "38.107.191.66" not in w and "@" not in w]
+    kept = [w for w in text.split() if not IPV4_SHAPE.search(w) and "@" not in w]
     assert all(w in masked for w in kept)
+
+
+def test_pii_masks_an_ip_address_at_the_end_of_a_sentence() -> None:
+    text = pages(DOLMA1)["https://commoncrawl.org/faq"]
+    assert "38.107.191.119." in text  # the page says "... from 38.107.191.119."
+    masked, counts = PIIMasker().mask(text)
+    assert "38.107.191.119" not in masked and counts["ipv4"] >= 2
 
 
 def test_pii_score_counts_and_never_drops() -> None:

@@ -297,3 +297,19 @@ def test_truncated_jsonl_zst_keeps_earlier_lines_and_reports(tmp_path: Path) -> 
     assert [r.text for r in recs] == full[: len(recs)]
     assert stats.errors["truncated"] == 1
     assert "zstd stream ends" in stats.messages[0]
+
+
+@pytest.mark.parametrize("declared", ["base64", "hex", "idna", "utf-16"])
+def test_a_page_declaring_a_non_text_or_impossible_charset_decodes_as_utf8(declared):
+    from pipeline.web.extract import decode_html
+
+    html = "<html><body><p>Caf\u00e9 and cr\u00e8me br\u00fbl\u00e9e.</p></body></html>"
+    dec = decode_html(html.encode("utf-8"), declared)
+    assert dec.charset == "utf-8" and "Caf\u00e9 and cr\u00e8me" in dec.text
+
+
+def test_a_latin1_label_is_read_as_windows_1252_like_browsers():
+    from pipeline.web.extract import decode_html
+
+    dec = decode_html(b"<p>Vanuatu\x92s \x93space\x94</p>", "iso-8859-1")
+    assert "Vanuatu\u2019s \u201cspace\u201d" in dec.text

@@ -23,7 +23,6 @@ dropped ones go to ``web/dropped/`` with their reason and scores.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import shutil
 import threading
 import time
@@ -195,10 +194,12 @@ class WebStage:
         self.c4 = C4Filter(w.c4) if w.c4.enabled else None
         heur: list[Any] = [GopherRepetitionFilter(w.gopher_repetition),
                            GopherQualityFilter(w.gopher_quality)]
-        if self.c4 is not None:
-            heur.append(self.c4)
+        # FineWeb's rules read the page as extracted: after C4's line removal (no lines without
+        # terminal punctuation left) its line-punctuation and short-line ratios could not fire
         if w.fineweb.enabled:
             heur.append(FineWebQualityFilter(w.fineweb))
+        if self.c4 is not None:
+            heur.append(self.c4)
         self.heuristics = heur
         self.pii = PIIMasker(w.email_placeholder, w.ip_placeholder) if w.pii else None
         self.classifier = _load_classifier(cfg, run, self.notes)
@@ -248,7 +249,9 @@ class WebStage:
     # ---- per record
     def _document(self, p: Prepared) -> Document:
         r = p.rec
-        name = os.path.basename(r.source_file)
+        # the file's last path parts: the same on every machine for the same data layout, and
+        # distinct for a/train-00000.parquet and b/train-00000.parquet
+        name = "/".join(Path(r.source_file).parts[-3:])
         return Document(
             id=stable_id(name, r.offset, r.record_id, r.url, prefix="web-"),
             text=p.text or "", source="web", url=r.url, source_file=r.source_file,

@@ -68,13 +68,27 @@ def decode_html(payload: bytes, declared: str | None = None) -> Decoded:
         charset = m.group(1).decode("ascii", "replace").lower() if m else None
     if charset:
         try:
-            charset = codecs.lookup(charset).name
+            info = codecs.lookup(charset)
+            # names like "hex" or "base64" are codecs but not text encodings
+            charset = info.name if info._is_text_encoding else None  # type: ignore[attr-defined]
         except LookupError:
-            unknown, charset = True, None
+            charset = None
+        unknown = charset is None
+        # WHATWG: browsers read latin-1/ascii labels as windows-1252, and a utf-16 label
+        # in a byte-oriented page means utf-8
+        charset = _WHATWG_ALIASES.get(charset or "", charset)
     charset = charset or "utf-8"
     _REPLACED[0] = 0
-    text = payload.decode(charset, errors="datagen_replace")
+    try:
+        text = payload.decode(charset, errors="datagen_replace")
+    except (LookupError, UnicodeError):  # e.g. idna/punycode: not usable for a page
+        unknown, charset = True, "utf-8"
+        text = payload.decode(charset, errors="datagen_replace")
     return Decoded(text, charset, _REPLACED[0], unknown)
+
+
+_WHATWG_ALIASES = {"latin-1": "cp1252", "iso8859-1": "cp1252", "ascii": "cp1252",
+                   "utf-16": "utf-8", "utf-16-le": "utf-8", "utf-16-be": "utf-8"}
 
 
 class Extractor:
