@@ -38,6 +38,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from filters.blocklist import BlocklistFilter
 from filters.c4 import C4Filter
+from filters.dedup import exact_hash
 from filters.fineweb import FineWebQualityFilter
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from filters.lid import LanguageIdFilter
@@ -351,16 +352,20 @@ class WebStage:
         f = self.funnel
         out: list[Document] = []
         if self.exact is not None:
+            # the index gets a page only once it is kept (_index), so a page dropped later
+            # (near-dup, decontam) is never named as the kept copy; within a batch the first
+            # copy stands in until then
+            first_in_batch: dict[str, str] = {}
             for d in batch:
-                prev = self.exact.kept_id(d.text)
+                h = exact_hash(d.text)
+                prev = self.exact.kept_id(d.text) or first_in_batch.get(h)
                 if prev is not None:
                     d.kept_id = prev
-                    kind = "web" if prev in self.web_ids else "synthetic"
+                    kind = "web" if prev in self.web_ids or h in first_in_batch else "synthetic"
                     self.dedup_matches[f"exact_{kind}"] += 1
                     self._drop(d, "dedup", f"dedup.exact_{kind}")
                     continue
-                self.exact.add(d.id, d.text)
-                self.web_ids.add(d.id)
+                first_in_batch[h] = d.id
                 out.append(d)
             batch, out = out, []
         if self.minhash is not None and batch:
@@ -398,6 +403,10 @@ class WebStage:
         return out
 
     def _index(self, kept: list[Document]) -> None:
+        if self.exact is not None:
+            for d in kept:
+                self.exact.add(d.id, d.text)
+                self.web_ids.add(d.id)
         if self.minhash is None or not kept:
             return
         ids = [d.id for d in kept if d.id in self._pending_sigs]
