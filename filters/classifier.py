@@ -76,7 +76,7 @@ def stratified_split(labels: Sequence[bool], test_fraction: float,
     train: list[int] = []
     test: list[int] = []
     for cls in (True, False):
-        idx = [i for i, y in enumerate(labels) if y is cls]
+        idx = [i for i, y in enumerate(labels) if bool(y) == cls]  # numpy bools, 0/1 too
         rng.shuffle(idx)
         k = round(test_fraction * len(idx)) if test_fraction > 0 else 0
         if test_fraction > 0 and len(idx) >= 2:
@@ -105,7 +105,8 @@ def binary_metrics(y_true: Sequence[bool], y_pred: Sequence[bool]) -> dict[str, 
 def train_classifier(texts: Sequence[str], labels: Sequence[bool], out_path: Path,
                      cfg: ClassifierConfig | None = None, seed: int = 1234) -> dict[str, Any]:
     """Train a supervised fastText model on binary labels; save it atomically to ``out_path``.
-    Returns counts and held-out metrics (threshold 0.5 on P(positive))."""
+    Returns counts and held-out metrics (positive when P(positive) >= cfg.min_score, the cut
+    the filter stage keeps at)."""
     import fasttext
 
     cfg = cfg or ClassifierConfig()
@@ -138,7 +139,8 @@ def train_classifier(texts: Sequence[str], labels: Sequence[bool], out_path: Pat
     if test_idx:
         clf = QualityClassifier(out_path, POSITIVE)
         p = clf.predict_proba([texts[i] for i in test_idx])
-        out["heldout"] = binary_metrics([labels[i] for i in test_idx], [bool(x >= 0.5) for x in p])
+        out["heldout"] = binary_metrics([labels[i] for i in test_idx],
+                                        [bool(x >= cfg.min_score) for x in p])
     else:
         out["heldout"] = None
     return out

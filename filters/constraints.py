@@ -43,13 +43,15 @@ def text_tokens(text: str) -> set[str]:
 
 def covered_words(required: list[str], text: str) -> list[str]:
     """The required words present in ``text`` in some inflected form. A multi-word entry
-    counts when it occurs as a phrase (case-insensitive)."""
+    counts when it occurs as a whole-word phrase (case-insensitive, any whitespace between
+    its words: "ice cream" does not match "nice creamy")."""
     tokens = text_tokens(text)
     low = text.lower()
     out = []
     for w in required:
         if " " in w.strip():
-            if w.strip().lower() in low:
+            phrase = r"\s+".join(map(re.escape, w.lower().split()))
+            if re.search(r"\b" + phrase + r"\b", low):
                 out.append(w)
         elif word_forms(w) & tokens:
             out.append(w)

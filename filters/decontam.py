@@ -13,7 +13,8 @@ then answers per document::
     dc.loaded                 # {benchmark: {"items": n, "ngrams": n, "source": path_or_hf}}
     dc.unavailable            # {benchmark: why} (with on_missing="warn")
 
-Words are lower-cased ``\\w+`` runs, so punctuation and spacing differences do not hide a match.
+Words are ``\\w+`` runs of the original text, each lower-cased, so punctuation and spacing
+differences do not hide a match.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ class Decontaminator:
             for fld in b.fields:
                 for value in _walk(row, fld.split(".")):
                     values += 1
-                    for key in self._keys(_TOKEN.findall(value.lower())).tolist():
+                    words = [m.group().lower() for m in _TOKEN.finditer(value)]
+                    for key in self._keys(words).tolist():
                         if key not in self.index:
                             self.index[key] = b.name
                             grams += 1
@@ -193,19 +195,14 @@ class Decontaminator:
         """(char start, char end, benchmark) of each matching n-gram in text."""
         if not self.index:
             return []
-        low = text.lower()
-        words = _TOKEN.findall(low)
+        # tokenize the original text and lower-case per token, so char positions are the
+        # original's even where lower() changes length ("İ".lower() is 2 chars)
+        ms = list(_TOKEN.finditer(text))
+        words = [m.group().lower() for m in ms]
         get = self.index.get
         hits = [(i, b) for i, k in enumerate(self._keys(words).tolist())
                 if (b := get(k)) is not None]
-        if not hits:
-            return []
-        # char spans only for a document that matches (lower() keeps offsets for \w runs
-        # in nearly all text; spans come from the original text to be exact)
-        spans = [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
-        if len(spans) != len(words):  # case mapping changed the word split: use lower-case
-            spans = [(m.start(), m.end()) for m in _TOKEN.finditer(low)]
-        return [(spans[i][0], spans[i + self.n - 1][1], b) for i, b in hits]
+        return [(ms[i].start(), ms[i + self.n - 1].end(), b) for i, b in hits]
 
     def check(self, text: str) -> DecontamResult:
         found = self._matches(text)

@@ -24,8 +24,9 @@ _ALPHA = re.compile(r"[^\W\d_]")
 
 
 class GopherQualityFilter:
-    """Word count, mean word length, symbol/word ratio, bullet and ellipsis line fractions,
-    alphabetic word fraction, stop-word presence."""
+    """Word count, mean word length, '#' / word and ellipsis / word ratios (each checked on its
+    own, as Gopher and datatrove do), bullet and ellipsis line fractions, alphabetic word
+    fraction, stop-word presence."""
 
     family = "gopher_quality"
 
@@ -44,7 +45,8 @@ class GopherQualityFilter:
         return {
             "n_words": float(n),
             "mean_word_length": sum(len(w) for w in words) / n if n else 0.0,
-            "symbol_word_ratio": (hashes + ellipses) / n if n else 0.0,
+            "hash_word_ratio": hashes / n if n else 0.0,
+            "ellipsis_word_ratio": ellipses / n if n else 0.0,
             "bullet_lines_ratio": sum(ln.startswith(_BULLETS) for ln in lines) / n_lines,
             "ellipsis_lines_ratio": sum(ln.endswith(_ELLIPSES) for ln in lines) / n_lines,
             "alpha_words_ratio": sum(bool(_ALPHA.search(w)) for w in words) / n if n else 0.0,
@@ -62,8 +64,12 @@ class GopherQualityFilter:
             return f"{f}.mean_word_length_low"
         if s["mean_word_length"] > c.max_mean_word_length:
             return f"{f}.mean_word_length_high"
-        if s["symbol_word_ratio"] > c.max_symbol_word_ratio:
-            return f"{f}.symbol_word_ratio"
+        # Gopher A.1.1 / datatrove: '#' and ellipsis counts are two separate ratios, each held
+        # to the one config field max_symbol_word_ratio (kept under its old name)
+        if s["hash_word_ratio"] > c.max_symbol_word_ratio:
+            return f"{f}.hash_word_ratio"
+        if s["ellipsis_word_ratio"] > c.max_symbol_word_ratio:
+            return f"{f}.ellipsis_word_ratio"
         if s["bullet_lines_ratio"] > c.max_bullet_lines_ratio:
             return f"{f}.bullet_lines_ratio"
         if s["ellipsis_lines_ratio"] > c.max_ellipsis_lines_ratio:
@@ -126,8 +132,10 @@ class _Words:
 
     def dup_ngram_chars(self, n: int) -> int:
         """Characters of words covered by repeated occurrences of an n-gram (every occurrence
-        after the first; overlapping n-grams count each word once), as datatrove implements
-        the Gopher rule."""
+        after the first; overlapping n-grams count each word once). Close to, not identical
+        with, datatrove's ``find_all_duplicate``: that scans left to right, jumps n words past
+        each repeat and never records the n-grams it jumps over, so on overlapping or
+        interleaved repeats the two can differ slightly."""
         if len(self.ids) < n:
             return 0
         keys = self.ngram_keys(n)

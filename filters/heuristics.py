@@ -38,6 +38,11 @@ class TruncationFilter:
         return "truncated.finish_length" if s["finish_length"] > 0.5 else None
 
 
+def _fold(text: str) -> str:
+    """Curly apostrophes as straight ones, so "In today’s" matches the opener "In today's"."""
+    return text.replace("’", "'").replace("‘", "'")
+
+
 class StockOpenerFilter:
     """Drops texts that open with a cliché (e.g. "Once upon a time"): the tell of a model
     falling back on one template, which the phi/TinyStories recipes push against."""
@@ -45,11 +50,11 @@ class StockOpenerFilter:
     family = "stock_opener"
 
     def __init__(self, openers: list[str]) -> None:
-        self.openers = [o.strip().lower() for o in openers if o.strip()]
+        self.openers = [_fold(o.strip()).lower() for o in openers if o.strip()]
         self._lead = re.compile(r"^[\W_]+")  # markdown '#', quotes, bullets before the words
 
     def score(self, doc: Document) -> dict[str, float]:
-        head = self._lead.sub("", doc.text.lstrip()[:200]).lower()
+        head = _fold(self._lead.sub("", doc.text.lstrip()[:200])).lower()
         return {"match": 1.0 if any(head.startswith(o) for o in self.openers) else 0.0}
 
     def keep(self, s: dict[str, float]) -> str | None:

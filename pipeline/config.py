@@ -102,7 +102,9 @@ class GopherQualityConfig(Section):
     max_words: int = Field(100_000, ge=1)
     min_mean_word_length: float = Field(3.0, ge=0)  # Gopher: mean word length 3 to 10 chars
     max_mean_word_length: float = Field(10.0, gt=0)
-    max_symbol_word_ratio: float = Field(0.1, ge=0)  # Gopher: '#' and '...' to word ratio 0.1
+    # Gopher: '#' to word ratio <= 0.1 and '...' to word ratio <= 0.1, checked separately
+    # (scores hash_word_ratio, ellipsis_word_ratio); one field for both
+    max_symbol_word_ratio: float = Field(0.1, ge=0)
     max_bullet_lines_ratio: float = Field(0.9, ge=0, le=1)  # Gopher: >90% lines start with bullet
     max_ellipsis_lines_ratio: float = Field(0.3, ge=0, le=1)  # Gopher: >30% lines end with '...'
     min_alpha_words_ratio: float = Field(0.8, ge=0, le=1)  # Gopher: 80% of words have a letter
@@ -172,7 +174,9 @@ class FilterConfig(Section):
 class DedupConfig(Section):
     exact: bool = True
     near: bool = True
-    num_perm: int = Field(112, ge=8)  # FineWeb MinHash: 112 permutations (14 bands x 8 rows)
+    # FineWeb MinHash: 112 permutations as 14 bands x 8 rows (set dedup.bands=14 for that);
+    # the default bands=0 derives 15 bands x 7 rows from threshold 0.8
+    num_perm: int = Field(112, ge=8)
     ngram: int = Field(5, ge=1)  # word n-gram shingles (FineWeb: 5)
     threshold: float = Field(0.8, gt=0.0, le=1.0)  # pairs verified at estimated Jaccard >= this
     bands: int = Field(0, ge=0)  # 0: derive bands x rows from threshold, else rows=num_perm//bands

@@ -86,6 +86,11 @@ def test_stratified_split_keeps_both_classes_in_the_test_set():
     assert sorted(train + test) == list(range(12))
     assert any(labels[i] for i in test) and any(not labels[i] for i in test)
     assert stratified_split(labels, 0.2, seed=4) == (train, test)
+    # numpy bools and 0/1 ints are split the same way (not dropped from both sides)
+    import numpy as np
+
+    assert stratified_split(list(np.array(labels)), 0.2, seed=4) == (train, test)
+    assert stratified_split([int(y) for y in labels], 0.2, seed=4) == (train, test)
 
 
 def test_binary_metrics_confusion_and_f1():
@@ -124,12 +129,16 @@ def test_annotation_sample_is_seeded_and_order_independent():
     ('{"justification": "x", "score": 0}', (0, "x")),
     ('{"justification": "x", "score": 10}', None),      # out of range: not a 5
     ('{"justification": "x", "score": "3"}', None),     # not an integer
+    ('{"justification": "x", "score": 3.0}', (3, "x")),  # an integral JSON number is fine
+    ('{"justification": "x", "score": 3.5}', None),     # a fraction is not a 0-5 score
     ('{"justification": "cut off by max_tok', None),    # truncated JSON
 ])
 def test_structured_rating_is_parsed_or_reported_as_none(answer, rating):
     from pipeline.stages.annotate import parse_rating
 
-    assert parse_rating(answer, structured=True) == rating
+    got = parse_rating(answer, structured=True)
+    assert got == rating
+    assert got is None or type(got[0]) is int
 
 
 def test_a_model_that_does_not_beat_the_majority_baseline_only_scores():
@@ -142,3 +151,6 @@ def test_a_model_that_does_not_beat_the_majority_baseline_only_scores():
     applied, why = usefulness(40, 60, held_useless, 10)
     assert not applied and "does not beat the majority baseline 0.8" in why
     assert usefulness(40, 60, held_good, 10) == (True, "")
+    # no held-out split (classifier.test_fraction=0): nothing shows it beats the baseline
+    assert usefulness(40, 60, {}, 10) == (
+        False, "no held-out split to show it beats the majority baseline")

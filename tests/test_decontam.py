@@ -77,6 +77,23 @@ def test_cut_mode_removes_a_window_around_the_match_and_keeps_the_rest():
     assert Decontaminator(cfg).check(many).reason == "decontam.gsm8k"
 
 
+def test_cut_mode_positions_survive_lower_casing_that_changes_length():
+    # "İ".lower() is two chars: word positions must come from the original text, else the
+    # cut lands ~300 chars late and the start of the benchmark question survives
+    cfg = DecontamConfig(mode="cut", benchmarks=DecontamConfig().benchmarks[:1])
+    dc = Decontaminator(cfg)
+    q = gsm8k_items()[3]["question"]
+    article = wikitext_articles()[2]
+    intro = " ".join(["İSTANBUL İZMİR İNEBOLU İSPARTA"] * 60)
+    text = intro + "\n\n" + article[:600] + " " + q + " " + article[600:1800]
+    res = dc.check(text)
+    assert res.reason is None and res.text is not None and res.pieces == 2
+    assert q[:60] not in res.text
+    for piece in res.text.split("\n\n"):  # no benchmark 13-gram left in any kept piece
+        assert not dc.check(piece).matches
+    assert res.text.startswith(intro[:100])
+
+
 def test_local_json_csv_parquet_files_give_the_same_ngrams(tmp_path):
     rows = gsm8k_items()[:200]
     (tmp_path / "g.json").write_text(json.dumps(rows))

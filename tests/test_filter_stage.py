@@ -87,15 +87,21 @@ def read_zst_lines(folder: Path) -> list[str]:
 def test_filter_stage_keeps_drops_with_reasons_dedups_and_exports_the_index(tmp_path, model):
     overrides = [f"run.root={tmp_path / 'runs'}", f"classifier.model_path={model}",
                  "classifier.min_score=0.0"]
-    run = prepare_run(tmp_path, base_docs(), overrides)
+    docs = base_docs()
+    by_id = {d.id: d for d in docs}
+    # an exact copy of each near-duplicate pair member: one group's smallest id is then
+    # dropped as a near duplicate, and its copy must point at the document finally kept
+    docs += [Document(id=f"zz-{i}-copy", text=by_id[i].text.upper() + "\n", finish_reason="stop")
+             for i in ("s002", "zz-near")]
+    run = prepare_run(tmp_path, docs, overrides)
     r = datagen("run", "stage=filter", *overrides, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((run.path / "filter/manifest.json").read_text())
     assert m["status"] == "finished"
     reasons = m["drop_reasons"]
     assert reasons["decontam.gsm8k"] == 1
-    assert reasons["dedup.exact"] == 1 and reasons["dedup.near"] == 1
-    assert m["kept"] + m["dropped"] == m["input"] == len(base_docs())
+    assert reasons["dedup.exact"] == 3 and reasons["dedup.near"] == 1
+    assert m["kept"] + m["dropped"] == m["input"] == len(docs)
     assert m["decontam"]["benchmarks"]["gsm8k"]["docs_dropped"] == 1
     assert m["classifier_model"] == str(model)
     assert m["constraints"]["satisfaction"] < 1.0  # "zebra" is in none of the texts
@@ -119,6 +125,8 @@ def test_filter_stage_keeps_drops_with_reasons_dedups_and_exports_the_index(tmp_
     assert near.drop_reason == "dedup.near" and near.kept_id == other
     kept_by_id = {d.id: d for d in kept}
     assert kept_by_id[other].scores["classifier.prob"] >= near.scores["classifier.prob"]
+    for copy in ("zz-s002-copy", "zz-zz-near-copy"):
+        assert dropped[copy].drop_reason == "dedup.exact" and dropped[copy].kept_id == other
 
     index = run.path / "filter/dedup_index"
     md = MinHashDeduper.load(index)

@@ -99,7 +99,29 @@ def test_bullet_and_ellipsis_lines_are_measured_per_line():
     half = "\n".join(ln + ("..." if i % 2 else "") for i, ln in enumerate(lines))
     s = q.score(half)
     assert s["ellipsis_lines_ratio"] == 0.5
-    assert q.keep(s) in ("gopher_quality.symbol_word_ratio", "gopher_quality.ellipsis_lines_ratio")
+    assert q.keep(s) in ("gopher_quality.ellipsis_word_ratio",
+                         "gopher_quality.ellipsis_lines_ratio")
+
+
+def test_hash_and_ellipsis_word_ratios_are_checked_separately():
+    # Gopher A.1.1 / datatrove: '#' / words > 0.1 or '...' / words > 0.1, not their sum
+    words = module("Variables").split()[:107]
+
+    def marked(n_hash: int, n_ellipsis: int) -> str:
+        ws = list(words)
+        for i in range(n_hash):
+            ws[5 + 8 * i] = "#" + ws[5 + 8 * i]
+        for i in range(n_ellipsis):
+            ws[9 + 8 * i] += "..."
+        return " ".join(ws)
+
+    q = GopherQualityFilter()
+    s = q.score(marked(7, 7))  # 7/107 each (0.065); their sum 14/107 would exceed 0.1
+    assert s["hash_word_ratio"] == s["ellipsis_word_ratio"] == 7 / 107
+    assert q.keep(s) is None
+    s = q.score(marked(12, 0))  # 12/107 = 0.112
+    assert q.keep(s) == "gopher_quality.hash_word_ratio"
+    assert q.keep(q.score(marked(0, 12))) == "gopher_quality.ellipsis_word_ratio"
 
 
 def test_thresholds_are_overridable():
@@ -121,6 +143,8 @@ def test_stock_opener_drops_and_same_text_without_it_is_kept():
     assert f.keep(f.score(doc("Once upon a time, " + body))) == "stock_opener.match"
     assert f.keep(f.score(doc("## Once upon a time\n" + body))) == "stock_opener.match"
     assert f.keep(f.score(doc(body))) is None
+    # a curly apostrophe matches the straight one in "In today's"
+    assert f.keep(f.score(doc("In today\u2019s world, " + body))) == "stock_opener.match"
 
 
 def test_constraint_coverage_counts_inflections():
@@ -137,6 +161,12 @@ def test_constraint_coverage_counts_inflections():
     s2 = f.score(doc(text, required_words=["zebra", "volcano", "variable"]))
     assert s2["coverage"] == 1 / 3
     assert f.keep(s2) == "constraints.coverage"
+
+
+def test_multi_word_required_phrase_matches_whole_words_only():
+    assert covered_words(["ice cream"], "The nice creamy sauce was poured.") == []
+    assert covered_words(["ice cream"], "She bought Ice\ncream at noon.") == ["ice cream"]
+    assert covered_words(["ice cream", "dog"], "Dogs love ice cream.") == ["ice cream", "dog"]
 
 
 def test_web_text_mostly_passes_and_drop_reasons_are_counted_per_reason():

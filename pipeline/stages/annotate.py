@@ -25,7 +25,8 @@ from pipeline.prompting import PromptLibrary
 from pipeline.records import Document, Failure, utc_now
 from pipeline.runs import JsonlAppender, Run, read_jsonl, repair_jsonl_tail
 
-CONFIG_KEYS = ("annotate", "teacher.model", "classifier.model_path", "seed")
+# teacher.base_url decides annotate.structured=auto (see structured_mode)
+CONFIG_KEYS = ("annotate", "teacher.model", "teacher.base_url", "classifier.model_path", "seed")
 ANNOTATIONS = "annotations.jsonl"
 FAILURES = "failures.jsonl"
 
@@ -91,6 +92,8 @@ def parse_rating(text: str, structured: bool) -> tuple[int, str] | None:
     except json.JSONDecodeError:
         return None
     score = obj.get("score") if isinstance(obj, dict) else None
+    if isinstance(score, float) and score.is_integer():  # 3.0 is a 3; 3.5 is not a score
+        score = int(score)
     if not isinstance(score, int) or isinstance(score, bool) or not 0 <= score <= 5:
         return None
     return score, str(obj.get("justification", "")).strip()

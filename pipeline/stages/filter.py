@@ -248,7 +248,11 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     for doc in read_shards(pending_dir, Document):
         if doc.id in exact_dropped:
             h = exact_hash(doc.text)
-            doc.drop_reason, doc.kept_id = "dedup.exact", exact_dropped[doc.id]
+            # the group's smallest id may itself be a near duplicate: point at the document
+            # actually kept (a near cluster's kept id is never dropped)
+            first = exact_dropped[doc.id]
+            doc.drop_reason = "dedup.exact"
+            doc.kept_id = near_dropped[first][1] if first in near_dropped else first
             doc.cluster_id = f"ex-{h[:16]}"
         elif doc.id in near_dropped:
             doc.drop_reason = "dedup.near"

@@ -23,7 +23,8 @@ from pipeline.stages.annotate import ANNOTATIONS, Annotation
 
 CONFIG_KEYS = ("classifier.threshold", "classifier.model_path", "classifier.positive_label",
                "classifier.word_ngrams", "classifier.epoch", "classifier.lr", "classifier.dim",
-               "classifier.test_fraction", "seed")
+               "classifier.test_fraction", "classifier.min_labels_per_class",
+               "classifier.min_score", "seed")  # min_score: the held-out metrics' cut
 MODEL = "model.bin"
 
 
@@ -40,7 +41,9 @@ def usefulness(n_pos: int, n_neg: int, held: dict[str, Any],
     if min(n_pos, n_neg) < min_per_class:
         return False, (f"{n_pos} positive / {n_neg} negative labels; classifier."
                        f"min_labels_per_class is {min_per_class}")
-    if held and (held["f1"] <= 0 or held["accuracy"] <= held["majority_baseline_accuracy"]):
+    if not held:  # e.g. classifier.test_fraction=0
+        return False, "no held-out split to show it beats the majority baseline"
+    if held["f1"] <= 0 or held["accuracy"] <= held["majority_baseline_accuracy"]:
         return False, (f"held-out F1 {held['f1']}, accuracy {held['accuracy']} does not beat "
                        f"the majority baseline {held['majority_baseline_accuracy']}")
     return True, ""
