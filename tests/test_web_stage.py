@@ -262,3 +262,13 @@ def test_extraction_pool_shuts_down_when_the_consumer_stops_early() -> None:
     first = [next(stream) for _ in range(3)]
     stream.close()  # returns (the feeder thread is released), no hang
     assert len(first) == 3 and all(p.rec.url for p in first)
+
+
+def test_a_lone_surrogate_in_jsonl_text_is_replaced_not_a_crash() -> None:
+    from pipeline.web.readers import WebRecord
+
+    web_stage._init_worker("trafilatura", True, False)
+    text = json.loads('"Real text\\ud800 with a lone surrogate.\\n\\n  second line  "')
+    p = web_stage.prepare(WebRecord(source_file="x.jsonl", offset=1, text=text))
+    assert p.text == "Real text? with a lone surrogate.\nsecond line"
+    Document(id="x", text=p.text).model_dump_json()  # serialisable

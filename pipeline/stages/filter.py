@@ -203,8 +203,12 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                     continue
                 survivors.append(doc)
             for doc in batch:  # satisfaction over every record, whatever dropped it
-                cs = constraint.score(doc)
-                doc.scores.update({f"constraints.{k}": v for k, v in cs.items()})
+                # records that reached the constraint filter carry its scores already
+                cs = {k.removeprefix("constraints."): v for k, v in doc.scores.items()
+                      if k.startswith("constraints.")}
+                if not cs:
+                    cs = constraint.score(doc)
+                    doc.scores.update({f"constraints.{k}": v for k, v in cs.items()})
                 if cs["required"]:
                     cov_docs += 1
                     cov_req += int(cs["required"])

@@ -20,7 +20,7 @@ from pipeline.prompting import PromptLibrary
 from pipeline.records import Document, Failure, PlanItem, utc_now
 from pipeline.runs import JsonlAppender, Run, atomic_write_text, read_jsonl, repair_jsonl_tail
 from pipeline.stages.plan import load_plan
-from pipeline.teacher import BatchStats, Completion, Job, TeacherError, open_teacher, run_batch
+from pipeline.teacher import BatchStats, Completion, Job, open_teacher, run_batch
 
 CONFIG_KEYS = ("teacher.model", "teacher.max_tokens", "teacher.temperature", "teacher.top_p")
 OUTPUTS = "outputs.jsonl"
@@ -114,11 +114,8 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
 async def _generate(cfg: PipelineConfig, run: Run, console: Console, jobs: list[Job],
                     ok: Any, bad: Any) -> BatchStats:
     async with open_teacher(cfg, run, console) as teacher:
-        try:
-            return await run_batch(teacher, jobs, ok, bad, console, label="generate",
-                                   total=len(jobs), budget_usd=cfg.budget.max_cost_usd)
-        except TeacherError as e:  # pragma: no cover - run_batch records failures per item
-            raise DatagenError(f"teacher: {e.reason}") from None
+        return await run_batch(teacher, jobs, ok, bad, console, label="generate",
+                               total=len(jobs), budget_usd=cfg.budget.max_cost_usd)
 
 
 def _manifest(cfg: PipelineConfig, out_path: Path, fail_path: Path, stats: BatchStats,

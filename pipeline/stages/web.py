@@ -47,7 +47,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.records import Document, stable_id
 from pipeline.runs import Run, ShardWriter, shard_paths
-from pipeline.web.extract import Extractor, decode_html, is_binary, is_html
+from pipeline.web.extract import Extractor, decode_html, is_binary, is_html, nonblank_lines
 from pipeline.web.funnel import Funnel
 from pipeline.web.readers import InputSource, ReadStats, WebRecord, iter_source, resolve_inputs
 
@@ -80,7 +80,8 @@ def prepare(rec: WebRecord) -> Prepared:
     """Step 2 for one record: decide HTML or not, decode, extract. Pure; runs in workers."""
     assert _EXTRACTOR is not None
     if rec.text is not None:
-        text = "\n".join(ln.strip() for ln in rec.text.splitlines() if ln.strip())
+        # lone surrogates (legal in JSON escapes) break fastText and JSON output: replace them
+        text = nonblank_lines(rec.text.encode("utf-8", "replace").decode("utf-8"))
         return Prepared(rec, text or None, None if text else "extract.empty", len(text.split()))
     payload = rec.payload or b""
     rec.payload = None  # nothing big travels back from the worker
@@ -245,7 +246,6 @@ class WebStage:
                     seed=self.cfg.seed))
                 self.notes.append(f"dedup: {idx}/params.json not found; MinHash dedup among "
                                   "web documents only")
-        self.index_size_before = len(self.minhash) if self.minhash is not None else 0
 
     # ---- per record
     def _document(self, p: Prepared) -> Document:

@@ -125,5 +125,9 @@ class Extractor:
             text = trafilatura.extract(html, url=url, include_comments=False,
                                        include_tables=self.include_tables, fast=self.fast,
                                        output_format="txt", deduplicate=False) or ""
-        lines = (ln.strip() for ln in text.splitlines())
-        return "\n".join(ln for ln in lines if ln)
+        return nonblank_lines(text)
+
+
+def nonblank_lines(text: str) -> str:
+    """One stripped, non-empty line per paragraph."""
+    return "\n".join(ln for ln in (x.strip() for x in text.splitlines()) if ln)
