@@ -25,8 +25,12 @@ def _host(url: str) -> str:
 class BlocklistFilter:
     family = "blocklist"
 
-    def __init__(self, path: Path | None = None, domains: list[str] | None = None,
-                 prefixes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        domains: list[str] | None = None,
+        prefixes: list[str] | None = None,
+    ) -> None:
         self.domains: set[str] = {d.lower().removeprefix("www.") for d in domains or []}
         self.prefixes: list[str] = list(prefixes or [])
         if path is not None:
@@ -47,8 +51,10 @@ class BlocklistFilter:
             if entry.lower().startswith(("http://", "https://")):
                 self.prefixes.append(entry)
             elif " " in entry or "/" in entry:
-                raise DatagenError(f"{path}:{lineno}: '{entry}' is neither a domain nor a "
-                                   "URL starting with http:// or https://")
+                raise DatagenError(
+                    f"{path}:{lineno}: '{entry}' is neither a domain nor a "
+                    "URL starting with http:// or https://"
+                )
             else:
                 self.domains.add(entry.lower().rstrip(".").removeprefix("www."))
 

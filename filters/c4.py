@@ -20,8 +20,14 @@ from pipeline.records import Document
 END_MARKS = (".", "?", "!", '"', "\u201d")  # TFDS c4_utils: . ? ! and closing quotes
 ELLIPSIS = "..."
 CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.I)
-POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
-          "use cookies")
+POLICY = (
+    "terms of use",
+    "privacy policy",
+    "cookie policy",
+    "uses cookies",
+    "use of cookies",
+    "use cookies",
+)
 # a sentence ends at . ! ? followed by space/end (TFDS uses nltk punkt; close enough to count)
 _SENTENCE_END = re.compile(r"[.!?]+[\"'\u201d)]*(?=\s|$)")
 
@@ -54,8 +60,9 @@ class C4Filter:
         for line in lines:
             if c.remove_citations:
                 line = CITATION.sub("", line).strip()
-            if c.drop_no_terminal_punct and (not line.endswith(END_MARKS)
-                                             or line.endswith(ELLIPSIS)):
+            if c.drop_no_terminal_punct and (
+                not line.endswith(END_MARKS) or line.endswith(ELLIPSIS)
+            ):
                 res.removed["no_terminal_punct"] += 1
                 continue
             words = line.split()

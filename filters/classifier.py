@@ -52,8 +52,10 @@ class QualityClassifier:
         if not positive_label.startswith("__label__"):
             positive_label = f"__label__{positive_label}"
         if positive_label not in self.labels:
-            raise DatagenError(f"classifier.positive_label: '{positive_label}' is not a label of "
-                               f"{self.model_path} (labels: {', '.join(self.labels)})")
+            raise DatagenError(
+                f"classifier.positive_label: '{positive_label}' is not a label of "
+                f"{self.model_path} (labels: {', '.join(self.labels)})"
+            )
         self.positive_label = positive_label
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -62,14 +64,20 @@ class QualityClassifier:
             return np.zeros(0)
         labels, probs = self.model.predict([clean_text(t) for t in texts], k=len(self.labels))
         pos = self.positive_label
-        out = np.fromiter((p[lab.index(pos)] if pos in lab else 0.0
-                           for lab, p in zip(labels, probs, strict=True)),
-                          dtype=np.float64, count=len(texts))
+        out = np.fromiter(
+            (
+                p[lab.index(pos)] if pos in lab else 0.0
+                for lab, p in zip(labels, probs, strict=True)
+            ),
+            dtype=np.float64,
+            count=len(texts),
+        )
         return np.minimum(out, 1.0)  # fastText's softmax can print 1.00001
 
 
-def stratified_split(labels: Sequence[bool], test_fraction: float,
-                     seed: int) -> tuple[list[int], list[int]]:
+def stratified_split(
+    labels: Sequence[bool], test_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """Indices (train, test): each class contributes round(fraction * n) >= 1 test examples
     when it has at least 2 examples."""
     rng = random.Random(seed)
@@ -96,14 +104,24 @@ def binary_metrics(y_true: Sequence[bool], y_pred: Sequence[bool]) -> dict[str, 
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     majority = max(tp + fn, fp + tn) / n if n else 0.0
-    return {"n": n, "precision": round(precision, 4), "recall": round(recall, 4),
-            "f1": round(f1, 4), "accuracy": round((tp + tn) / n, 4) if n else 0.0,
-            "majority_baseline_accuracy": round(majority, 4),
-            "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
+    return {
+        "n": n,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "accuracy": round((tp + tn) / n, 4) if n else 0.0,
+        "majority_baseline_accuracy": round(majority, 4),
+        "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+    }
 
 
-def train_classifier(texts: Sequence[str], labels: Sequence[bool], out_path: Path,
-                     cfg: ClassifierConfig | None = None, seed: int = 1234) -> dict[str, Any]:
+def train_classifier(
+    texts: Sequence[str],
+    labels: Sequence[bool],
+    out_path: Path,
+    cfg: ClassifierConfig | None = None,
+    seed: int = 1234,
+) -> dict[str, Any]:
     """Train a supervised fastText model on binary labels; save it atomically to ``out_path``.
     Returns counts and held-out metrics (positive when P(positive) >= cfg.min_score, the cut
     the filter stage keeps at)."""
@@ -114,8 +132,10 @@ def train_classifier(texts: Sequence[str], labels: Sequence[bool], out_path: Pat
         raise ValueError("texts and labels differ in length")
     n_pos = sum(1 for y in labels if y)
     if n_pos == 0 or n_pos == len(labels):
-        raise DatagenError(f"labels have a single class ({n_pos} positive of {len(labels)}); "
-                           "cannot train a classifier")
+        raise DatagenError(
+            f"labels have a single class ({n_pos} positive of {len(labels)}); "
+            "cannot train a classifier"
+        )
     train_idx, test_idx = stratified_split(labels, cfg.test_fraction, seed)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, train_file = tempfile.mkstemp(dir=out_path.parent, prefix=".train.", suffix=".txt")
@@ -126,21 +146,35 @@ def train_classifier(texts: Sequence[str], labels: Sequence[bool], out_path: Pat
             for i in train_idx:
                 f.write(f"{POSITIVE if labels[i] else NEGATIVE} {clean_text(texts[i])}\n")
         model = fasttext.train_supervised(
-            input=train_file, wordNgrams=cfg.word_ngrams, epoch=cfg.epoch, lr=cfg.lr,
-            dim=cfg.dim, minCount=1, loss="softmax", thread=1, seed=seed, verbose=0)
+            input=train_file,
+            wordNgrams=cfg.word_ngrams,
+            epoch=cfg.epoch,
+            lr=cfg.lr,
+            dim=cfg.dim,
+            minCount=1,
+            loss="softmax",
+            thread=1,
+            seed=seed,
+            verbose=0,
+        )
         model.save_model(tmp_model)
         os.chmod(tmp_model, file_mode())
         os.replace(tmp_model, out_path)
     finally:
         Path(train_file).unlink(missing_ok=True)
         Path(tmp_model).unlink(missing_ok=True)
-    out: dict[str, Any] = {"n_train": len(train_idx), "n_test": len(test_idx),
-                           "n_positive": n_pos, "n_negative": len(labels) - n_pos}
+    out: dict[str, Any] = {
+        "n_train": len(train_idx),
+        "n_test": len(test_idx),
+        "n_positive": n_pos,
+        "n_negative": len(labels) - n_pos,
+    }
     if test_idx:
         clf = QualityClassifier(out_path, POSITIVE)
         p = clf.predict_proba([texts[i] for i in test_idx])
-        out["heldout"] = binary_metrics([labels[i] for i in test_idx],
-                                        [bool(x >= cfg.min_score) for x in p])
+        out["heldout"] = binary_metrics(
+            [labels[i] for i in test_idx], [bool(x >= cfg.min_score) for x in p]
+        )
     else:
         out["heldout"] = None
     return out

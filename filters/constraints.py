@@ -69,8 +69,11 @@ class ConstraintFilter:
         if not req:
             return {"coverage": 1.0, "required": 0.0, "satisfied": 0.0}
         hit = covered_words(req, doc.text)
-        return {"coverage": len(hit) / len(req), "required": float(len(req)),
-                "satisfied": float(len(hit))}
+        return {
+            "coverage": len(hit) / len(req),
+            "required": float(len(req)),
+            "satisfied": float(len(hit)),
+        }
 
     def keep(self, s: dict[str, float]) -> str | None:
         return "constraints.coverage" if s["coverage"] < self.min_coverage else None

@@ -52,8 +52,7 @@ class _NgramKeys:
         self.n = n
         self._cache: dict[str, int] = {}
         rng = np.random.default_rng(13)
-        self._mult = rng.integers(1, 2**62, size=n, dtype=np.uint64) * np.uint64(2) + \
-            np.uint64(1)
+        self._mult = rng.integers(1, 2**62, size=n, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
     def _hash(self, w: str) -> int:
         h = self._cache.get(w)
@@ -70,7 +69,7 @@ class _NgramKeys:
         wh = np.fromiter(map(self._hash, words), dtype=np.uint64, count=len(words))
         acc = wh[0:m] * self._mult[0]
         for k in range(1, self.n):
-            acc = acc + wh[k:k + m] * self._mult[k]
+            acc = acc + wh[k : k + m] * self._mult[k]
         return acc
 
 
@@ -105,14 +104,19 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                         try:
                             yield json.loads(line)
                         except json.JSONDecodeError as e:
-                            raise DatagenError(f"{path}:{lineno}: not valid JSON ({e.msg})") \
-                                from None
+                            raise DatagenError(
+                                f"{path}:{lineno}: not valid JSON ({e.msg})"
+                            ) from None
         elif name.endswith(".json"):
             with _open(path) as f:
                 data = json.load(f)
-            rows = data if isinstance(data, list) else next(
-                (v for v in data.values() if isinstance(v, list)), None) \
-                if isinstance(data, dict) else None
+            rows = (
+                data
+                if isinstance(data, list)
+                else next((v for v in data.values() if isinstance(v, list)), None)
+                if isinstance(data, dict)
+                else None
+            )
             if rows is None:
                 raise DatagenError(f"{path}: expected a JSON list of records")
             yield from rows
@@ -166,7 +170,8 @@ class Decontaminator:
             rows, source = read_hf(b.hf, b.hf_config, b.split), f"hf:{b.hf}"
         else:
             why = (f"{path} not found" if path else "no path") + (
-                "" if not b.hf else f"; hf '{b.hf}' not loaded (decontam.allow_download=false)")
+                "" if not b.hf else f"; hf '{b.hf}' not loaded (decontam.allow_download=false)"
+            )
             if self.cfg.on_missing == "error":
                 raise DatagenError(f"decontam.benchmarks.{b.name}: {why}")
             self.unavailable[b.name] = why
@@ -187,8 +192,10 @@ class Decontaminator:
         if items == 0:
             raise DatagenError(f"{source}: benchmark '{b.name}' has no records")
         if values == 0:
-            raise DatagenError(f"decontam.benchmarks.{b.name}.fields: none of "
-                               f"{', '.join(b.fields)} found in the records of {source}")
+            raise DatagenError(
+                f"decontam.benchmarks.{b.name}.fields: none of "
+                f"{', '.join(b.fields)} found in the records of {source}"
+            )
         self.loaded[b.name] = {"items": items, "ngrams": grams, "source": source}
 
     def _matches(self, text: str) -> list[tuple[int, int, str]]:
@@ -200,8 +207,9 @@ class Decontaminator:
         ms = list(_TOKEN.finditer(text))
         words = [m.group().lower() for m in ms]
         get = self.index.get
-        hits = [(i, b) for i, k in enumerate(self._keys(words).tolist())
-                if (b := get(k)) is not None]
+        hits = [
+            (i, b) for i, k in enumerate(self._keys(words).tolist()) if (b := get(k)) is not None
+        ]
         return [(ms[i].start(), ms[i + self.n - 1].end(), b) for i, b in hits]
 
     def check(self, text: str) -> DecontamResult:

@@ -124,8 +124,10 @@ class MinHashParams:
     def bands_rows(self) -> tuple[int, int]:
         if self.bands:
             if not 2 <= self.bands <= self.num_perm:
-                raise DatagenError(f"dedup.bands: {self.bands} must be 2..dedup.num_perm "
-                                   f"({self.num_perm}), or 0 to derive it from the threshold")
+                raise DatagenError(
+                    f"dedup.bands: {self.bands} must be 2..dedup.num_perm "
+                    f"({self.num_perm}), or 0 to derive it from the threshold"
+                )
             return self.bands, self.num_perm // self.bands
         return derive_bands_rows(self.threshold, self.num_perm, self.min_recall)
 
@@ -201,7 +203,7 @@ class Shingler:
     def _combine(self, wh: np.ndarray, n: int, count: int) -> np.ndarray:
         acc = wh[0:count] * self._mult[0]
         for k in range(1, n):
-            acc = acc + wh[k:k + count] * self._mult[k]
+            acc = acc + wh[k : k + count] * self._mult[k]
         return (acc >> np.uint64(32)).astype(np.uint32)
 
     def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -224,12 +226,23 @@ class Shingler:
             sh = self._combine(allw, n, len(allw) - n + 1)
             long_ = lens >= n
             # valid window starts: inside one text, not crossing into the next
-            idx = np.concatenate([np.arange(s, s + c) for s, c in
-                                  zip(starts[long_], counts[long_], strict=True)]) \
-                if long_.any() else np.zeros(0, dtype=np.int64)
-            pos = np.concatenate([np.arange(o, o + c) for o, c in
-                                  zip(offsets[:-1][long_], counts[long_], strict=True)]) \
-                if long_.any() else np.zeros(0, dtype=np.int64)
+            idx = (
+                np.concatenate(
+                    [np.arange(s, s + c) for s, c in zip(starts[long_], counts[long_], strict=True)]
+                )
+                if long_.any()
+                else np.zeros(0, dtype=np.int64)
+            )
+            pos = (
+                np.concatenate(
+                    [
+                        np.arange(o, o + c)
+                        for o, c in zip(offsets[:-1][long_], counts[long_], strict=True)
+                    ]
+                )
+                if long_.any()
+                else np.zeros(0, dtype=np.int64)
+            )
             out[pos] = sh[idx]
         for i in np.flatnonzero((lens > 0) & (lens < n)):
             out[offsets[i]] = self._combine(parts[i], int(lens[i]), 1)[0]
@@ -287,22 +300,32 @@ class MinHashDeduper:
         return self.signatures([text])[0]
 
     def _minhash(self, sig: np.ndarray) -> MinHash:
-        return MinHash(num_perm=self.params.num_perm, seed=self.params.seed, hashvalues=sig,
-                       permutations=self._perms, scheme="affine32")
+        return MinHash(
+            num_perm=self.params.num_perm,
+            seed=self.params.seed,
+            hashvalues=sig,
+            permutations=self._perms,
+            scheme="affine32",
+        )
 
     # ---- index
     def add(self, doc_id: str, text: str, quality: float = 0.0) -> None:
         self.add_batch([doc_id], [text], [quality])
 
-    def add_batch(self, ids: Sequence[str], texts: Sequence[str],
-                  qualities: Sequence[float] | None = None) -> None:
+    def add_batch(
+        self, ids: Sequence[str], texts: Sequence[str], qualities: Sequence[float] | None = None
+    ) -> None:
         sigs = self.signatures(texts)
         empty = [len(_TOKEN.findall(t)) == 0 for t in texts]
         self.add_signatures(ids, sigs, qualities, empty)
 
-    def add_signatures(self, ids: Sequence[str], sigs: np.ndarray,
-                       qualities: Sequence[float] | None = None,
-                       empty: Sequence[bool] | None = None) -> None:
+    def add_signatures(
+        self,
+        ids: Sequence[str],
+        sigs: np.ndarray,
+        qualities: Sequence[float] | None = None,
+        empty: Sequence[bool] | None = None,
+    ) -> None:
         qualities = qualities if qualities is not None else [0.0] * len(ids)
         empty = empty if empty is not None else [False] * len(ids)
         with self.lsh.insertion_session() as session:
@@ -325,8 +348,11 @@ class MinHashDeduper:
 
     def _matrix(self) -> np.ndarray:
         if self._sig_matrix is None or len(self._sig_matrix) != len(self._sigs):
-            self._sig_matrix = (np.stack(self._sigs) if self._sigs
-                                else np.zeros((0, self.params.num_perm), dtype=np.uint32))
+            self._sig_matrix = (
+                np.stack(self._sigs)
+                if self._sigs
+                else np.zeros((0, self.params.num_perm), dtype=np.uint32)
+            )
         return self._sig_matrix
 
     def _verified(self, sig: np.ndarray, exclude: int = -1) -> list[tuple[int, float]]:
@@ -336,8 +362,10 @@ class MinHashDeduper:
         m = self._matrix()
         est = np.count_nonzero(m[cands] == sig[None, :], axis=1) / self.params.num_perm
         keep = est >= self.params.threshold
-        return sorted(((int(k), float(e)) for k, e, ok in zip(cands, est, keep, strict=True) if ok),
-                      key=lambda x: (-x[1], self.ids[x[0]]))
+        return sorted(
+            ((int(k), float(e)) for k, e, ok in zip(cands, est, keep, strict=True) if ok),
+            key=lambda x: (-x[1], self.ids[x[0]]),
+        )
 
     def query_signature(self, sig: np.ndarray) -> list[tuple[str, float]]:
         """Indexed documents whose estimated Jaccard with ``sig`` is >= threshold, best first."""
@@ -385,8 +413,11 @@ class MinHashDeduper:
                 continue
             ids = sorted(self.ids[k] for k in members)
             kept = min(members, key=lambda k: (-self.quality[k], self.ids[k]))
-            out.append(Cluster(cluster_id=stable_id(*ids, prefix="mh-"),
-                               kept_id=self.ids[kept], members=ids))
+            out.append(
+                Cluster(
+                    cluster_id=stable_id(*ids, prefix="mh-"), kept_id=self.ids[kept], members=ids
+                )
+            )
         return sorted(out, key=lambda c: c.kept_id)
 
     def duplicates(self) -> dict[str, tuple[str, str]]:
@@ -399,8 +430,9 @@ class MinHashDeduper:
         return out
 
     def s_curve(self, js: Iterable[float] = (0.5, 0.6, 0.7, 0.8, 0.9)) -> dict[str, float]:
-        return {f"{j:.1f}": round(float(candidate_probability(j, self.bands, self.rows)), 4)
-                for j in js}
+        return {
+            f"{j:.1f}": round(float(candidate_probability(j, self.bands, self.rows)), 4) for j in js
+        }
 
     # ---- persistence
     def save(self, folder: Path, only: set[str] | None = None) -> None:
@@ -413,12 +445,23 @@ class MinHashDeduper:
         buf = io.BytesIO()
         np.save(buf, np.array([self.quality[k] for k in keep], dtype=np.float64))
         atomic_write_bytes(folder / "quality.npy", buf.getvalue())
-        atomic_write_json(folder / "ids.json", {"ids": [self.ids[k] for k in keep],
-                                                "empty": [n for n, k in enumerate(keep)
-                                                          if k in self._empty]})
-        atomic_write_json(folder / "params.json", {**asdict(self.params), "bands": self.bands,
-                                                   "rows": self.rows, "scheme": "affine32",
-                                                   "shingle_version": SHINGLE_VERSION})
+        atomic_write_json(
+            folder / "ids.json",
+            {
+                "ids": [self.ids[k] for k in keep],
+                "empty": [n for n, k in enumerate(keep) if k in self._empty],
+            },
+        )
+        atomic_write_json(
+            folder / "params.json",
+            {
+                **asdict(self.params),
+                "bands": self.bands,
+                "rows": self.rows,
+                "scheme": "affine32",
+                "shingle_version": SHINGLE_VERSION,
+            },
+        )
 
     @classmethod
     def load(cls, folder: Path) -> MinHashDeduper:
@@ -428,8 +471,9 @@ class MinHashDeduper:
         meta = read_json(pp)
         if meta.get("shingle_version") != SHINGLE_VERSION or meta.get("scheme") != "affine32":
             raise DatagenError(f"{pp}: index was built by another datagen version; rebuild it")
-        fields = {k: meta[k] for k in ("num_perm", "ngram", "threshold", "bands", "seed",
-                                       "min_recall")}
+        fields = {
+            k: meta[k] for k in ("num_perm", "ngram", "threshold", "bands", "seed", "min_recall")
+        }
         md = cls(MinHashParams(**fields))
         sigs = np.load(folder / "signatures.npy")
         quality = np.load(folder / "quality.npy")
@@ -437,8 +481,9 @@ class MinHashDeduper:
         if len(sigs) != len(idx["ids"]) or len(quality) != len(sigs):
             raise DatagenError(f"{folder}: signatures, ids and quality lengths differ")
         empty = set(idx.get("empty", []))
-        md.add_signatures(idx["ids"], sigs, quality.tolist(),
-                          [k in empty for k in range(len(sigs))])
+        md.add_signatures(
+            idx["ids"], sigs, quality.tolist(), [k in empty for k in range(len(sigs))]
+        )
         return md
 
 

@@ -9,8 +9,37 @@ from pipeline.records import Document
 
 # datatrove's END_PUNCTUATION (Latin, Armenian, Arabic, Syriac, N'Ko, Indic, Myanmar,
 # Ethiopic, Canadian syllabics, Mongolian, general punctuation, CJK)
-END_PUNCTUATION = (".", "'", '"', "!", "?", "։", "؟", "۔", "܀", "܁", "܂", "߹", "।", "॥", "၊",
-                   "။", "።", "፧", "፨", "᙮", "᠃", "᠉", "‼", "‽", "⁇", "⁈", "⁉", "⸮", "。")
+END_PUNCTUATION = (
+    ".",
+    "'",
+    '"',
+    "!",
+    "?",
+    "։",
+    "؟",
+    "۔",
+    "܀",
+    "܁",
+    "܂",
+    "߹",
+    "।",
+    "॥",
+    "၊",
+    "။",
+    "።",
+    "፧",
+    "፨",
+    "᙮",
+    "᠃",
+    "᠉",
+    "‼",
+    "‽",
+    "⁇",
+    "⁈",
+    "⁉",
+    "⸮",
+    "。",
+)
 
 
 def dup_line_chars(lines: list[str]) -> int:
@@ -40,8 +69,9 @@ class FineWebQualityFilter:
         return {
             "n_lines": float(n),
             "line_punct_ratio": sum(ln.endswith(END_PUNCTUATION) for ln in lines) / n if n else 0.0,
-            "short_line_ratio": (sum(len(ln) <= self.cfg.short_line_length for ln in lines) / n
-                                 if n else 0.0),
+            "short_line_ratio": (
+                sum(len(ln) <= self.cfg.short_line_length for ln in lines) / n if n else 0.0
+            ),
             "char_dup_ratio": dup_line_chars(lines) / chars,
             "list_ratio": text.count("\n") / words if words else 0.0,
         }

@@ -94,8 +94,9 @@ def _dup_stats(items: list[str]) -> tuple[int, int]:
     return n_dup, chars
 
 
-_MULT = np.random.default_rng(20211208).integers(1, 2**62, size=16, dtype=np.uint64) * \
-    np.uint64(2) + np.uint64(1)  # odd multipliers for n-gram keys (n <= 16)
+_MULT = np.random.default_rng(20211208).integers(1, 2**62, size=16, dtype=np.uint64) * np.uint64(
+    2
+) + np.uint64(1)  # odd multipliers for n-gram keys (n <= 16)
 
 
 class _Words:
@@ -103,8 +104,9 @@ class _Words:
 
     def __init__(self, words: list[str]) -> None:
         vocab: dict[str, int] = {}
-        self.ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words),
-                               dtype=np.uint64, count=len(words))
+        self.ids = np.fromiter(
+            (vocab.setdefault(w, len(vocab)) for w in words), dtype=np.uint64, count=len(words)
+        )
         self.lens = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
         # per-id random keys so that n-gram keys are order-sensitive and collision-resistant
         rng = np.random.default_rng(len(vocab))
@@ -115,7 +117,7 @@ class _Words:
         base = self._key[self.ids.astype(np.int64)]
         acc = base[0:m] * _MULT[0]
         for k in range(1, n):
-            acc = acc + base[k:k + m] * _MULT[k % len(_MULT)]
+            acc = acc + base[k : k + m] * _MULT[k % len(_MULT)]
         return acc
 
     def top_ngram_chars(self, n: int) -> int:
@@ -128,7 +130,7 @@ class _Words:
         if top < 2:
             return 0
         start = int(first[counts == top].min())  # ties: the first to occur (as Counter)
-        return int(self.lens[start:start + n].sum()) * int(top)
+        return int(self.lens[start : start + n].sum()) * int(top)
 
     def dup_ngram_chars(self, n: int) -> int:
         """Characters of words covered by repeated occurrences of an n-gram (every occurrence
@@ -184,10 +186,12 @@ class GopherRepetitionFilter:
     def keep(self, s: dict[str, float]) -> str | None:
         c = self.cfg
         f = self.family
-        for key, limit in (("dup_line_frac", c.max_dup_line_frac),
-                           ("dup_para_frac", c.max_dup_para_frac),
-                           ("dup_line_char_frac", c.max_dup_line_char_frac),
-                           ("dup_para_char_frac", c.max_dup_para_char_frac)):
+        for key, limit in (
+            ("dup_line_frac", c.max_dup_line_frac),
+            ("dup_para_frac", c.max_dup_para_frac),
+            ("dup_line_char_frac", c.max_dup_line_char_frac),
+            ("dup_para_char_frac", c.max_dup_para_char_frac),
+        ):
             if s[key] > limit:
                 return f"{f}.{key}"
         for n, limit in sorted(c.max_top_ngram_char_frac.items()):

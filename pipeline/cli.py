@@ -12,8 +12,11 @@ from rich.console import Console
 from pipeline.config import dump_config, load_config
 from pipeline.errors import DatagenError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                  help="Build phi-style textbook-quality pretraining corpora.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Build phi-style textbook-quality pretraining corpora.",
+)
 config_app = typer.Typer(help="Inspect the resolved configuration.")
 app.add_typer(config_app, name="config")
 

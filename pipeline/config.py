@@ -123,7 +123,13 @@ class GopherRepetitionConfig(Section):
     max_top_ngram_char_frac: dict[int, float] = {2: 0.20, 3: 0.18, 4: 0.16}
     # n -> max char fraction covered by duplicated n-grams (Gopher Table A1)
     max_dup_ngram_char_frac: dict[int, float] = {
-        5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+        5: 0.15,
+        6: 0.14,
+        7: 0.13,
+        8: 0.12,
+        9: 0.11,
+        10: 0.10,
+    }
 
 
 class AnnotateConfig(Section):
@@ -162,8 +168,14 @@ class FilterConfig(Section):
     min_chars: int = Field(200, ge=0)
     max_chars: int = Field(100_000, ge=1)
     drop_truncated: bool = True  # finish_reason == "length"
-    stock_openers: list[str] = ["Once upon a time", "In a world where", "Imagine a world",
-                                "Have you ever wondered", "Welcome to", "In today's"]
+    stock_openers: list[str] = [
+        "Once upon a time",
+        "In a world where",
+        "Imagine a world",
+        "Have you ever wondered",
+        "Welcome to",
+        "In today's",
+    ]
     # drop below this fraction of required words present (inflections count). 0 = report only:
     # the default 135M teacher uses ~3% of its required words; set 1.0 with a capable teacher
     min_constraint_coverage: float = Field(0.0, ge=0.0, le=1.0)
@@ -203,19 +215,40 @@ class DecontamConfig(Section):
     allow_download: bool = False  # load hf names when a local path is missing
     on_missing: str = Field("warn", pattern="^(warn|error)$")  # a benchmark with no source
     benchmarks: list[BenchmarkSource] = [
-        BenchmarkSource(name="gsm8k", path="../shared/data/benchmarks/gsm8k/test.jsonl",
-                        hf="openai/gsm8k", hf_config="main", fields=["question", "answer"]),
-        BenchmarkSource(name="humaneval",
-                        path="../shared/data/benchmarks/humaneval/HumanEval.jsonl.gz",
-                        hf="openai/openai_humaneval", fields=["prompt", "canonical_solution"]),
-        BenchmarkSource(name="mbpp", path="../shared/data/benchmarks/mbpp/mbpp.jsonl",
-                        hf="google-research-datasets/mbpp", hf_config="full",
-                        fields=["text", "code"]),
-        BenchmarkSource(name="arc", path="../shared/data/benchmarks/arc/ARC-Challenge-Test.jsonl",
-                        hf="allenai/ai2_arc", hf_config="ARC-Challenge",
-                        fields=["question.stem", "question.choices.text"]),
-        BenchmarkSource(name="piqa", path="../shared/data/benchmarks/piqa/valid.jsonl",
-                        hf="ybisk/piqa", split="validation", fields=["goal", "sol1", "sol2"]),
+        BenchmarkSource(
+            name="gsm8k",
+            path="../shared/data/benchmarks/gsm8k/test.jsonl",
+            hf="openai/gsm8k",
+            hf_config="main",
+            fields=["question", "answer"],
+        ),
+        BenchmarkSource(
+            name="humaneval",
+            path="../shared/data/benchmarks/humaneval/HumanEval.jsonl.gz",
+            hf="openai/openai_humaneval",
+            fields=["prompt", "canonical_solution"],
+        ),
+        BenchmarkSource(
+            name="mbpp",
+            path="../shared/data/benchmarks/mbpp/mbpp.jsonl",
+            hf="google-research-datasets/mbpp",
+            hf_config="full",
+            fields=["text", "code"],
+        ),
+        BenchmarkSource(
+            name="arc",
+            path="../shared/data/benchmarks/arc/ARC-Challenge-Test.jsonl",
+            hf="allenai/ai2_arc",
+            hf_config="ARC-Challenge",
+            fields=["question.stem", "question.choices.text"],
+        ),
+        BenchmarkSource(
+            name="piqa",
+            path="../shared/data/benchmarks/piqa/valid.jsonl",
+            hf="ybisk/piqa",
+            split="validation",
+            fields=["goal", "sol1", "sol2"],
+        ),
     ]
 
 

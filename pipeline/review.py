@@ -41,8 +41,11 @@ def _stage_order(run: Run) -> list[str]:
     from pipeline.stages import STAGES
 
     names = [s.name for s in STAGES]
-    present = [p.name for p in sorted(run.path.iterdir()) if (p / "manifest.json").exists()] \
-        if run.path.exists() else []
+    present = (
+        [p.name for p in sorted(run.path.iterdir()) if (p / "manifest.json").exists()]
+        if run.path.exists()
+        else []
+    )
     return [n for n in names if n in present] + [n for n in present if n not in names]
 
 
@@ -50,8 +53,12 @@ def _count_dicts(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Per-reason counts a stage reported: dicts of ints under keys naming drops or a funnel."""
     out = {}
     for k, v in manifest.items():
-        if ("drop" in k or "funnel" in k or "reason" in k) and isinstance(v, dict) and v \
-                and all(isinstance(x, int | float) for x in v.values()):
+        if (
+            ("drop" in k or "funnel" in k or "reason" in k)
+            and isinstance(v, dict)
+            and v
+            and all(isinstance(x, int | float) for x in v.values())
+        ):
             out[k] = {str(a): b for a, b in v.items()}
     return out
 
@@ -62,8 +69,15 @@ def funnel(run: Run) -> list[dict[str, Any]]:
     for name in _stage_order(run):
         m = run.read_manifest(name) or {}
         summary = m.get("summary") if isinstance(m.get("summary"), dict) else {}
-        rows.append({"stage": name, "status": m.get("status", "?"), "summary": summary,
-                     "counts": _count_dicts(m), "elapsed_s": m.get("elapsed_s")})
+        rows.append(
+            {
+                "stage": name,
+                "status": m.get("status", "?"),
+                "summary": summary,
+                "counts": _count_dicts(m),
+                "elapsed_s": m.get("elapsed_s"),
+            }
+        )
     return rows
 
 
@@ -71,30 +85,49 @@ def dataset_card(cfg: PipelineConfig, run: Run, emit: dict[str, Any]) -> str:
     """The README.md written beside the emitted corpus."""
     tok = emit["tokenizer"]
     lines = [
-        f"# datagen corpus: {run.name}", "",
+        f"# datagen corpus: {run.name}",
+        "",
         f"Built {utc_now()} by `datagen run` (seed {cfg.seed}). Sources: "
-        + ", ".join(f"{k} ({v['documents']} documents, {v['tokens']:,} tokens)"
-                    for k, v in emit["sources"].items()) + ".", "",
-        "## Splits", "",
-        "| split | source | documents | unique documents | tokens |", "|---|---|---:|---:|---:|",
+        + ", ".join(
+            f"{k} ({v['documents']} documents, {v['tokens']:,} tokens)"
+            for k, v in emit["sources"].items()
+        )
+        + ".",
+        "",
+        "## Splits",
+        "",
+        "| split | source | documents | unique documents | tokens |",
+        "|---|---|---:|---:|---:|",
     ]
     for split, s in emit["splits"].items():
         for src, v in s["by_source"].items():
-            lines.append(f"| {split} | {src} | {v['documents']} | {v['unique_documents']} "
-                         f"| {v['tokens']:,} |")
+            lines.append(
+                f"| {split} | {src} | {v['documents']} | {v['unique_documents']} "
+                f"| {v['tokens']:,} |"
+            )
         lines.append(f"| **{split}** | all | {s['documents']} | | {s['tokens']:,} |")
-    lines += ["", "Mix multipliers (tokens emitted / tokens available, per source): "
-              + "; ".join(f"{split}: " + ", ".join(f"{k} x{v:g}" for k, v in m.items())
-                          for split, m in emit["multipliers"].items()), ""]
+    lines += [
+        "",
+        "Mix multipliers (tokens emitted / tokens available, per source): "
+        + "; ".join(
+            f"{split}: " + ", ".join(f"{k} x{v:g}" for k, v in m.items())
+            for split, m in emit["multipliers"].items()
+        ),
+        "",
+    ]
     notes = emit["inputs"].get("notes") or {}
     for k, v in notes.items():
         lines.append(f"- note ({k}): {v}")
     lines += [
-        "", "## Tokenizer", "",
+        "",
+        "## Tokenizer",
+        "",
         f"`{tok['name']}` from `{tok['source']}` (sha256 {tok['sha256']}), vocab "
         f"{tok['vocab_size']}, end-of-text `{tok['eot_token']}` = {tok['eot_id']}, tokens stored "
-        f"as {tok['dtype']}. The same tokenizer is saved as `tokenizer.json` here.", "",
-        "## Files", "",
+        f"as {tok['dtype']}. The same tokenizer is saved as `tokenizer.json` here.",
+        "",
+        "## Files",
+        "",
         "- `text/<split>/part-NNNNN.parquet`: id, text, source, origin, format, quality, topic, "
         "subject, audience, required_words, model, template, created_at, url, source_file, "
         "warc_record_id, fetch_date, language, n_tokens, repeat.",
@@ -102,35 +135,52 @@ def dataset_card(cfg: PipelineConfig, run: Run, emit: dict[str, Any]) -> str:
         "by the end-of-text id; `.ds.index`: little-endian uint64 end offset of each document "
         "(in tokens); `.ds.metadata`: tokenizer id and token count (datatrove's layout). Text "
         "and token shards with the same number hold the same documents in the same order.",
-        "", "```python",
+        "",
+        "```python",
         "from datasets import load_dataset",
         'ds = load_dataset("parquet", data_files={"train": "text/train/*.parquet",',
         '                                         "validation": "text/val/*.parquet"})',
         "import numpy as np",
         f'tokens = np.memmap("tokens/train/part-00000.ds", dtype="{tok["dtype"]}", mode="r")',
         'ends = np.fromfile("tokens/train/part-00000.ds.index", dtype="<u8")',
-        "```", "",
-        "## Funnel", "",
-        "| stage | status | result | drops |", "|---|---|---|---|",
+        "```",
+        "",
+        "## Funnel",
+        "",
+        "| stage | status | result | drops |",
+        "|---|---|---|---|",
     ]
-    for row in funnel(run) + [{"stage": "emit", "status": "finished",
-                               "summary": emit["summary"], "counts": {}}]:
+    for row in funnel(run) + [
+        {"stage": "emit", "status": "finished", "summary": emit["summary"], "counts": {}}
+    ]:
         if row["stage"] == "emit" and row["status"] != "finished":
             continue
         res = ", ".join(f"{k}={v}" for k, v in row["summary"].items())
-        drops = "; ".join(f"{k}: " + ", ".join(f"{a}={b}" for a, b in d.items())
-                          for k, d in row["counts"].items())
+        drops = "; ".join(
+            f"{k}: " + ", ".join(f"{a}={b}" for a, b in d.items()) for k, d in row["counts"].items()
+        )
         lines.append(f"| {row['stage']} | {row['status']} | {res} | {drops} |")
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- documents
 def _doc_view(d: Document, stage: str, kept: bool) -> dict[str, Any]:
-    return {"id": d.id, "text": d.text, "origin": d.source, "topic": d.topic,
-            "subject": d.subject, "audience": d.audience, "format": d.format,
-            "required_words": list(d.required_words), "model": d.model, "url": d.url,
-            "scores": dict(d.scores), "drop_reason": d.drop_reason, "kept": kept,
-            "stage": stage}
+    return {
+        "id": d.id,
+        "text": d.text,
+        "origin": d.source,
+        "topic": d.topic,
+        "subject": d.subject,
+        "audience": d.audience,
+        "format": d.format,
+        "required_words": list(d.required_words),
+        "model": d.model,
+        "url": d.url,
+        "scores": dict(d.scores),
+        "drop_reason": d.drop_reason,
+        "kept": kept,
+        "stage": stage,
+    }
 
 
 def _emit_docs(run: Run) -> Iterator[dict[str, Any]]:
@@ -139,12 +189,22 @@ def _emit_docs(run: Run) -> Iterator[dict[str, Any]]:
             if row.get("repeat", 0):
                 continue  # a repeated copy: the document was already shown
             scores = {"quality": row["quality"]} if row.get("quality") is not None else {}
-            yield {"id": row["id"], "text": row["text"], "origin": row["origin"],
-                   "topic": row["topic"], "subject": row["subject"],
-                   "audience": row["audience"], "format": row["format"],
-                   "required_words": row["required_words"] or [], "model": row["model"],
-                   "url": row["url"], "scores": scores, "drop_reason": None, "kept": True,
-                   "stage": "emit"}
+            yield {
+                "id": row["id"],
+                "text": row["text"],
+                "origin": row["origin"],
+                "topic": row["topic"],
+                "subject": row["subject"],
+                "audience": row["audience"],
+                "format": row["format"],
+                "required_words": row["required_words"] or [],
+                "model": row["model"],
+                "url": row["url"],
+                "scores": scores,
+                "drop_reason": None,
+                "kept": True,
+                "stage": "emit",
+            }
 
 
 def _stage_docs(run: Run, stage: str, kept: bool) -> Iterator[dict[str, Any]]:
@@ -227,7 +287,7 @@ def near_dup_rate(texts: list[str], seed: int) -> float:
     hashes = []
     for i, t in enumerate(texts):
         w = WORD.findall(t.lower())
-        shingles = {" ".join(w[j:j + 5]) for j in range(max(1, len(w) - 4))}
+        shingles = {" ".join(w[j : j + 5]) for j in range(max(1, len(w) - 4))}
         m = MinHash(num_perm=128, seed=seed)
         m.update_batch([s.encode() for s in shingles])
         lsh.insert(str(i), m)
@@ -248,16 +308,19 @@ def opener(text: str, words: int = 3) -> str:
     return " ".join(WORD.findall(text.lower())[:words])
 
 
-def histogram_svg(series: dict[str, list[float]], title: str, bins: int = 20,
-                  log_x: bool = False) -> Markup:
+def histogram_svg(
+    series: dict[str, list[float]], title: str, bins: int = 20, log_x: bool = False
+) -> Markup:
     """Side-by-side bar histogram of each named series as inline SVG."""
     colors = {"kept": "#2e7d32", "dropped": "#c62828"}
     vals = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
     w, h, pad = 560, 200, 34
     if not vals:
-        return Markup(f'<svg class="hist" width="{w}" height="40" role="img" '
-                      f'aria-label="{html.escape(title)}"><text x="4" y="24">{html.escape(title)}'
-                      f': no values</text></svg>')
+        return Markup(
+            f'<svg class="hist" width="{w}" height="40" role="img" '
+            f'aria-label="{html.escape(title)}"><text x="4" y="24">{html.escape(title)}'
+            f": no values</text></svg>"
+        )
 
     def tf(v: float) -> float:
         return math.log10(max(v, 1.0)) if log_x else v
@@ -274,10 +337,11 @@ def histogram_svg(series: dict[str, list[float]], title: str, bins: int = 20,
         counts[name] = c
     top = max(max(c) for c in counts.values()) or 1
     bw = (w - 2 * pad) / bins
-    parts = [f'<svg class="hist" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 30}"'
-             f' role="img" aria-label="{html.escape(title)}">',
-             f'<text x="{pad}" y="14" font-size="13" font-weight="bold">'
-             f'{html.escape(title)}</text>']
+    parts = [
+        f'<svg class="hist" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 30}"'
+        f' role="img" aria-label="{html.escape(title)}">',
+        f'<text x="{pad}" y="14" font-size="13" font-weight="bold">{html.escape(title)}</text>',
+    ]
     k = len(counts)
     for j, (name, c) in enumerate(counts.items()):
         for i, n in enumerate(c):
@@ -285,18 +349,27 @@ def histogram_svg(series: dict[str, list[float]], title: str, bins: int = 20,
                 continue
             bh = (h - 40) * n / top
             x = pad + i * bw + j * bw / k
-            parts.append(f'<rect x="{x:.1f}" y="{h - bh:.1f}" width="{bw / k - 1:.1f}" '
-                         f'height="{bh:.1f}" fill="{colors.get(name, "#1565c0")}">'
-                         f'<title>{name}: {n}</title></rect>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{h - bh:.1f}" width="{bw / k - 1:.1f}" '
+                f'height="{bh:.1f}" fill="{colors.get(name, "#1565c0")}">'
+                f"<title>{name}: {n}</title></rect>"
+            )
     parts.append(f'<line x1="{pad}" y1="{h}" x2="{w - pad}" y2="{h}" stroke="#333"/>')
     for frac in (0.0, 0.5, 1.0):
         v = lo + frac * (hi - lo)
-        label = f"{10 ** v:,.0f}" if log_x else f"{v:.3g}"
-        parts.append(f'<text x="{pad + frac * (w - 2 * pad):.0f}" y="{h + 16}" font-size="11" '
-                     f'text-anchor="middle">{label}</text>')
-    parts.append(f'<text x="{pad}" y="{h + 30}" font-size="11">max bar {top}; '
-                 + ", ".join(f'<tspan fill="{colors.get(n, "#1565c0")}">{n} '
-                             f'{sum(c)}</tspan>' for n, c in counts.items()) + "</text>")
+        label = f"{10**v:,.0f}" if log_x else f"{v:.3g}"
+        parts.append(
+            f'<text x="{pad + frac * (w - 2 * pad):.0f}" y="{h + 16}" font-size="11" '
+            f'text-anchor="middle">{label}</text>'
+        )
+    parts.append(
+        f'<text x="{pad}" y="{h + 30}" font-size="11">max bar {top}; '
+        + ", ".join(
+            f'<tspan fill="{colors.get(n, "#1565c0")}">{n} {sum(c)}</tspan>'
+            for n, c in counts.items()
+        )
+        + "</text>"
+    )
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -417,18 +490,22 @@ in the stage output; statistics over {{ n_stats_kept }} kept / {{ n_stats_droppe
 def _resolve_stages(run: Run, stage: str | None) -> list[str]:
     if stage is not None:
         if stage not in DOC_STAGES:
-            raise DatagenError(f"review: stage '{stage}' has no documents to review "
-                               f"(choose one of: {', '.join(DOC_STAGES)})")
+            raise DatagenError(
+                f"review: stage '{stage}' has no documents to review "
+                f"(choose one of: {', '.join(DOC_STAGES)})"
+            )
         if not _has_docs(run, stage):
-            raise DatagenError(f"{run.path / stage}: no documents to review; run "
-                               f"`datagen run stage={stage}` first")
+            raise DatagenError(
+                f"{run.path / stage}: no documents to review; run `datagen run stage={stage}` first"
+            )
         return [stage]
     chosen = [s for s in DEFAULT_STAGES if _has_docs(run, s)]
     if not chosen:
         chosen = [s for s in reversed(DOC_STAGES) if _has_docs(run, s)][:1]
     if not chosen:
-        raise DatagenError(f"{run.path}: no stage output with documents to review; "
-                           f"run `datagen run` first")
+        raise DatagenError(
+            f"{run.path}: no stage output with documents to review; run `datagen run` first"
+        )
     return chosen
 
 
@@ -454,24 +531,42 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
         d["html"] = highlight(d["text"], d["required_words"])
 
     kept_texts = [d["text"] for d in kept]
-    lengths = {"kept": [len(WORD.findall(d["text"])) for d in kept],
-               "dropped": [len(WORD.findall(d["text"])) for d in dropped]}
-    quality = {"kept": [quality_of(d["scores"]) for d in kept],
-               "dropped": [quality_of(d["scores"]) for d in dropped]}
-    page = Environment(autoescape=True).from_string(PAGE).render(
-        run_name=run.name, stages=stages, created=utc_now(), seed=cfg.seed,
-        n_kept=n_kept, n_dropped=n_dropped, n_stats_kept=len(kept),
-        n_stats_dropped=len(dropped), funnel=funnel(run),
-        drop_reasons=Counter(d["drop_reason"] or "?" for d in dropped).most_common(),
-        hist_len=histogram_svg(lengths, "length (words, log scale)", log_x=True),
-        hist_q=histogram_svg(quality, "quality score"),
-        d1=distinct_n(kept_texts, 1), d2=distinct_n(kept_texts, 2),
-        d3=distinct_n(kept_texts, 3), near_dup=near_dup_rate(kept_texts, cfg.seed),
-        near_dup_threshold=NEAR_DUP_THRESHOLD,
-        first_sentences=Counter(first_sentence(t) for t in kept_texts).most_common(10),
-        openers=Counter(opener(t) for t in kept_texts).most_common(10),
-        sections=[(f"Kept documents ({len(show_kept)} sampled)", show_kept),
-                  (f"Dropped documents ({len(show_dropped)} sampled)", show_dropped)],
+    lengths = {
+        "kept": [len(WORD.findall(d["text"])) for d in kept],
+        "dropped": [len(WORD.findall(d["text"])) for d in dropped],
+    }
+    quality = {
+        "kept": [quality_of(d["scores"]) for d in kept],
+        "dropped": [quality_of(d["scores"]) for d in dropped],
+    }
+    page = (
+        Environment(autoescape=True)
+        .from_string(PAGE)
+        .render(
+            run_name=run.name,
+            stages=stages,
+            created=utc_now(),
+            seed=cfg.seed,
+            n_kept=n_kept,
+            n_dropped=n_dropped,
+            n_stats_kept=len(kept),
+            n_stats_dropped=len(dropped),
+            funnel=funnel(run),
+            drop_reasons=Counter(d["drop_reason"] or "?" for d in dropped).most_common(),
+            hist_len=histogram_svg(lengths, "length (words, log scale)", log_x=True),
+            hist_q=histogram_svg(quality, "quality score"),
+            d1=distinct_n(kept_texts, 1),
+            d2=distinct_n(kept_texts, 2),
+            d3=distinct_n(kept_texts, 3),
+            near_dup=near_dup_rate(kept_texts, cfg.seed),
+            near_dup_threshold=NEAR_DUP_THRESHOLD,
+            first_sentences=Counter(first_sentence(t) for t in kept_texts).most_common(10),
+            openers=Counter(opener(t) for t in kept_texts).most_common(10),
+            sections=[
+                (f"Kept documents ({len(show_kept)} sampled)", show_kept),
+                (f"Dropped documents ({len(show_dropped)} sampled)", show_dropped),
+            ],
+        )
     )
     out = Path(rcfg.out) if rcfg.out else run.path / "review" / f"{'+'.join(stages)}.html"
     atomic_write_text(out, page)

@@ -176,8 +176,9 @@ class ShardWriter:
             self.close()
 
 
-def write_shards(folder: Path, records: Iterable[BaseModel], prefix: str = "part",
-                 max_records: int = 10_000) -> list[Path]:
+def write_shards(
+    folder: Path, records: Iterable[BaseModel], prefix: str = "part", max_records: int = 10_000
+) -> list[Path]:
     with ShardWriter(folder, prefix, max_records) as w:
         for r in records:
             w.write(r)
@@ -185,9 +186,7 @@ def write_shards(folder: Path, records: Iterable[BaseModel], prefix: str = "part
 
 
 def shard_paths(folder: Path, prefix: str = "part") -> list[Path]:
-    return sorted(
-        p for p in folder.glob(f"{prefix}-*.jsonl*") if not p.name.startswith(".")
-    )
+    return sorted(p for p in folder.glob(f"{prefix}-*.jsonl*") if not p.name.startswith("."))
 
 
 def read_shards(folder: Path, model: type[M], prefix: str = "part") -> Iterator[M]:

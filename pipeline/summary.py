@@ -17,6 +17,10 @@ def print_summary(manifests: list[dict[str, Any]], console: Console) -> None:
     for m in manifests:
         summary = m.get("summary", {})
         result = ", ".join(f"{k}={v}" for k, v in summary.items())
-        table.add_row(m.get("stage", "?"), m.get("status", "?"), result,
-                      f"{m.get('run', '')}/{m.get('stage', '')}")
+        table.add_row(
+            m.get("stage", "?"),
+            m.get("status", "?"),
+            result,
+            f"{m.get('run', '')}/{m.get('stage', '')}",
+        )
     console.print(table)

@@ -82,26 +82,36 @@ def _build_from_gguf(path: Path) -> Tokenizer:
 
     kind = field("tokenizer.ggml.model")
     if kind != "gpt2":
-        raise DatagenError(f"{path}: tokenizer.ggml.model is {kind!r}; "
-                           f"only 'gpt2' BPE is supported")
+        raise DatagenError(
+            f"{path}: tokenizer.ggml.model is {kind!r}; only 'gpt2' BPE is supported"
+        )
     tokens: list[str] = list(field("tokenizer.ggml.tokens"))  # type: ignore[arg-type]
     merges: list[str] = list(field("tokenizer.ggml.merges"))  # type: ignore[arg-type]
     types: list[int] = list(field("tokenizer.ggml.token_type"))  # type: ignore[arg-type]
     vocab = {t: i for i, t in enumerate(tokens)}
-    bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
-                     fuse_unk=False, byte_fallback=False)
+    bpe = models.BPE(
+        vocab=vocab,
+        merges=[tuple(m.split(" ", 1)) for m in merges],
+        fuse_unk=False,
+        byte_fallback=False,
+    )
     tok = Tokenizer(bpe)
     pre = reader.fields.get("tokenizer.ggml.pre")
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True,
-                                          use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
     if pre is not None and pre.contents() == "smollm":
         tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level])
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
     else:
         tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                            for i, t in enumerate(types) if t == _GGUF_SPECIAL])
+    tok.add_special_tokens(
+        [
+            AddedToken(tokens[i], special=True, normalized=False)
+            for i, t in enumerate(types)
+            if t == _GGUF_SPECIAL
+        ]
+    )
     return tok
 
 
@@ -123,9 +133,15 @@ class LoadedTokenizer:
         return token_dtype(self.vocab_size)
 
     def info(self) -> dict[str, object]:
-        return {"name": self.name, "source": self.source, "sha256": self.sha256,
-                "vocab_size": self.vocab_size, "eot_token": self.eot_token,
-                "eot_id": self.eot_id, "dtype": self.dtype.str}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "vocab_size": self.vocab_size,
+            "eot_token": self.eot_token,
+            "eot_id": self.eot_id,
+            "dtype": self.dtype.str,
+        }
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of each text followed by the end-of-text id, as arrays of ``dtype``."""
@@ -149,8 +165,12 @@ def load_tokenizer(spec: str, eot_token: str = "<|endoftext|>") -> LoadedTokeniz
         src = bundled_gguf_path()
         tok = tokenizer_from_gguf(src)
         source = str(src)
-    elif path.suffix == ".gguf" or path.suffix == ".json" or path.exists() or spec.startswith(
-            (".", "/", "~")):
+    elif (
+        path.suffix == ".gguf"
+        or path.suffix == ".json"
+        or path.exists()
+        or spec.startswith((".", "/", "~"))
+    ):
         if not path.is_file():
             raise DatagenError(f"emit.tokenizer: {path} does not exist")
         if path.suffix == ".gguf":
@@ -177,8 +197,9 @@ def load_tokenizer(spec: str, eot_token: str = "<|endoftext|>") -> LoadedTokeniz
 
 
 # --------------------------------------------------------------------------- shards
-def write_token_shard(path: Path, docs: Sequence[np.ndarray], dtype: np.dtype,
-                      tokenizer_id: str) -> dict[str, object]:
+def write_token_shard(
+    path: Path, docs: Sequence[np.ndarray], dtype: np.dtype, tokenizer_id: str
+) -> dict[str, object]:
     """Write ``path`` (.ds), ``.ds.index`` and ``.ds.metadata``; each appears under its final
     name only when complete (temp + fsync + rename). Each doc already ends with end-of-text."""
     lengths = np.fromiter((len(d) for d in docs), dtype=np.uint64, count=len(docs))
@@ -191,9 +212,15 @@ def write_token_shard(path: Path, docs: Sequence[np.ndarray], dtype: np.dtype,
     sha = _write_array(path, tokens)
     _write_array(index_path, ends)
     atomic_write_bytes(meta_path, meta.encode())
-    return {"path": path.name, "index": index_path.name, "tokens": n, "documents": len(docs),
-            "bytes": path.stat().st_size, "sha256": sha,
-            "index_sha256": hashlib.sha256(ends.tobytes()).hexdigest()}
+    return {
+        "path": path.name,
+        "index": index_path.name,
+        "tokens": n,
+        "documents": len(docs),
+        "bytes": path.stat().st_size,
+        "sha256": sha,
+        "index_sha256": hashlib.sha256(ends.tobytes()).hexdigest(),
+    }
 
 
 def _write_array(path: Path, arr: np.ndarray) -> str:

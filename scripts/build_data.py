@@ -22,8 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-OPENSTAX = (SHARED / "text" / "openstax_python"
-            / "osbooks-introduction-python-programming.cnxml.tar.xz")
+OPENSTAX = (
+    SHARED / "text" / "openstax_python" / "osbooks-introduction-python-programming.cnxml.tar.xz"
+)
 
 # Cosmopedia's audiences (github.com/huggingface/cosmopedia, prompts; Ben Allal et al. 2024)
 COSMOPEDIA_AUDIENCES = [
@@ -36,8 +37,11 @@ COSMOPEDIA_AUDIENCES = [
 ]
 # modules that are book scaffolding, not teachable topics
 SKIP_TITLES = {"Preface", "Introduction", "Chapter summary"}
-NS = {"col": "http://cnx.rice.edu/collxml", "md": "http://cnx.rice.edu/mdml",
-      "c": "http://cnx.rice.edu/cnxml"}
+NS = {
+    "col": "http://cnx.rice.edu/collxml",
+    "md": "http://cnx.rice.edu/mdml",
+    "c": "http://cnx.rice.edu/cnxml",
+}
 
 
 def build_words(n: int, zipf_min: float, zipf_max: float) -> list[tuple[str, float, str]]:
@@ -94,10 +98,10 @@ def main() -> None:
     data = ROOT / "data"
     words = build_words(args.words, args.zipf_min, args.zipf_max)
     (data / "words.tsv").write_text(
-        "word\tzipf\tpos\n" + "".join(f"{w}\t{z}\t{p}\n" for w, z, p in words))
+        "word\tzipf\tpos\n" + "".join(f"{w}\t{z}\t{p}\n" for w, z, p in words)
+    )
     topics = build_topics()
-    (data / "topics.tsv").write_text(
-        "subject\ttopic\n" + "".join(f"{s}\t{t}\n" for s, t in topics))
+    (data / "topics.tsv").write_text("subject\ttopic\n" + "".join(f"{s}\t{t}\n" for s, t in topics))
     (data / "audiences.txt").write_text("\n".join(COSMOPEDIA_AUDIENCES) + "\n")
     (data / "PROVENANCE.md").write_text(f"""# data/ provenance
 
@@ -105,7 +109,7 @@ Built by `python scripts/build_data.py` (do not edit by hand).
 
 | file | rows | source | license |
 |---|---|---|---|
-| words.tsv | {len(words)} | `wordfreq` {version('wordfreq')} (Zipf frequency, English, band {args.zipf_min}-{args.zipf_max}); parts of speech and base forms from `lemminflect` {version('lemminflect')} | wordfreq data CC BY-SA 4.0 (code Apache-2.0); lemminflect MIT |
+| words.tsv | {len(words)} | `wordfreq` {version("wordfreq")} (Zipf frequency, English, band {args.zipf_min}-{args.zipf_max}); parts of speech and base forms from `lemminflect` {version("lemminflect")} | wordfreq data CC BY-SA 4.0 (code Apache-2.0); lemminflect MIT |
 | topics.tsv | {len(topics)} | chapter and section titles of OpenStax "Introduction to Python Programming" (CNXML in ../shared/data/text/openstax_python, repository snapshot d6d069bb) | CC BY 4.0, attribution: "Introduction to Python Programming", OpenStax |
 | audiences.txt | {len(COSMOPEDIA_AUDIENCES)} | the audience set of Cosmopedia (HuggingFace), prompt-building code | Apache-2.0 |
 | blocklist.txt | - | empty default URL/domain blocklist for the web stage; format in its comments | - |

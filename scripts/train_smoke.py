@@ -45,7 +45,7 @@ class Windows:
         for row, k in enumerate(which):
             s = self.shards[k]
             start = int(self.rng.integers(0, len(s) - self.seq_len - 1))
-            out[row] = s[start:start + self.seq_len + 1]
+            out[row] = s[start : start + self.seq_len + 1]
         return out
 
 
@@ -54,7 +54,7 @@ def fixed_windows(shards: list[np.ndarray], seq_len: int, limit: int) -> np.ndar
     rows = []
     for s in shards:
         for start in range(0, len(s) - seq_len - 1, seq_len):
-            rows.append(np.asarray(s[start:start + seq_len + 1], dtype=np.int64))
+            rows.append(np.asarray(s[start : start + seq_len + 1], dtype=np.int64))
             if len(rows) >= limit:
                 return np.stack(rows)
     return np.stack(rows) if rows else np.zeros((0, seq_len + 1), np.int64)
@@ -72,8 +72,9 @@ def build_model(vocab: int, d_model: int, n_layers: int, n_heads: int, seq_len: 
             self.qkv = nn.Linear(d_model, 3 * d_model)
             self.proj = nn.Linear(d_model, d_model)
             self.ln2 = nn.LayerNorm(d_model)
-            self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(),
-                                     nn.Linear(4 * d_model, d_model))
+            self.mlp = nn.Sequential(
+                nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
+            )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             b, t, c = x.shape
@@ -102,10 +103,20 @@ def build_model(vocab: int, d_model: int, n_layers: int, n_heads: int, seq_len: 
     return GPT()
 
 
-def train(emit_dir: Path, steps: int = 300, seq_len: int = 64, batch: int = 16,
-          d_model: int = 64, n_layers: int = 2, n_heads: int = 4, lr: float = 3e-3,
-          seed: int = 1234, val_windows: int = 64, log_every: int = 25,
-          threads: int = 0) -> dict:
+def train(
+    emit_dir: Path,
+    steps: int = 300,
+    seq_len: int = 64,
+    batch: int = 16,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    lr: float = 3e-3,
+    seed: int = 1234,
+    val_windows: int = 64,
+    log_every: int = 25,
+    threads: int = 0,
+) -> dict:
     import torch
 
     manifest = json.loads((emit_dir / "manifest.json").read_text())
@@ -126,8 +137,10 @@ def train(emit_dir: Path, steps: int = 300, seq_len: int = 64, batch: int = 16,
             return None
         model.eval()
         with torch.no_grad():
-            losses = [float(model(torch.from_numpy(v[:, :-1]), torch.from_numpy(v[:, 1:])))
-                      for v in np.array_split(val, max(1, len(val) // batch))]
+            losses = [
+                float(model(torch.from_numpy(v[:, :-1]), torch.from_numpy(v[:, 1:])))
+                for v in np.array_split(val, max(1, len(val) // batch))
+            ]
         model.train()
         return float(np.mean(losses))
 
@@ -137,8 +150,11 @@ def train(emit_dir: Path, steps: int = 300, seq_len: int = 64, batch: int = 16,
     for step in range(steps):
         # linear warm-up over the first 10% of steps, then cosine decay to 10%
         warm = max(1, steps // 10)
-        frac = (step + 1) / warm if step < warm else \
-            0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+        frac = (
+            (step + 1) / warm
+            if step < warm
+            else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+        )
         for g in opt.param_groups:
             g["lr"] = lr * frac
         xy = torch.from_numpy(train_w.batch(batch))
@@ -153,13 +169,21 @@ def train(emit_dir: Path, steps: int = 300, seq_len: int = 64, batch: int = 16,
     elapsed = time.perf_counter() - t0
     k = max(1, min(10, steps // 5))
     result = {
-        "emit_dir": str(emit_dir), "params": n_params, "vocab_size": vocab, "steps": steps,
-        "seq_len": seq_len, "batch": batch, "tokens_seen": steps * batch * seq_len,
+        "emit_dir": str(emit_dir),
+        "params": n_params,
+        "vocab_size": vocab,
+        "steps": steps,
+        "seq_len": seq_len,
+        "batch": batch,
+        "tokens_seen": steps * batch * seq_len,
         "train_loss_start": float(np.mean(losses[:k])),
         "train_loss_end": float(np.mean(losses[-k:])),
-        "val_loss_before": val_before, "val_loss_after": val_loss(),
-        "val_windows": len(val), "uniform_loss": math.log(vocab),
-        "seconds": round(elapsed, 2), "tokens_per_s": round(steps * batch * seq_len / elapsed),
+        "val_loss_before": val_before,
+        "val_loss_after": val_loss(),
+        "val_windows": len(val),
+        "uniform_loss": math.log(vocab),
+        "seconds": round(elapsed, 2),
+        "tokens_per_s": round(steps * batch * seq_len / elapsed),
     }
     return result
 
@@ -183,8 +207,18 @@ def main(argv: list[str] | None = None) -> dict:
     emit_dir = a.emit_dir or a.run / "emit"
     if not (emit_dir / "manifest.json").exists():
         raise SystemExit(f"{emit_dir}: no manifest.json; run `datagen run stage=emit` first")
-    res = train(emit_dir, a.steps, a.seq_len, a.batch, a.d_model, a.layers, a.heads, a.lr, a.seed,
-                threads=a.threads)
+    res = train(
+        emit_dir,
+        a.steps,
+        a.seq_len,
+        a.batch,
+        a.d_model,
+        a.layers,
+        a.heads,
+        a.lr,
+        a.seed,
+        threads=a.threads,
+    )
     text = json.dumps(res, indent=2)
     print(text)
     if a.json:

@@ -55,8 +55,9 @@ class FastTextQuality:
             return
         for attempt in range(5):  # fastText now and then reports "Encountered NaN": retrain
             try:
-                self.model = fasttext.train_supervised(input=str(path), epoch=5, thread=1,
-                                                       seed=7, verbose=0)
+                self.model = fasttext.train_supervised(
+                    input=str(path), epoch=5, thread=1, seed=7, verbose=0
+                )
                 break
             except RuntimeError:
                 if attempt == 4:
@@ -94,8 +95,13 @@ def _required_words(text: str) -> list[str]:
     return [w for w, _ in Counter(words).most_common(3)]
 
 
-def build_run(root: Path, name: str = "t", web: bool = True, n_synth: int | None = None,
-              n_web: int | None = None) -> Run:
+def build_run(
+    root: Path,
+    name: str = "t",
+    web: bool = True,
+    n_synth: int | None = None,
+    n_web: int | None = None,
+) -> Run:
     """Write finished filter (and web) stages with kept and dropped documents."""
     run = Run(root, name)
     clf = FastTextQuality(root)
@@ -103,33 +109,55 @@ def build_run(root: Path, name: str = "t", web: bool = True, n_synth: int | None
     synth_filters = [MinChars(400), clf]
     kept, dropped, counts = [], [], Counter()
     for i, m in enumerate(openstax_modules()[:n_synth]):
-        doc = Document(id=f"syn-{m['module_id']}", text=m["text"], source="synthetic",
-                       topic=m["title"], subject="Python programming",
-                       audience=AUDIENCES[i % len(AUDIENCES)],
-                       format="textbook" if i % 3 else "exercises",
-                       required_words=_required_words(m["text"]),
-                       template="textbook.j2", model="SmolLM2-135M-Instruct")
+        doc = Document(
+            id=f"syn-{m['module_id']}",
+            text=m["text"],
+            source="synthetic",
+            topic=m["title"],
+            subject="Python programming",
+            audience=AUDIENCES[i % len(AUDIENCES)],
+            format="textbook" if i % 3 else "exercises",
+            required_words=_required_words(m["text"]),
+            template="textbook.j2",
+            model="SmolLM2-135M-Instruct",
+        )
         (kept if apply_filters(doc, synth_filters, counts) else dropped).append(doc)
     write_shards(run.stage_dir("filter"), kept, max_records=40)
     write_shards(run.stage_dir("filter") / "dropped", dropped)
-    run.write_manifest("filter", {"stage": "filter", "status": "finished",
-                                  "summary": {"kept": len(kept), "dropped": len(dropped)},
-                                  "drops": dict(counts)})
+    run.write_manifest(
+        "filter",
+        {
+            "stage": "filter",
+            "status": "finished",
+            "summary": {"kept": len(kept), "dropped": len(dropped)},
+            "drops": dict(counts),
+        },
+    )
     if web:
         wkept, wdropped, wcounts = [], [], Counter()
         for i, (title, text) in enumerate(wikitext_articles()[:n_web]):
-            doc = Document(id=f"web-{i:03d}", text=text, source="web",
-                           url=f"https://en.wikipedia.org/wiki/{title.replace(' ', '_')}",
-                           source_file="wiki.test.raw", language="en")
+            doc = Document(
+                id=f"web-{i:03d}",
+                text=text,
+                source="web",
+                url=f"https://en.wikipedia.org/wiki/{title.replace(' ', '_')}",
+                source_file="wiki.test.raw",
+                language="en",
+            )
             # web keeps documents of any quality here: the probability is only recorded, under
             # the key the web stage uses
             doc.scores["quality.p_positive"] = clf.score(doc)["prob"]
             (wkept if apply_filters(doc, [MinChars(8000)], wcounts) else wdropped).append(doc)
         write_shards(run.stage_dir("web"), wkept)
         write_shards(run.stage_dir("web") / "dropped", wdropped)
-        run.write_manifest("web", {"stage": "web", "status": "finished",
-                                   "summary": {"kept": len(wkept)},
-                                   "funnel": {"records": len(wkept) + len(wdropped),
-                                              "kept": len(wkept)},
-                                   "drops": dict(wcounts)})
+        run.write_manifest(
+            "web",
+            {
+                "stage": "web",
+                "status": "finished",
+                "summary": {"kept": len(wkept)},
+                "funnel": {"records": len(wkept) + len(wdropped), "kept": len(wkept)},
+                "drops": dict(wcounts),
+            },
+        )
     return run

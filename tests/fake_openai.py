@@ -25,9 +25,13 @@ def request_key(messages: list[dict[str, str]]) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self, latency_s: float = 0.0, slow_s: float = 5.0,
-                 script: Callable[[str], list[str]] | None = None,
-                 completion_tokens: int = 50) -> None:
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        slow_s: float = 5.0,
+        script: Callable[[str], list[str]] | None = None,
+        completion_tokens: int = 50,
+    ) -> None:
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.script = script or (lambda key: [])
@@ -59,19 +63,23 @@ class FakeOpenAI:
         faults = self.script(key)
         fault = faults[n - 1] if n - 1 < len(faults) else "ok"
         if fault == "429":
-            return web.json_response({"error": {"message": "rate limited", "type": "rate"}},
-                                     status=429, headers={"Retry-After": "1"})
+            return web.json_response(
+                {"error": {"message": "rate limited", "type": "rate"}},
+                status=429,
+                headers={"Retry-After": "1"},
+            )
         if fault in ("500", "always500"):
-            return web.json_response({"error": {"message": "boom", "type": "server"}},
-                                     status=500)
+            return web.json_response({"error": {"message": "boom", "type": "server"}}, status=500)
         if fault == "400":
-            return web.json_response({"error": {"message": "bad request", "type": "invalid"}},
-                                     status=400)
+            return web.json_response(
+                {"error": {"message": "bad request", "type": "invalid"}}, status=400
+            )
         if fault == "slow":
             await asyncio.sleep(self.slow_s)
         if fault == "malformed":
-            return web.Response(status=200, text='{"id": "x", "choices": [{"mess',
-                                content_type="application/json")
+            return web.Response(
+                status=200, text='{"id": "x", "choices": [{"mess', content_type="application/json"
+            )
         if fault == "drop":
             assert request.transport is not None
             request.transport.close()
@@ -81,14 +89,26 @@ class FakeOpenAI:
         text = "" if fault == "empty" else self._text(body["messages"])
         if fault not in ("empty", "slow"):  # a slow answer arrives after the client gave up
             self.successes[key] += 1
-        return web.json_response({
-            "id": f"chatcmpl-{key}", "object": "chat.completion", "created": 0,
-            "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": self.completion_tokens,
-                      "total_tokens": 100 + self.completion_tokens},
-        })
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{key}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": text},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 100,
+                    "completion_tokens": self.completion_tokens,
+                    "total_tokens": 100 + self.completion_tokens,
+                },
+            }
+        )
 
     @staticmethod
     def _text(messages: list[dict[str, str]]) -> str:

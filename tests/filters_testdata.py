@@ -26,8 +26,11 @@ def wikitext_articles() -> list[str]:
     raw = (SHARED / "text/wikitext2_test/wiki.test.raw").read_text(encoding="utf-8")
     raw = raw.replace("\r\n", "\n")
     parts = re.split(r"^(?= = [^=].* = $)", raw, flags=re.MULTILINE)
-    return ["\n\n".join(ln.strip() for ln in p.splitlines() if ln.strip())
-            for p in parts if len(p.strip()) > 500]
+    return [
+        "\n\n".join(ln.strip() for ln in p.splitlines() if ln.strip())
+        for p in parts
+        if len(p.strip()) > 500
+    ]
 
 
 @lru_cache(maxsize=1)
@@ -59,10 +62,14 @@ def _warc_records(path: Path) -> Iterator[bytes]:
 
 
 @lru_cache(maxsize=4)
-def web_pages(names: tuple[str, ...] = ("resiliparse_CC-MAIN-2020-34_subset.warc.gz",
-                                        "dolma_sample-0000.warc.gz",
-                                        "dolma_sample-0001.warc.gz"),
-              min_chars: int = 200) -> list[str]:
+def web_pages(
+    names: tuple[str, ...] = (
+        "resiliparse_CC-MAIN-2020-34_subset.warc.gz",
+        "dolma_sample-0000.warc.gz",
+        "dolma_sample-0001.warc.gz",
+    ),
+    min_chars: int = 200,
+) -> list[str]:
     """Main text (trafilatura) of the HTML responses in the named WARC files (all when empty)."""
     import trafilatura
 

@@ -101,38 +101,43 @@ def test_binary_metrics_confusion_and_f1():
     assert m["majority_baseline_accuracy"] == 0.6
 
 
-@pytest.mark.parametrize("answer,score", [
-    ("The text explains variables clearly.\nEducational score: 4", 4),
-    ("Justification: basic.\n**Educational score:** 2/5", 2),
-    ("Educational score: 1\nOn reflection it is better.\nEducational score: 3", 3),
-    ("educational score = 5 points", 5),
-    ("I would give this a 4.", None),
-    ("Educational score: 7", None),
-    ("Educational score: 2.5", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "answer,score",
+    [
+        ("The text explains variables clearly.\nEducational score: 4", 4),
+        ("Justification: basic.\n**Educational score:** 2/5", 2),
+        ("Educational score: 1\nOn reflection it is better.\nEducational score: 3", 3),
+        ("educational score = 5 points", 5),
+        ("I would give this a 4.", None),
+        ("Educational score: 7", None),
+        ("Educational score: 2.5", None),
+        ("", None),
+    ],
+)
 def test_parse_score_reads_the_final_score_line_or_reports_none(answer, score):
     assert parse_score(answer) == score
 
 
 def test_annotation_sample_is_seeded_and_order_independent():
-    docs = [Document(id=f"d{i:02d}", text=m["text"]) for i, m in
-            enumerate(openstax_modules()[:30])]
+    docs = [Document(id=f"d{i:02d}", text=m["text"]) for i, m in enumerate(openstax_modules()[:30])]
     a = [d.id for d in sample_documents(docs, 8, seed=3)]
     b = [d.id for d in sample_documents(list(reversed(docs)), 8, seed=3)]
     assert a == b and len(set(a)) == 8
     assert [d.id for d in sample_documents(docs, 8, seed=4)] != a
 
 
-@pytest.mark.parametrize("answer,rating", [
-    ('{"justification": "Clear worked examples.", "score": 4}', (4, "Clear worked examples.")),
-    ('{"justification": "x", "score": 0}', (0, "x")),
-    ('{"justification": "x", "score": 10}', None),      # out of range: not a 5
-    ('{"justification": "x", "score": "3"}', None),     # not an integer
-    ('{"justification": "x", "score": 3.0}', (3, "x")),  # an integral JSON number is fine
-    ('{"justification": "x", "score": 3.5}', None),     # a fraction is not a 0-5 score
-    ('{"justification": "cut off by max_tok', None),    # truncated JSON
-])
+@pytest.mark.parametrize(
+    "answer,rating",
+    [
+        ('{"justification": "Clear worked examples.", "score": 4}', (4, "Clear worked examples.")),
+        ('{"justification": "x", "score": 0}', (0, "x")),
+        ('{"justification": "x", "score": 10}', None),  # out of range: not a 5
+        ('{"justification": "x", "score": "3"}', None),  # not an integer
+        ('{"justification": "x", "score": 3.0}', (3, "x")),  # an integral JSON number is fine
+        ('{"justification": "x", "score": 3.5}', None),  # a fraction is not a 0-5 score
+        ('{"justification": "cut off by max_tok', None),  # truncated JSON
+    ],
+)
 def test_structured_rating_is_parsed_or_reported_as_none(answer, rating):
     from pipeline.stages.annotate import parse_rating
 
@@ -146,11 +151,15 @@ def test_a_model_that_does_not_beat_the_majority_baseline_only_scores():
 
     held_useless = {"f1": 0.0, "accuracy": 0.8, "majority_baseline_accuracy": 0.8}
     held_good = {"f1": 0.7, "accuracy": 0.9, "majority_baseline_accuracy": 0.6}
-    assert usefulness(3, 18, held_good, 10) == (False, "3 positive / 18 negative labels; "
-                                                "classifier.min_labels_per_class is 10")
+    assert usefulness(3, 18, held_good, 10) == (
+        False,
+        "3 positive / 18 negative labels; classifier.min_labels_per_class is 10",
+    )
     applied, why = usefulness(40, 60, held_useless, 10)
     assert not applied and "does not beat the majority baseline 0.8" in why
     assert usefulness(40, 60, held_good, 10) == (True, "")
     # no held-out split (classifier.test_fraction=0): nothing shows it beats the baseline
     assert usefulness(40, 60, {}, 10) == (
-        False, "no held-out split to show it beats the majority baseline")
+        False,
+        "no held-out split to show it beats the majority baseline",
+    )

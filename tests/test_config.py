@@ -10,8 +10,15 @@ from pipeline.stages.plan import build_plan
 
 
 def test_overrides_set_nested_keys_with_yaml_values():
-    cfg = load_config(["plan.n=7", "teacher.temperature=0.2", "plan.formats=[textbook]",
-                       "budget.max_cost_usd=1.5", "teacher.local.n_threads=1"])
+    cfg = load_config(
+        [
+            "plan.n=7",
+            "teacher.temperature=0.2",
+            "plan.formats=[textbook]",
+            "budget.max_cost_usd=1.5",
+            "teacher.local.n_threads=1",
+        ]
+    )
     assert cfg.plan.n == 7
     assert cfg.teacher.temperature == 0.2
     assert cfg.plan.formats == ["textbook"]
@@ -26,12 +33,15 @@ def test_defaults_have_the_documented_keys():
     assert cfg.force is False
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("plan.nn=3", "unknown config key 'plan.nn'"),
-    ("teacher.bogus=1", "unknown config key 'teacher.bogus'"),
-    ("plan.n=abc", "plan.n"),
-    ("teacher.temperature=9", "teacher.temperature"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("plan.nn=3", "unknown config key 'plan.nn'"),
+        ("teacher.bogus=1", "unknown config key 'teacher.bogus'"),
+        ("plan.n=abc", "plan.n"),
+        ("teacher.temperature=9", "teacher.temperature"),
+    ],
+)
 def test_bad_override_is_one_clear_error(override, needle):
     with pytest.raises(DatagenError, match=needle.replace(".", r"\.")):
         load_config([override])
@@ -85,8 +95,9 @@ def test_plan_without_words_refuses_more_requests_than_combinations():
 
 def test_plan_words_come_from_the_word_list():
     cfg = load_config(["plan.n=50"])
-    vocab = {ln.split("\t")[0] for ln in cfg.project_path("data/words.tsv").read_text()
-             .splitlines()[1:]}
+    vocab = {
+        ln.split("\t")[0] for ln in cfg.project_path("data/words.tsv").read_text().splitlines()[1:]
+    }
     for item in build_plan(cfg):
         assert len(item.words) == 3 and set(item.words) <= vocab
 
@@ -114,4 +125,3 @@ def test_missing_web_input_fails_before_any_stage_runs(tmp_path):
     assert r.returncode == 2
     assert "/nonexistent/crawl.warc.gz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()  # plan did not run
-

@@ -34,8 +34,13 @@ def test_all_default_benchmarks_load_from_shared_data(dc):
 
 def test_document_quoting_a_gsm8k_test_item_is_dropped(dc):
     item = gsm8k_items()[100]
-    text = openstax_modules()[5]["text"] + "\n\nPractice problem: " + item["question"] + \
-        "\n\nSolution. " + item["answer"]
+    text = (
+        openstax_modules()[5]["text"]
+        + "\n\nPractice problem: "
+        + item["question"]
+        + "\n\nSolution. "
+        + item["answer"]
+    )
     res = dc.check(text)
     assert res.reason == "decontam.gsm8k"
     assert res.matches["gsm8k"] > 0
@@ -69,7 +74,7 @@ def test_cut_mode_removes_a_window_around_the_match_and_keeps_the_rest():
     res = dc.check(text)
     assert res.reason is None and res.text is not None
     assert q not in res.text and res.pieces == 2
-    assert res.text.startswith(article[:half - 250].strip()[:100])
+    assert res.text.startswith(article[: half - 250].strip()[:100])
     assert len(res.text) <= len(text) - len(q) - 2 * cfg.cut_window + 10
     # the same quote spread through the text more than 10 times: the doc is dropped (GPT-3)
     paras = [p for a in wikitext_articles() for p in a.split("\n\n") if len(p) > 800][:12]
@@ -104,8 +109,9 @@ def test_local_json_csv_parquet_files_give_the_same_ngrams(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "g.parquet")
     counts = []
     for ext in ("json", "csv", "parquet"):
-        src = BenchmarkSource(name="g", path=str(tmp_path / f"g.{ext}"),
-                              fields=["question", "answer"])
+        src = BenchmarkSource(
+            name="g", path=str(tmp_path / f"g.{ext}"), fields=["question", "answer"]
+        )
         d = Decontaminator(DecontamConfig(benchmarks=[src]))
         counts.append(d.loaded["g"]["ngrams"])
         assert d.check(rows[50]["question"]).reason == "decontam.g"
@@ -113,8 +119,11 @@ def test_local_json_csv_parquet_files_give_the_same_ngrams(tmp_path):
 
 
 def test_nested_fields_are_walked_for_arc_choices():
-    arc = BenchmarkSource(name="arc", path=str(SHARED / "benchmarks/arc/ARC-Challenge-Test.jsonl"),
-                          fields=["question.choices.text"])
+    arc = BenchmarkSource(
+        name="arc",
+        path=str(SHARED / "benchmarks/arc/ARC-Challenge-Test.jsonl"),
+        fields=["question.choices.text"],
+    )
     d = Decontaminator(DecontamConfig(ngram=4, benchmarks=[arc]))
     assert d.loaded["arc"]["ngrams"] > 0
 
@@ -127,25 +136,33 @@ def test_missing_benchmark_warns_or_fails_by_config(tmp_path):
         Decontaminator(DecontamConfig(benchmarks=[src], on_missing="error"))
     gsm = str(SHARED / "benchmarks/gsm8k/test.jsonl")
     with pytest.raises(DatagenError, match="decontam.benchmarks.g.fields: none of questoin"):
-        Decontaminator(DecontamConfig(benchmarks=[BenchmarkSource(
-            name="g", path=gsm, fields=["questoin"])]))
+        Decontaminator(
+            DecontamConfig(benchmarks=[BenchmarkSource(name="g", path=gsm, fields=["questoin"])])
+        )
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(gsm8k_items()[0]) + "\n{not json\n")
     with pytest.raises(DatagenError, match="bad.jsonl:2"):
-        Decontaminator(DecontamConfig(benchmarks=[BenchmarkSource(
-            name="bad", path=str(bad), fields=["question"])]))
+        Decontaminator(
+            DecontamConfig(
+                benchmarks=[BenchmarkSource(name="bad", path=str(bad), fields=["question"])]
+            )
+        )
 
 
-def test_hf_dataset_path_loads_through_datasets_when_downloads_are_allowed(tmp_path,
-                                                                           monkeypatch):
+def test_hf_dataset_path_loads_through_datasets_when_downloads_are_allowed(tmp_path, monkeypatch):
     """The online path (``datasets.load_dataset``), exercised on a local dataset folder."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     folder = tmp_path / "gsm8k_local"
     folder.mkdir()
     (folder / "test.jsonl").write_bytes((SHARED / "benchmarks/gsm8k/test.jsonl").read_bytes())
-    src = BenchmarkSource(name="gsm8k", path=str(tmp_path / "absent.jsonl"), hf=str(folder),
-                          split="test", fields=["question", "answer"])
+    src = BenchmarkSource(
+        name="gsm8k",
+        path=str(tmp_path / "absent.jsonl"),
+        hf=str(folder),
+        split="test",
+        fields=["question", "answer"],
+    )
     off = Decontaminator(DecontamConfig(benchmarks=[src]))
     assert "allow_download=false" in off.unavailable["gsm8k"]
     on = Decontaminator(DecontamConfig(benchmarks=[src], allow_download=True))

@@ -25,7 +25,7 @@ TOKEN = re.compile(r"\w+")
 
 def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
     w = TOKEN.findall(text.lower())
-    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
 
 
 def jaccard(a: str, b: str) -> float:
@@ -62,7 +62,7 @@ def test_signatures_match_datasketch_minhash_on_the_same_shingles():
     sh, off = md._shingler.batch(texts)
     for i in range(len(texts)):
         ref = MinHash(num_perm=112, seed=99, hashfunc=lambda x: x)
-        ref.update_batch([int(x) for x in sh[off[i]:off[i + 1]]])
+        ref.update_batch([int(x) for x in sh[off[i] : off[i + 1]]])
         assert np.array_equal(ref.hashvalues, sigs[i])
 
 
@@ -75,7 +75,7 @@ def test_near_duplicates_found_and_unrelated_pairs_not(corpus):
         found |= {(a, b) for a in c.members for b in c.members if a < b}
     truth_hi, truth_lo = set(), set()
     for a_i, a in enumerate(ids):
-        for b in ids[a_i + 1:]:
+        for b in ids[a_i + 1 :]:
             j = jaccard(corpus[a], corpus[b])
             (truth_hi if j >= 0.8 else truth_lo).add((a, b, round(j, 3)))
     n_bases = sum("-" not in i for i in ids)
@@ -95,8 +95,7 @@ def test_clusters_are_transitive_and_keep_highest_quality_then_smallest_id(corpu
     a1 = edit(base, 0.01, rng, vocab)
     a2 = edit(a1, 0.01, rng, vocab)
     md = MinHashDeduper(MinHashParams(seed=5))
-    md.add_batch(["x", "y", "z", "other"], [base, a1, a2, corpus["b01"]],
-                 [0.2, 0.9, 0.9, 0.99])
+    md.add_batch(["x", "y", "z", "other"], [base, a1, a2, corpus["b01"]], [0.2, 0.9, 0.9, 0.99])
     [c] = md.clusters()
     assert c.members == ["x", "y", "z"]
     assert c.kept_id == "y"  # y and z tie on quality; the smaller id wins
@@ -111,8 +110,9 @@ def test_index_saves_and_loads_signatures_not_texts(tmp_path, corpus):
     md.save(tmp_path, only=set(ids[:10]))
     files = {p.name for p in tmp_path.iterdir()}
     assert files == {"signatures.npy", "quality.npy", "ids.json", "params.json"}
-    assert corpus[ids[0]][:200] not in "".join(p.read_text(errors="ignore")
-                                                for p in tmp_path.iterdir())
+    assert corpus[ids[0]][:200] not in "".join(
+        p.read_text(errors="ignore") for p in tmp_path.iterdir()
+    )
     back = MinHashDeduper.load(tmp_path)
     assert back.ids == ids[:10] and (back.bands, back.rows) == (md.bands, md.rows)
     hits = back.query(corpus[f"{ids[3]}-near"])
@@ -142,5 +142,4 @@ def test_bands_rows_derived_from_threshold_or_given():
     assert (md.bands, md.rows) == (14, 8)
     curve = md.s_curve()
     assert list(curve) == ["0.5", "0.6", "0.7", "0.8", "0.9"]
-    assert all(x < y for x, y in zip(list(curve.values()), list(curve.values())[1:],
-                                     strict=False))
+    assert all(x < y for x, y in zip(list(curve.values()), list(curve.values())[1:], strict=False))

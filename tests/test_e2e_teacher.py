@@ -54,8 +54,9 @@ def wait_gone(port: int, deadline_s: float = 15) -> list[int]:
 
 def test_generate_writes_real_text_from_the_embedded_teacher(tmp_path, port):
     assert llama_servers(port) == []
-    r = datagen("run", "stage=generate", "plan.n=3", *SMALL, f"teacher.local.port={port}",
-                cwd=tmp_path)
+    r = datagen(
+        "run", "stage=generate", "plan.n=3", *SMALL, f"teacher.local.port={port}", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     gen = tmp_path / "runs/default/generate"
     docs = [json.loads(line) for line in (gen / "outputs.jsonl").read_text().splitlines()]
@@ -76,10 +77,19 @@ def test_generate_writes_real_text_from_the_embedded_teacher(tmp_path, port):
 
 def test_ctrl_c_stops_the_server_and_a_rerun_resumes(tmp_path, port):
     # 16 items: plenty still to do when the first one lands and Ctrl-C is sent
-    args = [sys.executable, "-m", "pipeline.cli", "run", "stage=generate", "plan.n=16", *SMALL,
-            f"teacher.local.port={port}"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        "stage=generate",
+        "plan.n=16",
+        *SMALL,
+        f"teacher.local.port={port}",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     end = time.monotonic() + 120
     while not llama_servers(port) and time.monotonic() < end:
         time.sleep(0.1)
@@ -99,8 +109,9 @@ def test_ctrl_c_stops_the_server_and_a_rerun_resumes(tmp_path, port):
     m = json.loads((tmp_path / "runs/default/generate/manifest.json").read_text())
     assert m["status"] == "failed" and m["error"] == "interrupted"
     done = len(out.read_text().splitlines())
-    r = datagen("run", "stage=generate", "plan.n=16", *SMALL, f"teacher.local.port={port}",
-                cwd=tmp_path)
+    r = datagen(
+        "run", "stage=generate", "plan.n=16", *SMALL, f"teacher.local.port={port}", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     assert f"{done} done earlier" in r.stderr
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
@@ -108,10 +119,19 @@ def test_ctrl_c_stops_the_server_and_a_rerun_resumes(tmp_path, port):
 
 
 def test_kill_9_of_datagen_takes_the_server_down_too(tmp_path, port):
-    args = [sys.executable, "-m", "pipeline.cli", "run", "stage=generate", "plan.n=6", *SMALL,
-            f"teacher.local.port={port}"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        "stage=generate",
+        "plan.n=6",
+        *SMALL,
+        f"teacher.local.port={port}",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     end = time.monotonic() + 120
     while not llama_servers(port) and time.monotonic() < end:
         time.sleep(0.1)

@@ -37,23 +37,34 @@ def run_emit(root: Path, *overrides: str, name: str = "t") -> dict:
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("emit")
     build_run(root)
-    manifest = run_emit(root, "emit.shard_tokens=60000", "emit.mix.exercises.weight=2",
-                        "emit.mix.web.weight=0.5", "emit.val_fraction=0.1",
-                        "emit.phases=[{name: anneal, top_fraction: 0.25}]")
+    manifest = run_emit(
+        root,
+        "emit.shard_tokens=60000",
+        "emit.mix.exercises.weight=2",
+        "emit.mix.web.weight=0.5",
+        "emit.val_fraction=0.1",
+        "emit.phases=[{name: anneal, top_fraction: 0.25}]",
+    )
     return root, root / "t" / "emit", manifest
 
 
 def rows(emit_dir: Path, split: str) -> list[dict]:
-    return [r for p in emit_stage.text_shards(emit_dir, split)
-            for r in pq.read_table(p).to_pylist()]
+    return [
+        r for p in emit_stage.text_shards(emit_dir, split) for r in pq.read_table(p).to_pylist()
+    ]
 
 
 def test_text_shards_load_with_datasets(built):
     datasets = pytest.importorskip("datasets")
     _, out, manifest = built
-    ds = datasets.load_dataset("parquet", data_files={
-        "train": str(out / "text" / "train" / "*.parquet"),
-        "validation": str(out / "text" / "val" / "*.parquet")}, cache_dir=str(out.parent / "hf"))
+    ds = datasets.load_dataset(
+        "parquet",
+        data_files={
+            "train": str(out / "text" / "train" / "*.parquet"),
+            "validation": str(out / "text" / "val" / "*.parquet"),
+        },
+        cache_dir=str(out.parent / "hf"),
+    )
     assert ds["train"].num_rows == manifest["splits"]["train"]["documents"]
     assert ds["validation"].num_rows == manifest["splits"]["val"]["documents"]
     for col in ("id", "text", "source", "format", "quality", "url", "topic", "model", "n_tokens"):
@@ -76,7 +87,7 @@ def test_token_shards_hold_the_text_shards_documents_in_order(built):
             starts = np.concatenate([[0], ends[:-1]])
             for r, s, e in list(zip(table, starts, ends, strict=True))[:8]:
                 assert int(tokens[e - 1]) == tok.eot_id and r["n_tokens"] == e - s
-                assert tok.tokenizer.decode(tokens[s:e - 1].tolist()) == r["text"]
+                assert tok.tokenizer.decode(tokens[s : e - 1].tolist()) == r["text"]
     assert len(manifest["shards"]["train"]) >= 3  # shard_tokens=60000 splits the train split
 
 
@@ -103,8 +114,9 @@ def test_weight_two_repeats_each_exercise_twice_and_half_web_is_sampled(built):
     n_ex_pool = avail["exercises"]["documents"] - sum(1 for r in val if r["source"] == "exercises")
     assert len(set(ex_ids)) == n_ex_pool
     web = [r for r in train if r["source"] == "web"]
-    web_pool_tokens = avail["web"]["tokens"] - sum(r["n_tokens"] for r in val
-                                                    if r["source"] == "web")
+    web_pool_tokens = avail["web"]["tokens"] - sum(
+        r["n_tokens"] for r in val if r["source"] == "web"
+    )
     got = sum(r["n_tokens"] for r in web)
     assert 0.5 * web_pool_tokens <= got < 0.5 * web_pool_tokens + max(r["n_tokens"] for r in web)
     assert len({r["id"] for r in web}) == len(web)  # downsampling never repeats
@@ -128,8 +140,11 @@ def test_anneal_split_takes_the_best_quarter_of_each_source(built):
     assert anneal
     for src in ("textbook", "exercises"):
         a = [r["quality"] for r in anneal if r["source"] == src]
-        rest = [r["quality"] for r in pool if r["source"] == src
-                and r["id"] not in {x["id"] for x in anneal}]
+        rest = [
+            r["quality"]
+            for r in pool
+            if r["source"] == src and r["id"] not in {x["id"] for x in anneal}
+        ]
         assert a and rest and min(a) >= max(rest)
     mean_a = np.mean([r["quality"] for r in anneal if r["source"] == "textbook"])
     mean_t = np.mean([r["quality"] for r in pool if r["source"] == "textbook"])
@@ -139,23 +154,32 @@ def test_anneal_split_takes_the_best_quarter_of_each_source(built):
 def test_shuffle_is_seeded_and_reproducible(built, tmp_path):
     root, out, manifest = built
     build_run(tmp_path)
-    args = ("emit.shard_tokens=60000", "emit.mix.exercises.weight=2", "emit.mix.web.weight=0.5",
-            "emit.val_fraction=0.1", "emit.phases=[{name: anneal, top_fraction: 0.25}]")
+    args = (
+        "emit.shard_tokens=60000",
+        "emit.mix.exercises.weight=2",
+        "emit.mix.web.weight=0.5",
+        "emit.val_fraction=0.1",
+        "emit.phases=[{name: anneal, top_fraction: 0.25}]",
+    )
     same = run_emit(tmp_path, *args)
-    assert [s["tokens"]["sha256"] for s in same["shards"]["train"]] == \
-        [s["tokens"]["sha256"] for s in manifest["shards"]["train"]]
+    assert [s["tokens"]["sha256"] for s in same["shards"]["train"]] == [
+        s["tokens"]["sha256"] for s in manifest["shards"]["train"]
+    ]
     build_run(tmp_path, name="t2")
     other = run_emit(tmp_path, *args, "seed=99", name="t2")
-    assert other["shards"]["train"][0]["tokens"]["sha256"] != \
-        manifest["shards"]["train"][0]["tokens"]["sha256"]
+    assert (
+        other["shards"]["train"][0]["tokens"]["sha256"]
+        != manifest["shards"]["train"][0]["tokens"]["sha256"]
+    )
     ids = [r["id"] for r in rows(out, "train")]
     assert ids != sorted(ids)  # shuffled, not in input order
 
 
 def test_token_budget_sets_a_sources_size(tmp_path):
     build_run(tmp_path, n_web=20)
-    m = run_emit(tmp_path, "emit.mix.textbook.tokens=150000", "emit.val_fraction=0",
-                 "emit.mix.web.weight=0")
+    m = run_emit(
+        tmp_path, "emit.mix.textbook.tokens=150000", "emit.val_fraction=0", "emit.mix.web.weight=0"
+    )
     assert "web" not in m["splits"]["train"]["by_source"] and m["sources"]["web"]["tokens"] > 0
     assert "val" not in m["splits"]
     got = m["splits"]["train"]["by_source"]["textbook"]
@@ -216,12 +240,17 @@ def test_killed_emit_leaves_only_whole_shards_and_reruns_cleanly(tmp_path):
     complete, and a rerun gives the same corpus as an uninterrupted run."""
     build_run(tmp_path)
     args = [f"run.root={tmp_path}", "run.name=t", "emit.shard_tokens=1000"]
-    code = ("import sys; from rich.console import Console; from pipeline.config import load_config;"
-            "from pipeline.runs import Run; from pipeline.stages import emit;"
-            "cfg = load_config(sys.argv[1:]);"
-            "emit.run(cfg, Run(cfg.run.root, cfg.run.name), Console(quiet=True))")
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=Path(__file__).parents[1],
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    code = (
+        "import sys; from rich.console import Console; from pipeline.config import load_config;"
+        "from pipeline.runs import Run; from pipeline.stages import emit;"
+        "cfg = load_config(sys.argv[1:]);"
+        "emit.run(cfg, Run(cfg.run.root, cfg.run.name), Console(quiet=True))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     tok_dir = tmp_path / "t" / "emit" / "tokens" / "train"
     while proc.poll() is None and len(list(tok_dir.glob("part-*.ds.index"))) < 3:
         time.sleep(0.01)
@@ -236,8 +265,9 @@ def test_killed_emit_leaves_only_whole_shards_and_reruns_cleanly(tmp_path):
     again = run_emit(tmp_path, "emit.shard_tokens=1000")
     build_run(tmp_path, name="clean")
     clean = run_emit(tmp_path, "emit.shard_tokens=1000", name="clean")
-    assert [s["tokens"]["sha256"] for s in again["shards"]["train"]] == \
-        [s["tokens"]["sha256"] for s in clean["shards"]["train"]]
+    assert [s["tokens"]["sha256"] for s in again["shards"]["train"]] == [
+        s["tokens"]["sha256"] for s in clean["shards"]["train"]
+    ]
     left = [p for p in (tmp_path / "t" / "emit").rglob("*") if p.name.endswith(".tmp")]
     assert left == []
 

@@ -26,8 +26,12 @@ from pipeline.runs import Run, read_shards
 from pipeline.stages import BY_NAME, stage_hash
 
 
-def prepare_run(root: Path, docs: list[Document], overrides: list[str],
-                stages: tuple[str, ...] = ("plan", "generate")) -> Run:
+def prepare_run(
+    root: Path,
+    docs: list[Document],
+    overrides: list[str],
+    stages: tuple[str, ...] = ("plan", "generate"),
+) -> Run:
     """Write generate's outputs and finished manifests for ``stages`` (hashes as the driver
     computes them), as if those stages had run."""
     cfg = load_config(overrides)
@@ -60,18 +64,31 @@ def edit(text: str, rate: float, seed: int) -> str:
 
 def base_docs() -> list[Document]:
     mods = [m for m in openstax_modules() if len(m["text"]) > 1500][:30]
-    docs = [Document(id=f"s{i:03d}", text=m["text"], topic=m["title"], finish_reason="stop",
-                     required_words=m["text"].split()[10:12] + ["zebra"])
-            for i, m in enumerate(mods)]
+    docs = [
+        Document(
+            id=f"s{i:03d}",
+            text=m["text"],
+            topic=m["title"],
+            finish_reason="stop",
+            required_words=m["text"].split()[10:12] + ["zebra"],
+        )
+        for i, m in enumerate(mods)
+    ]
     q = gsm8k_items()[42]
     docs += [
         Document(id="zz-exact", text="  " + mods[1]["text"].upper() + "\n", finish_reason="stop"),
         Document(id="zz-near", text=edit(mods[2]["text"], 0.01, 1), finish_reason="stop"),
-        Document(id="zz-gsm8k", text=mods[3]["text"] + "\n\nExercise. " + q["question"] + "\n"
-                 + q["answer"], finish_reason="stop"),
+        Document(
+            id="zz-gsm8k",
+            text=mods[3]["text"] + "\n\nExercise. " + q["question"] + "\n" + q["answer"],
+            finish_reason="stop",
+        ),
         Document(id="zz-trunc", text=mods[4]["text"], finish_reason="length"),
-        Document(id="zz-lines", text="\n".join([ln for ln in mods[5]["text"].splitlines()
-                                                if ln.strip()][:6] * 5), finish_reason="stop"),
+        Document(
+            id="zz-lines",
+            text="\n".join([ln for ln in mods[5]["text"].splitlines() if ln.strip()][:6] * 5),
+            finish_reason="stop",
+        ),
     ]
     return docs
 
@@ -85,14 +102,19 @@ def read_zst_lines(folder: Path) -> list[str]:
 
 
 def test_filter_stage_keeps_drops_with_reasons_dedups_and_exports_the_index(tmp_path, model):
-    overrides = [f"run.root={tmp_path / 'runs'}", f"classifier.model_path={model}",
-                 "classifier.min_score=0.0"]
+    overrides = [
+        f"run.root={tmp_path / 'runs'}",
+        f"classifier.model_path={model}",
+        "classifier.min_score=0.0",
+    ]
     docs = base_docs()
     by_id = {d.id: d for d in docs}
     # an exact copy of each near-duplicate pair member: one group's smallest id is then
     # dropped as a near duplicate, and its copy must point at the document finally kept
-    docs += [Document(id=f"zz-{i}-copy", text=by_id[i].text.upper() + "\n", finish_reason="stop")
-             for i in ("s002", "zz-near")]
+    docs += [
+        Document(id=f"zz-{i}-copy", text=by_id[i].text.upper() + "\n", finish_reason="stop")
+        for i in ("s002", "zz-near")
+    ]
     run = prepare_run(tmp_path, docs, overrides)
     r = datagen("run", "stage=filter", *overrides, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -138,11 +160,17 @@ def test_filter_stage_keeps_drops_with_reasons_dedups_and_exports_the_index(tmp_
 
 
 def test_classifier_min_score_drops_low_probability_records(tmp_path, model):
-    docs = base_docs()[:20] + [Document(id=f"w{i:02d}", text=t, finish_reason="stop")
-                               for i, t in enumerate(web_pages()[:20])]
-    overrides = [f"run.root={tmp_path / 'runs'}", f"classifier.model_path={model}",
-                 "classifier.min_score=0.5", "filter.gopher_quality.min_words=0",
-                 "decontam.enabled=false"]
+    docs = base_docs()[:20] + [
+        Document(id=f"w{i:02d}", text=t, finish_reason="stop")
+        for i, t in enumerate(web_pages()[:20])
+    ]
+    overrides = [
+        f"run.root={tmp_path / 'runs'}",
+        f"classifier.model_path={model}",
+        "classifier.min_score=0.5",
+        "filter.gopher_quality.min_words=0",
+        "decontam.enabled=false",
+    ]
     run = prepare_run(tmp_path, docs, overrides)
     r = datagen("run", "stage=filter", *overrides, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -168,8 +196,12 @@ def big_docs() -> list[Document]:
     texts += [c for m in openstax_modules() for c in chunks(m["text"], 400)]
     docs = []
     for k in range(4):  # originals and edited copies: real dedup work
-        docs += [Document(id=f"d{k}-{i:05d}", text=t if k == 0 else edit(t, 0.02 * k, i),
-                          finish_reason="stop") for i, t in enumerate(texts)]
+        docs += [
+            Document(
+                id=f"d{k}-{i:05d}", text=t if k == 0 else edit(t, 0.02 * k, i), finish_reason="stop"
+            )
+            for i, t in enumerate(texts)
+        ]
     return docs
 
 
@@ -179,17 +211,25 @@ def test_killed_filter_stage_reruns_to_the_same_output(tmp_path, model):
     for name, kill in (("killed", True), ("clean", False)):
         base = tmp_path / name
         base.mkdir()
-        overrides = [f"run.root={base / 'runs'}", f"classifier.model_path={model}",
-                     "classifier.min_score=0.2"]
+        overrides = [
+            f"run.root={base / 'runs'}",
+            f"classifier.model_path={model}",
+            "classifier.min_score=0.2",
+        ]
         run = prepare_run(base, docs, overrides)
         if kill:
-            proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "stage=filter",
-                                     *overrides], cwd=base, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, env={**os.environ},
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "run", "stage=filter", *overrides],
+                cwd=base,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ},
+                start_new_session=True,
+            )
             manifest = run.path / "filter/manifest.json"
-            while proc.poll() is None and not (manifest.exists() and
-                                               "running" in manifest.read_text()):
+            while proc.poll() is None and not (
+                manifest.exists() and "running" in manifest.read_text()
+            ):
                 time.sleep(0.05)
             time.sleep(1.5)  # let it write part of its output
             os.killpg(proc.pid, signal.SIGKILL)
@@ -198,9 +238,14 @@ def test_killed_filter_stage_reruns_to_the_same_output(tmp_path, model):
         r = datagen("run", "stage=filter", *overrides, cwd=base)
         assert r.returncode == 0, r.stderr
         folder = run.path / "filter"
-        outs.append((read_zst_lines(folder), read_zst_lines(folder / "dropped"),
-                     (folder / "dedup_index/ids.json").read_text(),
-                     (folder / "dedup_index/signatures.npy").read_bytes()))
+        outs.append(
+            (
+                read_zst_lines(folder),
+                read_zst_lines(folder / "dropped"),
+                (folder / "dedup_index/ids.json").read_text(),
+                (folder / "dedup_index/signatures.npy").read_bytes(),
+            )
+        )
         m = json.loads((folder / "manifest.json").read_text())
         assert m["status"] == "finished" and m["input"] == len(docs)
         assert m["dedup"]["near_dropped"] > 0
@@ -215,9 +260,15 @@ def test_unparseable_teacher_ratings_are_failures_and_the_pipeline_still_filters
 
     fake = FakeOpenAI(script=lambda key: ["500"] if int(key, 16) % 3 == 0 else [])
     with ServerThread(fake) as srv:
-        overrides = [f"run.root={tmp_path / 'runs'}", f"teacher.base_url={srv.url}",
-                     "teacher.model=fake-model", "annotate.n=6", "teacher.max_retries=2",
-                     "teacher.backoff_initial_s=0.05", "teacher.backoff_max_s=0.1"]
+        overrides = [
+            f"run.root={tmp_path / 'runs'}",
+            f"teacher.base_url={srv.url}",
+            "teacher.model=fake-model",
+            "annotate.n=6",
+            "teacher.max_retries=2",
+            "teacher.backoff_initial_s=0.05",
+            "teacher.backoff_max_s=0.1",
+        ]
         run = prepare_run(tmp_path, base_docs()[:10], overrides)
         r = datagen("run", "stage=filter", *overrides, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
@@ -249,10 +300,19 @@ def test_train_classifier_learns_from_ratings_and_filter_uses_the_run_model(tmp_
     docs += [Document(id=f"n{i:03d}", text=t, finish_reason="stop") for i, t in enumerate(neg)]
     overrides = [f"run.root={tmp_path / 'runs'}", "annotate.n=250", "decontam.enabled=false"]
     run = prepare_run(tmp_path, docs, overrides, stages=("plan", "generate", "annotate"))
-    anns = [Annotation(id=d.id, score=4 if d.id.startswith("p") else 1, justification="",
-                       response="", created_at=utc_now()) for d in docs]
+    anns = [
+        Annotation(
+            id=d.id,
+            score=4 if d.id.startswith("p") else 1,
+            justification="",
+            response="",
+            created_at=utc_now(),
+        )
+        for d in docs
+    ]
     (run.path / "annotate" / ANNOTATIONS).write_text(
-        "".join(a.model_dump_json() + "\n" for a in anns))
+        "".join(a.model_dump_json() + "\n" for a in anns)
+    )
     r = datagen("run", "stage=filter", *overrides, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     tc = json.loads((run.path / "train_classifier/manifest.json").read_text())

@@ -25,10 +25,14 @@ def doc(text: str, **kw: object) -> Document:
 
 def all_filters() -> list:
     f = FilterConfig()
-    return [LengthFilter(f.min_chars, f.max_chars), TruncationFilter(),
-            StockOpenerFilter(f.stock_openers), GopherQualityFilter(f.gopher_quality),
-            GopherRepetitionFilter(f.gopher_repetition),
-            ConstraintFilter(f.min_constraint_coverage)]
+    return [
+        LengthFilter(f.min_chars, f.max_chars),
+        TruncationFilter(),
+        StockOpenerFilter(f.stock_openers),
+        GopherQualityFilter(f.gopher_quality),
+        GopherRepetitionFilter(f.gopher_repetition),
+        ConstraintFilter(f.min_constraint_coverage),
+    ]
 
 
 def test_clean_textbook_section_is_kept_by_every_filter_and_scores_are_stored():
@@ -75,8 +79,10 @@ def test_top_ngram_fraction_counts_only_repeated_ngrams():
 def test_short_text_drops_for_word_count_and_length():
     first = module("Variables").split("\n\n")[1]
     assert len(first.split()) < 50
-    assert GopherQualityFilter().keep(GopherQualityFilter().score(first)) == \
-        "gopher_quality.n_words_low"
+    assert (
+        GopherQualityFilter().keep(GopherQualityFilter().score(first))
+        == "gopher_quality.n_words_low"
+    )
     f = LengthFilter(min_chars=len(first) + 1)
     assert f.keep(f.score(doc(first))) == "length.too_short"
 
@@ -99,8 +105,10 @@ def test_bullet_and_ellipsis_lines_are_measured_per_line():
     half = "\n".join(ln + ("..." if i % 2 else "") for i, ln in enumerate(lines))
     s = q.score(half)
     assert s["ellipsis_lines_ratio"] == 0.5
-    assert q.keep(s) in ("gopher_quality.ellipsis_word_ratio",
-                         "gopher_quality.ellipsis_lines_ratio")
+    assert q.keep(s) in (
+        "gopher_quality.ellipsis_word_ratio",
+        "gopher_quality.ellipsis_lines_ratio",
+    )
 
 
 def test_hash_and_ellipsis_word_ratios_are_checked_separately():
@@ -132,8 +140,10 @@ def test_thresholds_are_overridable():
 
 def test_truncated_generation_drops():
     f = TruncationFilter()
-    assert f.keep(f.score(doc(module("Variables"), finish_reason="length"))) == \
-        "truncated.finish_length"
+    assert (
+        f.keep(f.score(doc(module("Variables"), finish_reason="length")))
+        == "truncated.finish_length"
+    )
     assert f.keep(f.score(doc(module("Variables"), finish_reason="stop"))) is None
 
 
@@ -172,8 +182,10 @@ def test_multi_word_required_phrase_matches_whole_words_only():
 def test_web_text_mostly_passes_and_drop_reasons_are_counted_per_reason():
     filters = [GopherQualityFilter(), GopherRepetitionFilter()]
     counts: Counter[str] = Counter()
-    kept = sum(apply_filters(Document(id=str(i), text=t, source="web"), filters, counts)
-               for i, t in enumerate(ccnet_docs()))
+    kept = sum(
+        apply_filters(Document(id=str(i), text=t, source="web"), filters, counts)
+        for i, t in enumerate(ccnet_docs())
+    )
     assert kept + sum(counts.values()) == len(ccnet_docs())
     assert kept > len(ccnet_docs()) // 2  # CCNet "head" bucket is clean web text
     assert all(r.startswith(("gopher_quality.", "gopher_repetition.")) for r in counts)

@@ -17,17 +17,22 @@ from conftest import datagen
 from fake_openai import FakeOpenAI, ServerThread, request_key
 
 SCRIPTS = [
-    [],                      # ok
-    ["429"],                 # rate limited once, Retry-After: 1
-    ["500", "500"],          # two server errors
-    ["slow"],                # slower than teacher.timeout_s
-    ["malformed"],           # truncated JSON body
-    ["drop"],                # connection closed without a response
-    ["always500"] * 20,      # never recovers -> failure with reason
-    ["empty", "429"],        # empty completion, then rate limited
+    [],  # ok
+    ["429"],  # rate limited once, Retry-After: 1
+    ["500", "500"],  # two server errors
+    ["slow"],  # slower than teacher.timeout_s
+    ["malformed"],  # truncated JSON body
+    ["drop"],  # connection closed without a response
+    ["always500"] * 20,  # never recovers -> failure with reason
+    ["empty", "429"],  # empty completion, then rate limited
 ]
-FAST = ["teacher.max_retries=3", "teacher.backoff_initial_s=0.05", "teacher.backoff_max_s=0.2",
-        "teacher.timeout_s=1", "teacher.concurrency=8"]
+FAST = [
+    "teacher.max_retries=3",
+    "teacher.backoff_initial_s=0.05",
+    "teacher.backoff_max_s=0.2",
+    "teacher.timeout_s=1",
+    "teacher.concurrency=8",
+]
 
 
 def script_for(key: str) -> list[str]:
@@ -118,8 +123,13 @@ def test_non_retryable_error_fails_at_once_with_reason(tmp_path):
 
 def _kill_midway(cmd: list[str], cwd: Path, outputs: Path, min_lines: int) -> None:
     env = {**os.environ}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *cmd], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *cmd],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if outputs.exists() and len(outputs.read_bytes().splitlines()) >= min_lines:
@@ -146,8 +156,9 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
             assert fake.attempts[request_key(o["messages"])] == 1
         assert all(fake.attempts[k] <= n + 1 for k, n in attempts_at_kill.items())
         assert sum(fake.attempts.values()) <= 40 + 4
-        r = datagen(*base, "run.name=clean", "teacher.cache_dir=" + str(tmp_path / "c2"),
-                    cwd=tmp_path)
+        r = datagen(
+            *base, "run.name=clean", "teacher.cache_dir=" + str(tmp_path / "c2"), cwd=tmp_path
+        )
         assert r.returncode == 0, r.stderr
     crashed_ids = [o["id"] for o in read_jsonl(crashed)]
     clean = read_jsonl(tmp_path / "runs/clean/generate/outputs.jsonl")
@@ -161,8 +172,12 @@ def test_budget_stops_before_it_is_exceeded_and_keeps_what_finished(tmp_path):
     price = "teacher.prices={fake-model: {input_per_mtok: 100, output_per_mtok: 100}}"
     with ServerThread(fake) as srv:
         # each request: ~(prompt + 600 max_tokens) estimated, 1100 actual tokens at $100/M
-        r = datagen(*gen_args(srv.url, "plan.n=20", price, "budget.max_cost_usd=0.8",
-                              "teacher.concurrency=2"), cwd=tmp_path)
+        r = datagen(
+            *gen_args(
+                srv.url, "plan.n=20", price, "budget.max_cost_usd=0.8", "teacher.concurrency=2"
+            ),
+            cwd=tmp_path,
+        )
         assert r.returncode == 0, r.stderr
         m = json.loads((tmp_path / "runs/default/generate/manifest.json").read_text())
         assert m["status"] == "stopped" and m["summary"]["stopped"] == "budget"
@@ -170,8 +185,7 @@ def test_budget_stops_before_it_is_exceeded_and_keeps_what_finished(tmp_path):
         assert m["cost_usd"] <= 0.8
         assert m["cost_usd"] == round(m["items"] * 1100 * 100 / 1e6, 6)
         # a larger budget continues where it stopped, without re-requesting
-        r = datagen(*gen_args(srv.url, "plan.n=20", price, "budget.max_cost_usd=5"),
-                    cwd=tmp_path)
+        r = datagen(*gen_args(srv.url, "plan.n=20", price, "budget.max_cost_usd=5"), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         m = json.loads((tmp_path / "runs/default/generate/manifest.json").read_text())
         assert m["status"] == "finished" and m["items"] == 20
@@ -182,8 +196,11 @@ def test_api_key_is_used_but_written_nowhere(tmp_path):
     secret = "sk-test-DO-NOT-LEAK-4f1c2a9e"
     fake = FakeOpenAI(script=lambda key: ["429"] if int(key, 16) % 2 else ["always500"] * 9)
     with ServerThread(fake) as srv:
-        r = datagen(*gen_args(srv.url, "plan.n=6", "teacher.api_key_env=MY_KEY", *FAST),
-                    cwd=tmp_path, env={"MY_KEY": secret})
+        r = datagen(
+            *gen_args(srv.url, "plan.n=6", "teacher.api_key_env=MY_KEY", *FAST),
+            cwd=tmp_path,
+            env={"MY_KEY": secret},
+        )
         assert r.returncode == 0, r.stderr
     assert f"Bearer {secret}" in fake.auth_headers
     assert secret not in r.stdout + r.stderr

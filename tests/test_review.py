@@ -35,10 +35,25 @@ def render(page: Path, *extra: str) -> str:
     """The DOM after Chromium has loaded the page (file:// URL, no network)."""
     with tempfile.TemporaryDirectory() as profile:
         out = subprocess.run(
-            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", *extra, page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=120, check=True)
+            [
+                chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                *extra,
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
     return out.stdout
 
 
@@ -75,9 +90,15 @@ def test_review_page_renders_in_chromium_with_funnel_plots_and_samples(reviewed)
     parser = TextOf()
     parser.feed(dom)
     text = " ".join(parser.parts)
-    for heading in ("Funnel", "Length and quality", "Diversity (kept)",
-                    "Kept documents (6 sampled)", "Dropped documents (6 sampled)",
-                    "most frequent first sentences", "most frequent openers"):
+    for heading in (
+        "Funnel",
+        "Length and quality",
+        "Diversity (kept)",
+        "Kept documents (6 sampled)",
+        "Dropped documents (6 sampled)",
+        "most frequent first sentences",
+        "most frequent openers",
+    ):
         assert heading in text, heading
     # funnel counts come from the stage manifests
     drops = run.read_manifest("filter")["drops"]
@@ -148,8 +169,15 @@ def test_review_of_generate_reads_its_outputs_file(tmp_path):
     mods = openstax_modules()[:12]
     with JsonlAppender(run.stage_dir("generate") / "outputs.jsonl", fsync=False) as out:
         for m in mods:
-            out.write(Document(id=m["module_id"], text=m["text"], topic=m["title"],
-                               format="textbook", model="SmolLM2-135M-Instruct"))
+            out.write(
+                Document(
+                    id=m["module_id"],
+                    text=m["text"],
+                    topic=m["title"],
+                    format="textbook",
+                    model="SmolLM2-135M-Instruct",
+                )
+            )
     cfg = load_config([f"run.root={tmp_path}", "run.name=g", "review.n=3"])
     page = write_review(cfg, None)  # no filter/web output yet: the latest stage with documents
     html = page.read_text()

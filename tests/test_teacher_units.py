@@ -80,8 +80,15 @@ def test_cost_uses_input_price_for_input_and_output_price_for_output():
     assert unknown.cost_usd(10, 10) is None
 
 
-@pytest.mark.parametrize("body", [[], {"choices": []}, {"choices": [{"message": {}}]},
-                                  {"choices": [{"message": {"content": "  "}}]}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {"choices": []},
+        {"choices": [{"message": {}}]},
+        {"choices": [{"message": {"content": "  "}}]},
+    ],
+)
 def test_unusable_bodies_are_malformed_not_empty_text(body):
     with pytest.raises(MalformedResponse):
         _parse_completion(body, "m", 0.1)

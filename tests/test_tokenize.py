@@ -77,7 +77,7 @@ def test_token_shard_bytes_follow_the_documented_layout(smollm2, tmp_path: Path)
     start = 0
     for text, end in zip(texts, ends, strict=True):
         assert flat[end - 1] == smollm2.eot_id
-        assert smollm2.tokenizer.decode(list(flat[start:end - 1])) == text
+        assert smollm2.tokenizer.decode(list(flat[start : end - 1])) == text
         start = end
     tokens, ends2 = read_token_shard(tmp_path / "part-00000.ds")
     assert list(ends2) == list(ends) and int(tokens[ends[0] - 1]) == 0

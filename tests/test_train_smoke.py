@@ -32,9 +32,22 @@ def test_tiny_gpt_trains_on_emitted_shards_and_loss_falls(tmp_path):
     spec = importlib.util.spec_from_file_location("train_smoke", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    res = mod.main(["--run", str(run.path), "--steps", "30", "--batch", "8", "--seq-len", "32",
-                    "--threads", "1",
-                    "--json", str(tmp_path / "res.json")])
+    res = mod.main(
+        [
+            "--run",
+            str(run.path),
+            "--steps",
+            "30",
+            "--batch",
+            "8",
+            "--seq-len",
+            "32",
+            "--threads",
+            "1",
+            "--json",
+            str(tmp_path / "res.json"),
+        ]
+    )
     assert 1_000_000 <= res["params"] <= 5_000_000
     assert res["vocab_size"] == 49152
     # an untrained model is near uniform; training must beat it clearly on train and val

@@ -60,9 +60,13 @@ def test_lid_keeps_an_english_page(lid: LanguageIdFilter) -> None:
     assert lid.keep(scores) is None
 
 
-@pytest.mark.parametrize("url,lang", [("http://01spb.ru/company/", "ru"),
-                                      ("http://0513mt.com/index.php/art/detail/id/8884.html",
-                                       "zh")])
+@pytest.mark.parametrize(
+    "url,lang",
+    [
+        ("http://01spb.ru/company/", "ru"),
+        ("http://0513mt.com/index.php/art/detail/id/8884.html", "zh"),
+    ],
+)
 def test_lid_drops_a_non_english_page(lid: LanguageIdFilter, url: str, lang: str) -> None:
     text = pages(RESILIPARSE)[url]
     scores = lid.score(Document(id="x", text=text))
@@ -82,8 +86,10 @@ def test_lid_bad_model_path_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_pii_masks_the_e_mail_addresses_of_a_real_page() -> None:
-    text = pages(DOLMA1)["https://creativecommons.org/2024/03/28/cc-joins-civil-society-letter-"
-                         "urging-u-s-to-support-openness-and-transparency-in-ai/"]
+    text = pages(DOLMA1)[
+        "https://creativecommons.org/2024/03/28/cc-joins-civil-society-letter-"
+        "urging-u-s-to-support-openness-and-transparency-in-ai/"
+    ]
     found = EMAIL.findall(text)
     assert "info@creativecommons.org" in found
     masked, counts = PIIMasker().mask(text)
@@ -153,15 +159,16 @@ def test_c4_drops_pages_with_a_curly_bracket() -> None:
 
 def test_textbook_text_passes_every_web_heuristic() -> None:
     """Real textbook prose (OpenStax) is what the web filters should let through."""
-    filters = [GopherRepetitionFilter(), GopherQualityFilter(), C4Filter(),
-               FineWebQualityFilter()]
+    filters = [GopherRepetitionFilter(), GopherQualityFilter(), C4Filter(), FineWebQualityFilter()]
     long_modules = [t for t in openstax_texts() if 300 < len(t.split()) < 800][:15]
     passed = 0
     for text in long_modules:
         reasons = [f.keep(f.score(text)) for f in filters[:2]]
         cleaned = filters[2].clean(text).text
-        reasons += [filters[2].keep(filters[2].score(text)), filters[3].keep(
-            filters[3].score(cleaned))]
+        reasons += [
+            filters[2].keep(filters[2].score(text)),
+            filters[3].keep(filters[3].score(cleaned)),
+        ]
         passed += all(r is None for r in reasons)
     assert passed >= 2 * len(long_modules) // 3
 
@@ -171,9 +178,13 @@ def test_fineweb_drops_most_seo_directory_pages() -> None:
     texts = list(pages(WAYBACK).values())
     dropped = [fw.keep(fw.score(t)) for t in texts]
     assert sum(r is not None for r in dropped) > len(texts) // 2
-    assert {r for r in dropped if r} <= {"fineweb.line_punct_ratio", "fineweb.short_line_ratio",
-                                         "fineweb.char_dup_ratio", "fineweb.list_ratio",
-                                         "fineweb.empty"}
+    assert {r for r in dropped if r} <= {
+        "fineweb.line_punct_ratio",
+        "fineweb.short_line_ratio",
+        "fineweb.char_dup_ratio",
+        "fineweb.list_ratio",
+        "fineweb.empty",
+    }
 
 
 def test_fineweb_char_dup_ratio_counts_repeated_lines() -> None:
@@ -187,15 +198,18 @@ def test_fineweb_char_dup_ratio_counts_repeated_lines() -> None:
 
 def test_blocklist_drops_a_domain_and_its_subdomains(tmp_path: Path) -> None:
     path = tmp_path / "block.txt"
-    path.write_text("# test\ncommoncrawl.org\nhttps://creativecommons.org/2024/  # a prefix\n",
-                    encoding="utf-8")
+    path.write_text(
+        "# test\ncommoncrawl.org\nhttps://creativecommons.org/2024/  # a prefix\n", encoding="utf-8"
+    )
     bl = BlocklistFilter(path)
     assert len(bl) == 2
-    for url, reason in [("https://commoncrawl.org/faq", "blocklist.domain"),
-                        ("https://index.commoncrawl.org/", "blocklist.domain"),
-                        ("https://creativecommons.org/2024/03/28/x/", "blocklist.url_prefix"),
-                        ("https://creativecommons.org/about/", None),
-                        ("https://notcommoncrawl.org/", None)]:
+    for url, reason in [
+        ("https://commoncrawl.org/faq", "blocklist.domain"),
+        ("https://index.commoncrawl.org/", "blocklist.domain"),
+        ("https://creativecommons.org/2024/03/28/x/", "blocklist.url_prefix"),
+        ("https://creativecommons.org/about/", None),
+        ("https://notcommoncrawl.org/", None),
+    ]:
         assert bl.keep(bl.score(Document(id="x", text="", url=url))) == reason
 
 

@@ -47,8 +47,9 @@ def read_all(path: Path | str, fmt: str = "auto", **kw: str) -> tuple[list, Read
     return recs, stats
 
 
-@pytest.mark.parametrize("path", [RESILIPARSE, WHIRLWIND, WHIRLWIND_WET, DOLMA0, IAH, WAYBACK],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [RESILIPARSE, WHIRLWIND, WHIRLWIND_WET, DOLMA0, IAH, WAYBACK], ids=lambda p: p.name
+)
 def test_warc_reader_counts_match_warcio(path: Path) -> None:
     with open(path, "rb") as f:
         expected = warcio_counts(f)
@@ -97,8 +98,11 @@ def test_wet_conversion_record_is_plain_text() -> None:
 def test_wayback_records_without_http_headers_yield_the_whole_block() -> None:
     recs, stats = read_all(WAYBACK)
     with open(WAYBACK, "rb") as f:
-        blocks = [rec.raw_stream.read() for rec in ArchiveIterator(f, no_record_parse=True)
-                  if rec.rec_type == "response"]
+        blocks = [
+            rec.raw_stream.read()
+            for rec in ArchiveIterator(f, no_record_parse=True)
+            if rec.rec_type == "response"
+        ]
     assert not any(b.startswith(b"HTTP/") for b in blocks)
     # the first HTML lines are not taken for an HTTP status line and headers
     assert [r.payload for r in recs] == blocks
@@ -128,8 +132,14 @@ def test_truncated_warc_yields_records_before_damage_and_counts_the_cut(tmp_path
         spans = []
         for rec in it:
             rec.content_stream().read()
-            spans.append((rec.rec_type, rec.rec_headers.get_header("WARC-Record-ID"),
-                          it.get_record_offset(), it.get_record_length()))
+            spans.append(
+                (
+                    rec.rec_type,
+                    rec.rec_headers.get_header("WARC-Record-ID"),
+                    it.get_record_offset(),
+                    it.get_record_length(),
+                )
+            )
     responses = [s for s in spans if s[0] == "response"]
     cut_in = responses[len(responses) // 2]
     cut = cut_in[2] + cut_in[3] // 2  # the middle of one response record
@@ -149,11 +159,12 @@ def test_corrupt_record_is_skipped_and_the_rest_of_the_file_read(tmp_path: Path)
         for rec in it:
             rec.content_stream().read()
             if rec.rec_type == "response":
-                responses.append((rec.rec_headers.get_header("WARC-Record-ID"),
-                                  it.get_record_offset()))
+                responses.append(
+                    (rec.rec_headers.get_header("WARC-Record-ID"), it.get_record_offset())
+                )
     victim_id, victim_off = responses[len(responses) // 2]
     data = bytearray(RESILIPARSE.read_bytes())
-    data[victim_off + 40:victim_off + 240] = b"A" * 200  # damage inside that gzip member
+    data[victim_off + 40 : victim_off + 240] = b"A" * 200  # damage inside that gzip member
     bad = tmp_path / "corrupt.warc.gz"
     bad.write_bytes(bytes(data))
     recs, stats = read_all(bad)
@@ -190,9 +201,11 @@ def test_parquet_reader_streams_rows(tmp_path: Path) -> None:
     with gzip.open(CCNET[1], "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     path = tmp_path / "cc.parquet"
-    pq.write_table(pa.table({"text": [r["text"] for r in rows],
-                             "url": [r["metadata"]["url"] for r in rows]}), path,
-                   row_group_size=3)
+    pq.write_table(
+        pa.table({"text": [r["text"] for r in rows], "url": [r["metadata"]["url"] for r in rows]}),
+        path,
+        row_group_size=3,
+    )
     recs, _ = read_all(path)
     assert [r.text for r in recs] == [r["text"] for r in rows]
     assert [r.url for r in recs] == [r["metadata"]["url"] for r in rows]
@@ -279,8 +292,11 @@ def test_jsonl_zst_and_plain_readers_match_the_gz_one(tmp_path: Path) -> None:
 def test_jsonl_missing_text_field_is_counted_per_line(tmp_path: Path) -> None:
     recs, stats = read_all(CCNET[0], text_field="body")
     assert recs == []
-    assert stats.errors["missing_text"] == 10 == len(gzip.decompress(
-        CCNET[0].read_bytes()).splitlines())
+    assert (
+        stats.errors["missing_text"]
+        == 10
+        == len(gzip.decompress(CCNET[0].read_bytes()).splitlines())
+    )
     assert "web.text_field" in stats.messages[0]
 
 

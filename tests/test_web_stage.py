@@ -29,12 +29,14 @@ INPUTS = [DOLMA0, DOLMA1, RESILIPARSE]
 
 def config(root: Path, *overrides: str, inputs: list[Path] | None = None) -> PipelineConfig:
     paths = ",".join(f"'{p}'" for p in (INPUTS if inputs is None else inputs))
-    return load_config([f"run.root={root}", "run.name=t", f"web.inputs=[{paths}]",
-                        "web.workers=1", *overrides])
+    return load_config(
+        [f"run.root={root}", "run.name=t", f"web.inputs=[{paths}]", "web.workers=1", *overrides]
+    )
 
 
-def finish_filter_stage(cfg: PipelineConfig, synthetic: dict[str, str] | None = None,
-                        model: Path | None = None) -> Run:
+def finish_filter_stage(
+    cfg: PipelineConfig, synthetic: dict[str, str] | None = None, model: Path | None = None
+) -> Run:
     """A finished filter stage as the web stage reads it: the dedup index of kept synthetic
     docs (real ExactDeduper / MinHashDeduper) and the classifier model it used."""
     run = Run(cfg.run.root, cfg.run.name)
@@ -42,15 +44,29 @@ def finish_filter_stage(cfg: PipelineConfig, synthetic: dict[str, str] | None = 
     if synthetic is not None:
         d = cfg.dedup
         ex = ExactDeduper()
-        md = MinHashDeduper(MinHashParams(num_perm=d.num_perm, ngram=d.ngram,
-                                          threshold=d.threshold, bands=d.bands, seed=cfg.seed))
+        md = MinHashDeduper(
+            MinHashParams(
+                num_perm=d.num_perm,
+                ngram=d.ngram,
+                threshold=d.threshold,
+                bands=d.bands,
+                seed=cfg.seed,
+            )
+        )
         for doc_id, text in synthetic.items():
             ex.add(doc_id, text)
         md.add_batch(list(synthetic), list(synthetic.values()), [1.0] * len(synthetic))
         ex.save(folder / "dedup_index")
         md.save(folder / "dedup_index")
-    run.write_manifest("filter", {"stage": "filter", "status": "finished", "config_hash": "t",
-                                  "classifier_model": str(model) if model else None})
+    run.write_manifest(
+        "filter",
+        {
+            "stage": "filter",
+            "status": "finished",
+            "config_hash": "t",
+            "classifier_model": str(model) if model else None,
+        },
+    )
     return run
 
 
@@ -72,8 +88,13 @@ def quality_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
             break
     good = openstax_texts()[:40]
     path = tmp_path_factory.mktemp("clf") / "model.bin"
-    train_classifier(good + seo, [True] * len(good) + [False] * len(seo), path,
-                     ClassifierConfig(dim=16, epoch=10), seed=1)
+    train_classifier(
+        good + seo,
+        [True] * len(good) + [False] * len(seo),
+        path,
+        ClassifierConfig(dim=16, epoch=10),
+        seed=1,
+    )
     return path
 
 
@@ -103,8 +124,9 @@ def test_funnel_adds_up_every_record_kept_or_dropped_once(first_run: tuple) -> N
     assert steps["kept"]["tokens"] == sum(len(d.text.split()) for d in kept)
     # the records read are exactly the content records the readers saw
     types = m["reader"]["record_types"]
-    assert steps["read"]["documents"] == sum(types.get(t, 0) for t in
-                                             ("response", "resource", "conversion"))
+    assert steps["read"]["documents"] == sum(
+        types.get(t, 0) for t in ("response", "resource", "conversion")
+    )
 
 
 def test_heavy_filtering_drops_non_english_and_low_quality(first_run: tuple) -> None:
@@ -126,8 +148,12 @@ def test_kept_web_documents_carry_provenance_and_scores(first_run: tuple) -> Non
         assert d.warc_record_id and d.warc_record_id.startswith("<urn:uuid:")
         assert d.offset is not None and d.fetch_date
         assert d.scores["lid.en"] >= 0.65
-        assert {"gopher_quality.n_words", "c4.sentences", "fineweb.line_punct_ratio",
-                "pii.emails"} <= set(d.scores)
+        assert {
+            "gopher_quality.n_words",
+            "c4.sentences",
+            "fineweb.line_punct_ratio",
+            "pii.emails",
+        } <= set(d.scores)
         assert "@" not in d.text or "<EMAIL>" in d.text
 
 
@@ -139,8 +165,9 @@ def test_dropped_documents_keep_reason_and_scores(first_run: tuple) -> None:
     assert all(d.drop_reason for d in dropped)
 
 
-def test_web_page_near_duplicating_a_synthetic_text_is_dropped(first_run: tuple,
-                                                              tmp_path: Path) -> None:
+def test_web_page_near_duplicating_a_synthetic_text_is_dropped(
+    first_run: tuple, tmp_path: Path
+) -> None:
     run, _ = first_run
     kept = sorted(read_shards(run.path / "web", Document), key=lambda d: -len(d.text))
     near, exact = kept[0], kept[1]
@@ -175,23 +202,26 @@ def test_repeated_input_is_caught_as_web_duplicates(tmp_path: Path) -> None:
     assert m["notes"] and "not found" in m["notes"][0] + m["notes"][-1]
 
 
-def test_quality_classifier_keeps_only_scores_above_min_quality(tmp_path: Path,
-                                                                quality_model: Path) -> None:
+def test_quality_classifier_keeps_only_scores_above_min_quality(
+    tmp_path: Path, quality_model: Path
+) -> None:
     # min_quality=0: every document gets P(positive) stored, none is dropped for it
     cfg0 = config(tmp_path / "a", "web.min_quality=0")
     run0 = finish_filter_stage(cfg0, synthetic={}, model=quality_model)
     m0 = run_web(cfg0, run0)
     assert m0["quality"]["model"] == str(quality_model)
-    probs = sorted(d.scores["quality.p_positive"] for d in read_shards(run0.path / "web",
-                                                                       Document))
+    probs = sorted(d.scores["quality.p_positive"] for d in read_shards(run0.path / "web", Document))
     assert len(probs) >= 4 and "quality.low_score" not in m0["drop_reasons"]
     cut = round((probs[len(probs) // 2 - 1] + probs[len(probs) // 2]) / 2, 6)
     cfg = config(tmp_path / "b", "web.keep_dropped=true", f"web.min_quality={cut}")
     run = finish_filter_stage(cfg, synthetic={}, model=quality_model)
     m = run_web(cfg, run)
     kept = list(read_shards(run.path / "web", Document))
-    low = [d for d in read_shards(run.path / "web" / "dropped", Document)
-           if d.drop_reason == "quality.low_score"]
+    low = [
+        d
+        for d in read_shards(run.path / "web" / "dropped", Document)
+        if d.drop_reason == "quality.low_score"
+    ]
     assert kept and low
     assert all(d.scores["quality.p_positive"] >= cut for d in kept)
     assert all(d.scores["quality.p_positive"] < cut for d in low)

@@ -127,8 +127,9 @@ def _supersede(run: Run, name: str, old_hash: str, why: str, console: Console) -
     console.print(f"[yellow]{name}: redone ({why}); the earlier output is in {dest}[/]")
 
 
-def _run_one(cfg: PipelineConfig, run: Run, spec: StageSpec, h: str,
-             console: Console) -> dict[str, Any]:
+def _run_one(
+    cfg: PipelineConfig, run: Run, spec: StageSpec, h: str, console: Console
+) -> dict[str, Any]:
     started, t0 = utc_now(), time.perf_counter()
     base = {"stage": spec.name, "config_hash": h, "started_at": started, "run": str(run.path)}
     run.stage_dir(spec.name)
@@ -138,10 +139,22 @@ def _run_one(cfg: PipelineConfig, run: Run, spec: StageSpec, h: str,
         out = spec.module().run(cfg, run, console)
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        run.write_manifest(spec.name, {**base, "status": "failed", "error": reason[:500],
-                                       "elapsed_s": round(time.perf_counter() - t0, 3)})
+        run.write_manifest(
+            spec.name,
+            {
+                **base,
+                "status": "failed",
+                "error": reason[:500],
+                "elapsed_s": round(time.perf_counter() - t0, 3),
+            },
+        )
         raise
-    manifest = {**base, "status": "finished", **out, "finished_at": utc_now(),
-                "elapsed_s": round(time.perf_counter() - t0, 3)}
+    manifest = {
+        **base,
+        "status": "finished",
+        **out,
+        "finished_at": utc_now(),
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
     run.write_manifest(spec.name, manifest)
     return manifest

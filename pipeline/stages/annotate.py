@@ -31,8 +31,11 @@ ANNOTATIONS = "annotations.jsonl"
 FAILURES = "failures.jsonl"
 
 # the last "Educational score: N" (markdown bold, "N/5" and "= N" tolerated)
-_SCORE = re.compile(r"educational\s+score\s*(?:\*\*)?\s*[:=\-]\s*(?:\*\*)?\s*(\d+(?:\.\d+)?)"
-                    r"\s*(?:/\s*5|out of 5|points?)?", re.IGNORECASE)
+_SCORE = re.compile(
+    r"educational\s+score\s*(?:\*\*)?\s*[:=\-]\s*(?:\*\*)?\s*(\d+(?:\.\d+)?)"
+    r"\s*(?:/\s*5|out of 5|points?)?",
+    re.IGNORECASE,
+)
 
 
 class Annotation(BaseModel):
@@ -61,8 +64,10 @@ def parse_score(text: str) -> int | None:
 # grammar ignores minimum/maximum
 RATING_SCHEMA = {
     "type": "object",
-    "properties": {"justification": {"type": "string"},
-                   "score": {"type": "integer", "enum": [0, 1, 2, 3, 4, 5]}},
+    "properties": {
+        "justification": {"type": "string"},
+        "score": {"type": "integer", "enum": [0, 1, 2, 3, 4, 5]},
+    },
     "required": ["justification", "score"],
 }
 
@@ -77,8 +82,10 @@ def response_format(mode: str) -> dict[str, Any] | None:
     if mode == "json_object":
         return {"type": "json_object", "schema": RATING_SCHEMA}
     if mode == "json_schema":
-        return {"type": "json_schema",
-                "json_schema": {"name": "rating", "schema": RATING_SCHEMA, "strict": True}}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "rating", "schema": RATING_SCHEMA, "strict": True},
+        }
     return None
 
 
@@ -101,7 +108,7 @@ def parse_rating(text: str, structured: bool) -> tuple[int, str] | None:
 
 def justification(text: str) -> str:
     m = list(_SCORE.finditer(text))
-    return (text[:m[-1].start()] if m else text).strip()
+    return (text[: m[-1].start()] if m else text).strip()
 
 
 def sample_documents(docs: list[Document], n: int, seed: int) -> list[Document]:
@@ -145,62 +152,109 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     todo = [d for d in sample if d.id not in done]
     prompts, name = _template(cfg)
     mode = structured_mode(cfg)
-    params: dict[str, Any] = {"max_tokens": cfg.annotate.max_tokens,
-                              "temperature": cfg.annotate.temperature}
+    params: dict[str, Any] = {
+        "max_tokens": cfg.annotate.max_tokens,
+        "temperature": cfg.annotate.temperature,
+    }
     if fmt := response_format(mode):
         params["response_format"] = fmt
-    console.print(f"annotate: {len(sample)} sampled of {len(docs)}, {len(sample) - len(todo)} "
-                  f"done earlier, {len(todo)} to request")
+    console.print(
+        f"annotate: {len(sample)} sampled of {len(docs)}, {len(sample) - len(todo)} "
+        f"done earlier, {len(todo)} to request"
+    )
     if todo:
         from pipeline.teacher import Completion, Job
 
-        jobs = [Job(id=d.id, template=f"{name}.j2", params=params,
-                    messages=prompts.render(name, text=d.text[:cfg.annotate.max_doc_chars],
-                                            json_answer=mode != "off"))
-                for d in todo]
-        with JsonlAppender(out_path, fsync=False) as out, \
-                JsonlAppender(fail_path, fsync=False) as fails:
+        jobs = [
+            Job(
+                id=d.id,
+                template=f"{name}.j2",
+                params=params,
+                messages=prompts.render(
+                    name, text=d.text[: cfg.annotate.max_doc_chars], json_answer=mode != "off"
+                ),
+            )
+            for d in todo
+        ]
+        with (
+            JsonlAppender(out_path, fsync=False) as out,
+            JsonlAppender(fail_path, fsync=False) as fails,
+        ):
 
             def ok(job: Job, c: Completion) -> None:
                 rating = parse_rating(c.text, structured=mode != "off")
                 if rating is None:
                     tail = " ".join(c.text.split())[-80:]
-                    want = ("a JSON score 0-5" if mode != "off"
-                            else "an 'Educational score: 0-5' line")
-                    fails.write(Failure(id=job.id, reason=f"unparseable: no {want} "
-                                        f"(answer ends {tail!r})", attempts=1,
-                                        template=job.template, model=c.model))
+                    want = (
+                        "a JSON score 0-5" if mode != "off" else "an 'Educational score: 0-5' line"
+                    )
+                    fails.write(
+                        Failure(
+                            id=job.id,
+                            reason=f"unparseable: no {want} (answer ends {tail!r})",
+                            attempts=1,
+                            template=job.template,
+                            model=c.model,
+                        )
+                    )
                     return
-                out.write(Annotation(id=job.id, score=rating[0], justification=rating[1],
-                                     response=c.text, model=c.model, created_at=utc_now()))
+                out.write(
+                    Annotation(
+                        id=job.id,
+                        score=rating[0],
+                        justification=rating[1],
+                        response=c.text,
+                        model=c.model,
+                        created_at=utc_now(),
+                    )
+                )
 
             def bad(job: Job, reason: str, attempts: int) -> None:
-                fails.write(Failure(id=job.id, reason=reason, attempts=attempts,
-                                    template=job.template, model=cfg.teacher.model))
+                fails.write(
+                    Failure(
+                        id=job.id,
+                        reason=reason,
+                        attempts=attempts,
+                        template=job.template,
+                        model=cfg.teacher.model,
+                    )
+                )
 
             asyncio.run(_annotate(cfg, run, console, jobs, ok, bad))
     return _manifest(out_path, fail_path, len(sample), len(docs), mode)
 
 
-async def _annotate(cfg: PipelineConfig, run: Run, console: Console, jobs: list[Any],
-                    ok: Any, bad: Any) -> Any:
+async def _annotate(
+    cfg: PipelineConfig, run: Run, console: Console, jobs: list[Any], ok: Any, bad: Any
+) -> Any:
     from pipeline.teacher import open_teacher, run_batch
 
     async with open_teacher(cfg, run, console) as teacher:
-        return await run_batch(teacher, jobs, ok, bad, console, label="annotate",
-                               total=len(jobs), budget_usd=cfg.budget.max_cost_usd)
+        return await run_batch(
+            teacher,
+            jobs,
+            ok,
+            bad,
+            console,
+            label="annotate",
+            total=len(jobs),
+            budget_usd=cfg.budget.max_cost_usd,
+        )
 
 
-def _manifest(out_path: Path, fail_path: Path, sampled: int, available: int,
-              mode: str) -> dict[str, Any]:
+def _manifest(
+    out_path: Path, fail_path: Path, sampled: int, available: int, mode: str
+) -> dict[str, Any]:
     anns = list(read_jsonl(out_path, Annotation)) if out_path.exists() else []
     fails = list(read_jsonl(fail_path, Failure)) if fail_path.exists() else []
     hist = Counter(a.score for a in anns)
     reasons = Counter(f.reason.split(":")[0] for f in fails)
     return {
-        "summary": {"rated": len(anns), "failed": len(fails),
-                    "mean_score": round(sum(a.score for a in anns) / len(anns), 2)
-                    if anns else None},
+        "summary": {
+            "rated": len(anns),
+            "failed": len(fails),
+            "mean_score": round(sum(a.score for a in anns) / len(anns), 2) if anns else None,
+        },
         "available": available,
         "sampled": sampled,
         "rated": len(anns),

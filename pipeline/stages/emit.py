@@ -51,26 +51,28 @@ WEB = "web"
 TRAIN, VAL = "train", "val"
 
 # parquet columns besides the ones emit computes (n_tokens, repeat)
-SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("text", pa.string()),
-    ("source", pa.string()),  # mix source: a synthetic format or "web"
-    ("origin", pa.string()),  # "synthetic" or "web"
-    ("format", pa.string()),
-    ("quality", pa.float64()),
-    ("topic", pa.string()),
-    ("subject", pa.string()),
-    ("audience", pa.string()),
-    ("required_words", pa.list_(pa.string())),
-    ("model", pa.string()),
-    ("template", pa.string()),
-    ("created_at", pa.string()),
-    ("url", pa.string()),
-    ("source_file", pa.string()),
-    ("warc_record_id", pa.string()),
-    ("fetch_date", pa.string()),
-    ("language", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),  # mix source: a synthetic format or "web"
+        ("origin", pa.string()),  # "synthetic" or "web"
+        ("format", pa.string()),
+        ("quality", pa.float64()),
+        ("topic", pa.string()),
+        ("subject", pa.string()),
+        ("audience", pa.string()),
+        ("required_words", pa.list_(pa.string())),
+        ("model", pa.string()),
+        ("template", pa.string()),
+        ("created_at", pa.string()),
+        ("url", pa.string()),
+        ("source_file", pa.string()),
+        ("warc_record_id", pa.string()),
+        ("fetch_date", pa.string()),
+        ("language", pa.string()),
+    ]
+)
 
 
 def source_of(doc: Document) -> str:
@@ -84,9 +86,16 @@ def quality_of(doc: Document, key: str) -> float | None:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 # --------------------------------------------------------------------------- inputs
@@ -106,24 +115,29 @@ def _known_sources(cfg: PipelineConfig) -> set[str]:
 
 def _check_mix(cfg: PipelineConfig, known: set[str]) -> None:
     mixes = [("emit.mix", cfg.emit.mix)] + [
-        (f"emit.phases[{i}].mix", p.mix) for i, p in enumerate(cfg.emit.phases)]
+        (f"emit.phases[{i}].mix", p.mix) for i, p in enumerate(cfg.emit.phases)
+    ]
     for where, mix in mixes:
         unknown = sorted(set(mix) - known)
         if unknown:
-            raise DatagenError(f"{where}: unknown source '{unknown[0]}' "
-                               f"(known: {', '.join(sorted(known))})")
+            raise DatagenError(
+                f"{where}: unknown source '{unknown[0]}' (known: {', '.join(sorted(known))})"
+            )
     names = [p.name for p in cfg.emit.phases]
     clash = {TRAIN, VAL} & set(names) or {n for n in names if names.count(n) > 1}
     if clash:
-        raise DatagenError(f"emit.phases: phase name '{sorted(clash)[0]}' is taken "
-                           f"(train and val are built in; names must be distinct)")
+        raise DatagenError(
+            f"emit.phases: phase name '{sorted(clash)[0]}' is taken "
+            f"(train and val are built in; names must be distinct)"
+        )
 
 
 class Corpus:
     """Every input document once: an Arrow table of columns + flat tokens with offsets."""
 
-    def __init__(self, table: pa.Table, tokens: np.ndarray, offsets: np.ndarray,
-                 sources: list[str]) -> None:
+    def __init__(
+        self, table: pa.Table, tokens: np.ndarray, offsets: np.ndarray, sources: list[str]
+    ) -> None:
         self.table = table
         self.tokens = tokens
         self.offsets = offsets  # tokens of doc i: tokens[offsets[i]:offsets[i+1]] (with eot)
@@ -139,7 +153,7 @@ class Corpus:
         return len(self.ids)
 
     def doc_tokens(self, i: int) -> np.ndarray:
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
 
 def _read_docs(folders: list[tuple[str, Path]], quality_key: str) -> tuple[list[dict], Counter]:
@@ -148,27 +162,41 @@ def _read_docs(folders: list[tuple[str, Path]], quality_key: str) -> tuple[list[
     for stage, folder in folders:
         for doc in read_shards(folder, Document):
             counts[stage] += 1
-            rows.append({
-                "id": doc.id, "text": doc.text, "source": source_of(doc), "origin": doc.source,
-                "format": doc.format, "quality": quality_of(doc, quality_key),
-                "topic": doc.topic, "subject": doc.subject, "audience": doc.audience,
-                "required_words": doc.required_words, "model": doc.model,
-                "template": doc.template, "created_at": doc.created_at, "url": doc.url,
-                "source_file": doc.source_file, "warc_record_id": doc.warc_record_id,
-                "fetch_date": doc.fetch_date, "language": doc.language,
-            })
+            rows.append(
+                {
+                    "id": doc.id,
+                    "text": doc.text,
+                    "source": source_of(doc),
+                    "origin": doc.source,
+                    "format": doc.format,
+                    "quality": quality_of(doc, quality_key),
+                    "topic": doc.topic,
+                    "subject": doc.subject,
+                    "audience": doc.audience,
+                    "required_words": doc.required_words,
+                    "model": doc.model,
+                    "template": doc.template,
+                    "created_at": doc.created_at,
+                    "url": doc.url,
+                    "source_file": doc.source_file,
+                    "warc_record_id": doc.warc_record_id,
+                    "fetch_date": doc.fetch_date,
+                    "language": doc.language,
+                }
+            )
     return rows, counts
 
 
-def _tokenize(rows: list[dict], tok: LoadedTokenizer, batch_size: int,
-              console: Console) -> tuple[np.ndarray, np.ndarray]:
+def _tokenize(
+    rows: list[dict], tok: LoadedTokenizer, batch_size: int, console: Console
+) -> tuple[np.ndarray, np.ndarray]:
     parts: list[np.ndarray] = []
     lengths = np.zeros(len(rows), dtype=np.int64)
     n_tok = 0
     with _progress(console) as prog:
         task = prog.add_task("tokenize", total=len(rows), rate="")
         for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
+            batch = rows[start : start + batch_size]
             arrs = tok.encode([r["text"] for r in batch])
             for j, a in enumerate(arrs):
                 lengths[start + j] = len(a)
@@ -201,8 +229,9 @@ def _val_mask(corpus: Corpus, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
-def _sample_source(idx: np.ndarray, ntok: np.ndarray, entry: MixEntry | None,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+def _sample_source(
+    idx: np.ndarray, ntok: np.ndarray, entry: MixEntry | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(doc indices, repeat numbers, multiplier) for one source: whole copies, then a seeded
     sample of documents in random order until the remaining token target is reached."""
     total = int(ntok[idx].sum())
@@ -222,13 +251,14 @@ def _sample_source(idx: np.ndarray, ntok: np.ndarray, entry: MixEntry | None,
         perm = rng.permutation(idx)
         cum = np.cumsum(ntok[perm])
         take = int(np.searchsorted(cum, rest, side="left")) + 1  # until the target is reached
-        docs.append(perm[:min(take, len(perm))])
+        docs.append(perm[: min(take, len(perm))])
         reps.append(np.full(min(take, len(perm)), copies))
     return np.concatenate(docs), np.concatenate(reps), target / total
 
 
-def _plan_split(corpus: Corpus, pool: np.ndarray, mix: dict[str, MixEntry], seed: int,
-                split: str) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def _plan_split(
+    corpus: Corpus, pool: np.ndarray, mix: dict[str, MixEntry], seed: int, split: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     docs, reps, mult = [], [], {}
     for code, name in enumerate(corpus.source_names):
         idx = pool[corpus.source[pool] == code]
@@ -254,13 +284,21 @@ def _best(corpus: Corpus, pool: np.ndarray, top_fraction: float) -> np.ndarray:
             continue
         q = np.nan_to_num(corpus.quality[idx], nan=-np.inf)
         order = idx[np.argsort(-q, kind="stable")]
-        chosen.append(order[:max(1, math.ceil(top_fraction * len(idx)))])
+        chosen.append(order[: max(1, math.ceil(top_fraction * len(idx)))])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
 # --------------------------------------------------------------------------- writing
-def _write_split(out: Path, split: str, corpus: Corpus, docs: np.ndarray, reps: np.ndarray,
-                 tok: LoadedTokenizer, shard_tokens: int, prog: Progress) -> list[dict]:
+def _write_split(
+    out: Path,
+    split: str,
+    corpus: Corpus,
+    docs: np.ndarray,
+    reps: np.ndarray,
+    tok: LoadedTokenizer,
+    shard_tokens: int,
+    prog: Progress,
+) -> list[dict]:
     text_dir = out / "text" / split
     tok_dir = out / "tokens" / split
     text_dir.mkdir(parents=True, exist_ok=True)
@@ -275,11 +313,17 @@ def _write_split(out: Path, split: str, corpus: Corpus, docs: np.ndarray, reps: 
         end = min(end, len(docs))
         sel, rep = docs[start:end], reps[start:end]
         name = f"part-{len(shards):05d}"
-        tinfo = write_token_shard(tok_dir / f"{name}.ds", [corpus.doc_tokens(i) for i in sel],
-                                  tok.dtype, f"{tok.name}@{tok.sha256}")
-        table = corpus.table.take(pa.array(sel)).append_column(
-            "n_tokens", pa.array(corpus.n_tokens[sel], pa.int64())).append_column(
-            "repeat", pa.array(rep, pa.int32()))
+        tinfo = write_token_shard(
+            tok_dir / f"{name}.ds",
+            [corpus.doc_tokens(i) for i in sel],
+            tok.dtype,
+            f"{tok.name}@{tok.sha256}",
+        )
+        table = (
+            corpus.table.take(pa.array(sel))
+            .append_column("n_tokens", pa.array(corpus.n_tokens[sel], pa.int64()))
+            .append_column("repeat", pa.array(rep, pa.int32()))
+        )
         ppath = text_dir / f"{name}.parquet"
         tmp = ppath.with_name(f".{ppath.name}.tmp")
         pq.write_table(table, tmp, compression="zstd")
@@ -287,15 +331,23 @@ def _write_split(out: Path, split: str, corpus: Corpus, docs: np.ndarray, reps: 
             sha = hashlib.sha256(f.read()).hexdigest()
             os.fsync(f.fileno())
         tmp.replace(ppath)
-        shards.append({
-            "text": {"path": str(ppath.relative_to(out)), "sha256": sha,
-                     "bytes": ppath.stat().st_size, "documents": len(sel)},
-            "tokens": {**tinfo, "path": str((tok_dir / tinfo["path"]).relative_to(out)),
-                       "index": str((tok_dir / tinfo["index"]).relative_to(out))},
-        })
+        shards.append(
+            {
+                "text": {
+                    "path": str(ppath.relative_to(out)),
+                    "sha256": sha,
+                    "bytes": ppath.stat().st_size,
+                    "documents": len(sel),
+                },
+                "tokens": {
+                    **tinfo,
+                    "path": str((tok_dir / tinfo["path"]).relative_to(out)),
+                    "index": str((tok_dir / tinfo["index"]).relative_to(out)),
+                },
+            }
+        )
         elapsed = prog.tasks[task].elapsed or 1e-9
-        prog.update(task, advance=len(sel),
-                    rate=f"{int(cum[end - 1]) / elapsed:,.0f} tok/s")
+        prog.update(task, advance=len(sel), rate=f"{int(cum[end - 1]) / elapsed:,.0f} tok/s")
         start = end
     return shards
 
@@ -305,8 +357,11 @@ def _split_stats(corpus: Corpus, docs: np.ndarray, reps: np.ndarray) -> dict[str
     for code, name in enumerate(corpus.source_names):
         m = corpus.source[docs] == code
         if m.any():
-            by[name] = {"documents": int(m.sum()), "unique_documents": int((reps[m] == 0).sum()),
-                        "tokens": int(corpus.n_tokens[docs[m]].sum())}
+            by[name] = {
+                "documents": int(m.sum()),
+                "unique_documents": int((reps[m] == 0).sum()),
+                "tokens": int(corpus.n_tokens[docs[m]].sum()),
+            }
     return {"documents": len(docs), "tokens": int(corpus.n_tokens[docs].sum()), "by_source": by}
 
 
@@ -326,7 +381,8 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         raise DatagenError(
             f"emit.phases: no input document has a quality score "
             f"({ecfg.quality_key or ', '.join(QUALITY_KEYS)}); set emit.quality_key or drop "
-            f"emit.phases")
+            f"emit.phases"
+        )
     missing = sorted(set(ecfg.mix) - set(sources))
     if missing:
         notes["mix_sources_without_documents"] = missing
@@ -366,26 +422,38 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
 
     tokens_by_split = {s: v["tokens"] for s, v in splits.items()}
     result: dict[str, Any] = {
-        "summary": {"documents": len(corpus), **{f"{s}_tokens": t
-                                                   for s, t in tokens_by_split.items()}},
+        "summary": {
+            "documents": len(corpus),
+            **{f"{s}_tokens": t for s, t in tokens_by_split.items()},
+        },
         "inputs": {**{k: v for k, v in in_counts.items()}, "notes": notes},
-        "sources": {n: {"documents": int((corpus.source == c).sum()),
-                        "tokens": int(corpus.n_tokens[corpus.source == c].sum())}
-                    for c, n in enumerate(corpus.source_names)},
+        "sources": {
+            n: {
+                "documents": int((corpus.source == c).sum()),
+                "tokens": int(corpus.n_tokens[corpus.source == c].sum()),
+            }
+            for c, n in enumerate(corpus.source_names)
+        },
         "quality_key": ecfg.quality_key or "auto (" + ", ".join(QUALITY_KEYS) + ", *.quality)",
         "documents_with_quality": int(np.isfinite(corpus.quality).sum()),
         "tokenizer": tok.info(),
         "multipliers": multipliers,
         "splits": splits,
         "shards": shards,
-        "layout": {"text": "text/<split>/part-NNNNN.parquet (zstd)",
-                   "tokens": "tokens/<split>/part-NNNNN.ds: flat little-endian "
-                             f"{tok.dtype.name}, eot after every document; .ds.index: "
-                             "little-endian uint64 document end offsets (datatrove layout)"},
+        "layout": {
+            "text": "text/<split>/part-NNNNN.parquet (zstd)",
+            "tokens": "tokens/<split>/part-NNNNN.ds: flat little-endian "
+            f"{tok.dtype.name}, eot after every document; .ds.index: "
+            "little-endian uint64 document end offsets (datatrove layout)",
+        },
     }
     atomic_write_text(out / "README.md", dataset_card(cfg, run, result))
-    console.print(f"emit: {len(corpus)} documents -> " + ", ".join(
-        f"{s} {v['documents']} docs / {v['tokens']:,} tokens" for s, v in splits.items()))
+    console.print(
+        f"emit: {len(corpus)} documents -> "
+        + ", ".join(
+            f"{s} {v['documents']} docs / {v['tokens']:,} tokens" for s, v in splits.items()
+        )
+    )
     return result
 
 
@@ -397,4 +465,3 @@ def text_shards(emit_dir: Path, split: str) -> list[Path]:
 def token_shards(emit_dir: Path, split: str) -> list[Path]:
     """The ``.ds`` token shards of a split, in order."""
     return sorted((emit_dir / "tokens" / split).glob("part-*.ds"))
-

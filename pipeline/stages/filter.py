@@ -55,15 +55,19 @@ CONFIG_KEYS = ("filter", "dedup", "decontam", "classifier.min_score", "seed")
 def preflight(cfg: PipelineConfig) -> None:
     """Config checks that need no upstream output (the driver runs them before any stage)."""
     d = cfg.dedup
-    MinHashParams(num_perm=d.num_perm, ngram=d.ngram, threshold=d.threshold, bands=d.bands,
-                  seed=cfg.seed).bands_rows()
+    MinHashParams(
+        num_perm=d.num_perm, ngram=d.ngram, threshold=d.threshold, bands=d.bands, seed=cfg.seed
+    ).bands_rows()
     dc = cfg.decontam
     if dc.enabled and dc.on_missing == "error":
         for b in dc.benchmarks:
             if not (b.path and cfg.project_path(b.path).exists()) and not (
-                    b.hf and dc.allow_download):
-                raise DatagenError(f"decontam.benchmarks.{b.name}: {b.path or 'no path'} "
-                                   "not found (and no hf download allowed)")
+                b.hf and dc.allow_download
+            ):
+                raise DatagenError(
+                    f"decontam.benchmarks.{b.name}: {b.path or 'no path'} "
+                    "not found (and no hf download allowed)"
+                )
 
 
 def build_filters(cfg: PipelineConfig) -> list[DocFilter]:
@@ -71,14 +75,18 @@ def build_filters(cfg: PipelineConfig) -> list[DocFilter]:
     out: list[DocFilter] = [LengthFilter(f.min_chars, f.max_chars)]
     if f.drop_truncated:
         out.append(TruncationFilter())
-    out += [StockOpenerFilter(f.stock_openers), GopherQualityFilter(f.gopher_quality),
-            GopherRepetitionFilter(f.gopher_repetition),
-            ConstraintFilter(f.min_constraint_coverage)]
+    out += [
+        StockOpenerFilter(f.stock_openers),
+        GopherQualityFilter(f.gopher_quality),
+        GopherRepetitionFilter(f.gopher_repetition),
+        ConstraintFilter(f.min_constraint_coverage),
+    ]
     return out
 
 
-def load_classifier(cfg: PipelineConfig,
-                    run: Run) -> tuple[QualityClassifier | None, bool, str | None]:
+def load_classifier(
+    cfg: PipelineConfig, run: Run
+) -> tuple[QualityClassifier | None, bool, str | None]:
     """The model train_classifier chose (or None), whether it makes keep decisions (a model
     that is not demonstrably useful only scores), and the note saying why not."""
     m = run.read_manifest("train_classifier") or {}
@@ -122,10 +130,19 @@ class RateColumn(ProgressColumn):
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TaskProgressColumn(), TextColumn("kept={task.fields[kept]}"), RateColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                    console=console, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("kept={task.fields[kept]}"),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
@@ -147,8 +164,11 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     if clf_note:
         console.print(f"[yellow]filter: no classifier decision ({clf_note})[/]")
     d = cfg.dedup
-    mh = MinHashDeduper(MinHashParams(num_perm=d.num_perm, ngram=d.ngram, threshold=d.threshold,
-                                      bands=d.bands, seed=cfg.seed))
+    mh = MinHashDeduper(
+        MinHashParams(
+            num_perm=d.num_perm, ngram=d.ngram, threshold=d.threshold, bands=d.bands, seed=cfg.seed
+        )
+    )
 
     total = sum(1 for line in src.open("rb") if line.strip())
     reasons: Counter[str] = Counter()
@@ -204,8 +224,11 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                 survivors.append(doc)
             for doc in batch:  # satisfaction over every record, whatever dropped it
                 # records that reached the constraint filter carry its scores already
-                cs = {k.removeprefix("constraints."): v for k, v in doc.scores.items()
-                      if k.startswith("constraints.")}
+                cs = {
+                    k.removeprefix("constraints."): v
+                    for k, v in doc.scores.items()
+                    if k.startswith("constraints.")
+                }
                 if not cs:
                     cs = constraint.score(doc)
                     doc.scores.update({f"constraints.{k}": v for k, v in cs.items()})
@@ -237,8 +260,12 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     n_clusters = 0
     if d.near and sig_ids:
         live = [k for k, i in enumerate(sig_ids) if i not in exact_dropped]
-        mh.add_signatures([sig_ids[k] for k in live], np.stack([sig_rows[k] for k in live]),
-                          [sig_quality[k] for k in live], [sig_empty[k] for k in live])
+        mh.add_signatures(
+            [sig_ids[k] for k in live],
+            np.stack([sig_rows[k] for k in live]),
+            [sig_quality[k] for k in live],
+            [sig_empty[k] for k in live],
+        )
         clusters = mh.clusters()
         n_clusters = len(clusters)
         for c in clusters:
@@ -285,8 +312,12 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     if len(kept_ids) + n_drop != n_in:
         raise AssertionError(f"filter: {n_in} in, {len(kept_ids)} kept + {n_drop} dropped")
     return {
-        "summary": {"in": n_in, "kept": len(kept_ids), "dropped": n_drop,
-                    **({"top_reason": reasons.most_common(1)[0][0]} if reasons else {})},
+        "summary": {
+            "in": n_in,
+            "kept": len(kept_ids),
+            "dropped": n_drop,
+            **({"top_reason": reasons.most_common(1)[0][0]} if reasons else {}),
+        },
         "input": n_in,
         "kept": len(kept_ids),
         "dropped": n_drop,
@@ -313,19 +344,30 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
             "exact_dropped": len(exact_dropped),
             "near_dropped": len(near_dropped),
             "near_clusters": n_clusters,
-            "num_perm": d.num_perm, "ngram": d.ngram, "threshold": d.threshold,
-            "bands": mh.bands, "rows": mh.rows,
+            "num_perm": d.num_perm,
+            "ngram": d.ngram,
+            "threshold": d.threshold,
+            "bands": mh.bands,
+            "rows": mh.rows,
             "s_curve": mh.s_curve(),
             "index": "dedup_index",
         },
         "decontam": {
             "mode": cfg.decontam.mode,
             "ngram": cfg.decontam.ngram,
-            "benchmarks": {b: {**decon.loaded[b], "docs_matched": bench[b]["docs_matched"],
-                               "docs_dropped": bench[b]["docs_dropped"],
-                               "docs_cut": bench[b]["docs_cut"]} for b in decon.loaded},
+            "benchmarks": {
+                b: {
+                    **decon.loaded[b],
+                    "docs_matched": bench[b]["docs_matched"],
+                    "docs_dropped": bench[b]["docs_dropped"],
+                    "docs_cut": bench[b]["docs_cut"],
+                }
+                for b in decon.loaded
+            },
             "unavailable": decon.unavailable,
         },
-        "outputs": {"kept": "part-*.jsonl.zst", "dropped": "dropped/part-*.jsonl.zst"
-                    if cfg.filter.keep_dropped else None},
+        "outputs": {
+            "kept": "part-*.jsonl.zst",
+            "dropped": "dropped/part-*.jsonl.zst" if cfg.filter.keep_dropped else None,
+        },
     }

@@ -41,10 +41,19 @@ def _ids(path: Path, model: type[Document] | type[Failure]) -> set[str]:
 
 def _jobs(items: list[PlanItem], prompts: PromptLibrary) -> list[Job]:
     return [
-        Job(id=it.id, template=prompts.template_name(it.format), meta={"item": it},
-            messages=prompts.render(it.format, topic=it.topic, subject=it.subject,
-                                    audience=it.audience, words=it.words,
-                                    seed_text=it.seed_text))
+        Job(
+            id=it.id,
+            template=prompts.template_name(it.format),
+            meta={"item": it},
+            messages=prompts.render(
+                it.format,
+                topic=it.topic,
+                subject=it.subject,
+                audience=it.audience,
+                words=it.words,
+                seed_text=it.seed_text,
+            ),
+        )
         for it in items
     ]
 
@@ -52,11 +61,22 @@ def _jobs(items: list[PlanItem], prompts: PromptLibrary) -> list[Job]:
 def _document(job: Job, c: Completion) -> Document:
     it: PlanItem = job.meta["item"]
     return Document(
-        id=it.id, text=c.text, source="synthetic", topic=it.topic, subject=it.subject,
-        audience=it.audience, format=it.format, required_words=it.words,
-        template=job.template, messages=job.messages, model=c.model,
-        finish_reason=c.finish_reason, prompt_tokens=c.prompt_tokens,
-        completion_tokens=c.completion_tokens, latency_s=c.latency_s, created_at=utc_now(),
+        id=it.id,
+        text=c.text,
+        source="synthetic",
+        topic=it.topic,
+        subject=it.subject,
+        audience=it.audience,
+        format=it.format,
+        required_words=it.words,
+        template=job.template,
+        messages=job.messages,
+        model=c.model,
+        finish_reason=c.finish_reason,
+        prompt_tokens=c.prompt_tokens,
+        completion_tokens=c.completion_tokens,
+        latency_s=c.latency_s,
+        created_at=utc_now(),
     )
 
 
@@ -77,10 +97,14 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     jobs = _jobs(todo, prompts)
     price_known = cfg.teacher.model in cfg.teacher.prices
     if cfg.budget.max_cost_usd is not None and not price_known:
-        raise DatagenError(f"budget.max_cost_usd is set but teacher.prices has no price for "
-                           f"'{cfg.teacher.model}': add teacher.prices.{cfg.teacher.model}")
-    console.print(f"generate: {len(plan)} planned, {len(done_ids)} done earlier, "
-                  f"{len(jobs)} to request" + (" (retrying failures)" if cfg.retry_failed else ""))
+        raise DatagenError(
+            f"budget.max_cost_usd is set but teacher.prices has no price for "
+            f"'{cfg.teacher.model}': add teacher.prices.{cfg.teacher.model}"
+        )
+    console.print(
+        f"generate: {len(plan)} planned, {len(done_ids)} done earlier, "
+        f"{len(jobs)} to request" + (" (retrying failures)" if cfg.retry_failed else "")
+    )
 
     new_failures: list[Failure] = []
     stats = BatchStats(cost_known=price_known)
@@ -93,8 +117,13 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                 out.write(_document(job, c))
 
             def bad(job: Job, reason: str, attempts: int) -> None:
-                f = Failure(id=job.id, reason=reason, attempts=attempts, template=job.template,
-                            model=cfg.teacher.model)
+                f = Failure(
+                    id=job.id,
+                    reason=reason,
+                    attempts=attempts,
+                    template=job.template,
+                    model=cfg.teacher.model,
+                )
                 new_failures.append(f)
                 if fails is not None:
                     fails.write(f)
@@ -111,23 +140,36 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     return _manifest(cfg, out_path, fail_path, stats, len(plan))
 
 
-async def _generate(cfg: PipelineConfig, run: Run, console: Console, jobs: list[Job],
-                    ok: Any, bad: Any) -> BatchStats:
+async def _generate(
+    cfg: PipelineConfig, run: Run, console: Console, jobs: list[Job], ok: Any, bad: Any
+) -> BatchStats:
     async with open_teacher(cfg, run, console) as teacher:
-        return await run_batch(teacher, jobs, ok, bad, console, label="generate",
-                               total=len(jobs), budget_usd=cfg.budget.max_cost_usd)
+        return await run_batch(
+            teacher,
+            jobs,
+            ok,
+            bad,
+            console,
+            label="generate",
+            total=len(jobs),
+            budget_usd=cfg.budget.max_cost_usd,
+        )
 
 
-def _manifest(cfg: PipelineConfig, out_path: Path, fail_path: Path, stats: BatchStats,
-              planned: int) -> dict[str, Any]:
+def _manifest(
+    cfg: PipelineConfig, out_path: Path, fail_path: Path, stats: BatchStats, planned: int
+) -> dict[str, Any]:
     """Totals over the whole output file (earlier runs included), plus this run's requests."""
     docs = list(read_jsonl(out_path, Document)) if out_path.exists() else []
     failures = list(read_jsonl(fail_path, Failure)) if fail_path.exists() else []
     tok_in = sum(d.prompt_tokens or 0 for d in docs)
     tok_out = sum(d.completion_tokens or 0 for d in docs)
     price = cfg.teacher.prices.get(cfg.teacher.model)
-    cost = (None if price is None else
-            round((tok_in * price.input_per_mtok + tok_out * price.output_per_mtok) / 1e6, 6))
+    cost = (
+        None
+        if price is None
+        else round((tok_in * price.input_per_mtok + tok_out * price.output_per_mtok) / 1e6, 6)
+    )
     reasons: dict[str, int] = {}
     for f in failures:
         key = f.reason.split(":")[0]
@@ -136,8 +178,10 @@ def _manifest(cfg: PipelineConfig, out_path: Path, fail_path: Path, stats: Batch
     return {
         "status": status,
         "summary": {
-            "items": len(docs), "failed": len(failures),
-            "tokens": tok_in + tok_out, "cost_usd": "unknown" if cost is None else cost,
+            "items": len(docs),
+            "failed": len(failures),
+            "tokens": tok_in + tok_out,
+            "cost_usd": "unknown" if cost is None else cost,
             **({"stopped": "budget"} if stats.stopped_by_budget else {}),
         },
         "planned": planned,
@@ -149,8 +193,10 @@ def _manifest(cfg: PipelineConfig, out_path: Path, fail_path: Path, stats: Batch
         "completion_tokens": tok_out,
         "cost_usd": cost,  # null = the model has no price in teacher.prices (unknown, not 0)
         "this_run": {
-            "requested_ok": stats.done - stats.cached, "cache_hits": stats.cached,
-            "failed": stats.failed, "cost_usd": stats.cost_usd,
+            "requested_ok": stats.done - stats.cached,
+            "cache_hits": stats.cached,
+            "failed": stats.failed,
+            "cost_usd": stats.cost_usd,
             "skipped_by_budget": stats.skipped_by_budget,
         },
         "budget_usd": cfg.budget.max_cost_usd,

@@ -103,11 +103,17 @@ def build_plan(cfg: PipelineConfig) -> list[PlanItem]:
             continue
         seen.add(key)
         seed_text = rng.choice(seeds) if seeds and rng.random() < pc.seed_fraction else None
-        items.append(PlanItem(
-            id=stable_id(*key, seed_text or "", prefix="p-"),
-            topic=t["topic"], subject=t["subject"], audience=audience, format=fmt,
-            words=chosen, seed_text=seed_text,
-        ))
+        items.append(
+            PlanItem(
+                id=stable_id(*key, seed_text or "", prefix="p-"),
+                topic=t["topic"],
+                subject=t["subject"],
+                audience=audience,
+                format=fmt,
+                words=chosen,
+                seed_text=seed_text,
+            )
+        )
     return items
 
 

@@ -101,12 +101,19 @@ def prepare(rec: WebRecord) -> Prepared:
     # stop the run: it is dropped and counted as extract.error
     except (ValueError, TypeError, RecursionError, AttributeError, KeyError, IndexError):
         return Prepared(rec, None, "extract.error", raw_tokens, dec.replaced, dec.unknown_charset)
-    return Prepared(rec, text or None, None if text else "extract.empty", raw_tokens,
-                    dec.replaced, dec.unknown_charset)
+    return Prepared(
+        rec,
+        text or None,
+        None if text else "extract.empty",
+        raw_tokens,
+        dec.replaced,
+        dec.unknown_charset,
+    )
 
 
-def _bounded(items: Iterable[WebRecord], sem: threading.Semaphore,
-             stop: threading.Event) -> Iterator[WebRecord]:
+def _bounded(
+    items: Iterable[WebRecord], sem: threading.Semaphore, stop: threading.Event
+) -> Iterator[WebRecord]:
     """Pool.imap reads its input eagerly; a semaphore keeps at most N records in flight."""
     for x in items:
         sem.acquire()
@@ -115,8 +122,9 @@ def _bounded(items: Iterable[WebRecord], sem: threading.Semaphore,
         yield x
 
 
-def prepared_stream(records: Iterable[WebRecord], workers: int, extractor: str,
-                    include_tables: bool, fast: bool) -> Iterator[Prepared]:
+def prepared_stream(
+    records: Iterable[WebRecord], workers: int, extractor: str, include_tables: bool, fast: bool
+) -> Iterator[Prepared]:
     """Records -> Prepared in input order, extraction in ``workers`` processes."""
     if workers <= 1:
         _init_worker(extractor, include_tables, fast)
@@ -126,8 +134,9 @@ def prepared_stream(records: Iterable[WebRecord], workers: int, extractor: str,
     sem = threading.Semaphore(window)
     stop = threading.Event()
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(workers, initializer=_init_worker,
-                  initargs=(extractor, include_tables, fast)) as pool:
+    with ctx.Pool(
+        workers, initializer=_init_worker, initargs=(extractor, include_tables, fast)
+    ) as pool:
         try:
             for p in pool.imap(prepare, _bounded(records, sem, stop), chunksize=2):
                 sem.release()
@@ -164,8 +173,10 @@ def _load_classifier(cfg: PipelineConfig, run: Run, notes: list[str]) -> Any:
         return None
     path = Path(model)
     if not path.is_absolute():
-        path = next((p for p in (run.path / "filter" / path, run.path / path, Path(model))
-                     if p.exists()), path)
+        path = next(
+            (p for p in (run.path / "filter" / path, run.path / path, Path(model)) if p.exists()),
+            path,
+        )
     from filters.classifier import QualityClassifier
 
     label = tm.get("positive_label") or cfg.classifier.positive_label
@@ -189,13 +200,17 @@ class WebStage:
         w = cfg.web
         self.notes: list[str] = []
         self.funnel = Funnel()
-        self.lid = LanguageIdFilter(w.languages, w.lang_min_score,
-                                    cfg.project_path(w.lid_model) if w.lid_model else "")
-        self.blocklist = (BlocklistFilter(cfg.project_path(w.blocklist)) if w.blocklist
-                          else BlocklistFilter())
+        self.lid = LanguageIdFilter(
+            w.languages, w.lang_min_score, cfg.project_path(w.lid_model) if w.lid_model else ""
+        )
+        self.blocklist = (
+            BlocklistFilter(cfg.project_path(w.blocklist)) if w.blocklist else BlocklistFilter()
+        )
         self.c4 = C4Filter(w.c4) if w.c4.enabled else None
-        heur: list[Any] = [GopherRepetitionFilter(w.gopher_repetition),
-                           GopherQualityFilter(w.gopher_quality)]
+        heur: list[Any] = [
+            GopherRepetitionFilter(w.gopher_repetition),
+            GopherQualityFilter(w.gopher_quality),
+        ]
         # FineWeb's rules read the page as extracted: after C4's line removal (no lines without
         # terminal punctuation left) its line-punctuation and short-line ratios could not fire
         if w.fineweb.enabled:
@@ -205,8 +220,9 @@ class WebStage:
         self.heuristics = heur
         self.pii = PIIMasker(w.email_placeholder, w.ip_placeholder) if w.pii else None
         self.classifier = _load_classifier(cfg, run, self.notes)
-        self.classifier_applied = (self.classifier is not None
-                                   and _classifier_applied(run, self.notes))
+        self.classifier_applied = self.classifier is not None and _classifier_applied(
+            run, self.notes
+        )
         self._load_dedup()
         self.decontam = None
         if w.decontam and cfg.decontam.enabled:
@@ -234,18 +250,27 @@ class WebStage:
                 self.exact = ExactDeduper.load(idx)
             else:
                 self.exact = ExactDeduper()
-                self.notes.append(f"dedup: {idx}/exact_hashes.json not found; exact dedup "
-                                  "among web documents only")
+                self.notes.append(
+                    f"dedup: {idx}/exact_hashes.json not found; exact dedup "
+                    "among web documents only"
+                )
         if d.near:
             if (idx / "params.json").exists():
                 self.minhash = MinHashDeduper.load(idx)
                 self.synthetic_ids = set(self.minhash.ids)
             else:
-                self.minhash = MinHashDeduper(MinHashParams(
-                    num_perm=d.num_perm, ngram=d.ngram, threshold=d.threshold, bands=d.bands,
-                    seed=self.cfg.seed))
-                self.notes.append(f"dedup: {idx}/params.json not found; MinHash dedup among "
-                                  "web documents only")
+                self.minhash = MinHashDeduper(
+                    MinHashParams(
+                        num_perm=d.num_perm,
+                        ngram=d.ngram,
+                        threshold=d.threshold,
+                        bands=d.bands,
+                        seed=self.cfg.seed,
+                    )
+                )
+                self.notes.append(
+                    f"dedup: {idx}/params.json not found; MinHash dedup among web documents only"
+                )
 
     # ---- per record
     def _document(self, p: Prepared) -> Document:
@@ -255,9 +280,15 @@ class WebStage:
         name = "/".join(Path(r.source_file).parts[-3:])
         return Document(
             id=stable_id(name, r.offset, r.record_id, r.url, prefix="web-"),
-            text=p.text or "", source="web", url=r.url, source_file=r.source_file,
-            warc_record_id=r.record_id, offset=r.offset, fetch_date=r.fetch_date,
-            created_at=None)
+            text=p.text or "",
+            source="web",
+            url=r.url,
+            source_file=r.source_file,
+            warc_record_id=r.record_id,
+            offset=r.offset,
+            fetch_date=r.fetch_date,
+            created_at=None,
+        )
 
     def _drop(self, doc: Document, step: str, reason: str) -> None:
         doc.drop_reason = reason
@@ -412,8 +443,11 @@ class WebStage:
         ids = [d.id for d in kept if d.id in self._pending_sigs]
         if ids:
             sigs = np.stack([self._pending_sigs[i] for i in ids])
-            q = [kept_d.scores.get("quality.p_positive", 0.0) for kept_d in kept
-                 if kept_d.id in self._pending_sigs]
+            q = [
+                kept_d.scores.get("quality.p_positive", 0.0)
+                for kept_d in kept
+                if kept_d.id in self._pending_sigs
+            ]
             self.minhash.add_signatures(ids, sigs, q, [False] * len(ids))
 
     # ---- driver
@@ -426,24 +460,40 @@ class WebStage:
         batch: list[Document] = []
         batch_size = self.cfg.dedup.batch_size
         t0 = time.perf_counter()
-        progress = Progress(TextColumn("[bold]web[/]"), BarColumn(), TextColumn(
-            "{task.fields[n]} records, {task.fields[kept]} kept, {task.fields[rate]} rec/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
+        progress = Progress(
+            TextColumn("[bold]web[/]"),
+            BarColumn(),
+            TextColumn(
+                "{task.fields[n]} records, {task.fields[kept]} kept, {task.fields[rate]} rec/s"
+            ),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
         done_bytes = [0]
         current = {"file": "", "pos": 0}
 
         def records() -> Iterator[WebRecord]:
             n = 0
             for src in sources:
-                for rec in iter_source(src, stats, w.text_field, w.url_field, w.date_field,
-                                       w.hf_split, w.hf_config or None):
+                for rec in iter_source(
+                    src,
+                    stats,
+                    w.text_field,
+                    w.url_field,
+                    w.date_field,
+                    w.hf_split,
+                    w.hf_config or None,
+                ):
                     yield rec
                     n += 1
                     if w.max_records and n >= w.max_records:
                         return
 
-        stream = prepared_stream(records(), w.workers, w.extractor, w.include_tables,
-                                 w.trafilatura_fast)
+        stream = prepared_stream(
+            records(), w.workers, w.extractor, w.include_tables, w.trafilatura_fast
+        )
         with progress:
             task = progress.add_task("web", total=total or None, n=0, kept=0, rate="0")
             n = 0
@@ -461,8 +511,13 @@ class WebStage:
                         batch = []
                 if n % 16 == 0:
                     el = time.perf_counter() - t0
-                    progress.update(task, completed=done_bytes[0] + current["pos"], n=n,
-                                    kept=self.writer.count, rate=f"{n / el:.1f}" if el else "0")
+                    progress.update(
+                        task,
+                        completed=done_bytes[0] + current["pos"],
+                        n=n,
+                        kept=self.writer.count,
+                        rate=f"{n / el:.1f}" if el else "0",
+                    )
             self.flush(batch)
             progress.update(task, completed=total, n=n, kept=self.writer.count)
         shards = self.writer.close()
@@ -479,8 +534,9 @@ class WebStage:
         if self.minhash is not None:
             self.minhash.save(folder / INDEX_DIR)
 
-    def _manifest(self, sources: list[InputSource], stats: ReadStats, shards: list[Path],
-                  elapsed: float) -> dict[str, Any]:
+    def _manifest(
+        self, sources: list[InputSource], stats: ReadStats, shards: list[Path], elapsed: float
+    ) -> dict[str, Any]:
         f = self.funnel
         read = f.docs["read"]
         kept = f.docs["kept"]
@@ -490,31 +546,44 @@ class WebStage:
             "reader": stats.as_dict(),
             "funnel": f.as_list(),
             "funnel_note": "tokens are whitespace words; at 'read' they are words of the raw "
-                           "payload (HTML markup included), after it words of the text",
+            "payload (HTML markup included), after it words of the text",
             "drop_reasons": f.drop_reasons(),
             "charset": dict(sorted(self.charset.items())),
             "pii_masked": dict(sorted(self.pii_counts.items())),
             "c4_lines_removed": dict(sorted(self.c4_lines.items())),
-            "language": {"model": str(self.lid.path), "languages": self.lid.languages,
-                         "min_score": self.lid.min_score},
+            "language": {
+                "model": str(self.lid.path),
+                "languages": self.lid.languages,
+                "min_score": self.lid.min_score,
+            },
             "blocklist": {"entries": len(self.blocklist)},
-            "quality": ({"model": str(self.classifier.model_path),
-                         "min_quality": self.cfg.web.min_quality}
-                        if self.classifier is not None else {"skipped": True}),
-            "dedup": {"matches": dict(sorted(self.dedup_matches.items())),
-                      "synthetic_in_index": len(self.synthetic_ids),
-                      "index_size": len(self.minhash) if self.minhash is not None else 0,
-                      "index": INDEX_DIR},
-            "decontam": ({"benchmarks": self.decontam.loaded,
-                          "unavailable": self.decontam.unavailable}
-                         if self.decontam is not None else {"skipped": True}),
+            "quality": (
+                {"model": str(self.classifier.model_path), "min_quality": self.cfg.web.min_quality}
+                if self.classifier is not None
+                else {"skipped": True}
+            ),
+            "dedup": {
+                "matches": dict(sorted(self.dedup_matches.items())),
+                "synthetic_in_index": len(self.synthetic_ids),
+                "index_size": len(self.minhash) if self.minhash is not None else 0,
+                "index": INDEX_DIR,
+            },
+            "decontam": (
+                {"benchmarks": self.decontam.loaded, "unavailable": self.decontam.unavailable}
+                if self.decontam is not None
+                else {"skipped": True}
+            ),
             "notes": self.notes,
             "documents": kept,
             "tokens": f.tokens["kept"],
             "shards": [p.name for p in shards],
             "docs_per_s": round(read / elapsed, 2) if elapsed > 0 else None,
-            "summary": {"read": read, "kept": kept, "tokens": f.tokens["kept"],
-                        "read_errors": errors},
+            "summary": {
+                "read": read,
+                "kept": kept,
+                "tokens": f.tokens["kept"],
+                "read_errors": errors,
+            },
         }
         return out
 
@@ -543,9 +612,16 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     if not sources:
         console.print("[yellow]web: no inputs (web.inputs is empty); nothing to do[/]")
         f = Funnel()
-        return {"inputs": [], "note": "no inputs (web.inputs is empty)", "funnel": f.as_list(),
-                "drop_reasons": {}, "documents": 0, "tokens": 0, "shards": [],
-                "summary": {"read": 0, "kept": 0, "note": "no inputs"}}
+        return {
+            "inputs": [],
+            "note": "no inputs (web.inputs is empty)",
+            "funnel": f.as_list(),
+            "drop_reasons": {},
+            "documents": 0,
+            "tokens": 0,
+            "shards": [],
+            "summary": {"read": 0, "kept": 0, "note": "no inputs"},
+        }
     stage = WebStage(cfg, run, console)
     manifest = stage.process(sources, folder)
     for msg in manifest["reader"]["error_messages"][:10]:

@@ -23,14 +23,23 @@ from pipeline.teacher.cache import ResponseCache
 from pipeline.teacher.client import Completion, Teacher, TeacherError
 from pipeline.teacher.server import local_server
 
-__all__ = ["BatchStats", "Completion", "Job", "Teacher", "TeacherError", "open_teacher",
-           "run_batch"]
-
+__all__ = [
+    "BatchStats",
+    "Completion",
+    "Job",
+    "Teacher",
+    "TeacherError",
+    "open_teacher",
+    "run_batch",
+]
 
 
 def cache_dir(cfg: PipelineConfig) -> Path:
-    return Path(cfg.teacher.cache_dir) if cfg.teacher.cache_dir else (
-        Path(cfg.run.root) / ".cache" / "teacher")
+    return (
+        Path(cfg.teacher.cache_dir)
+        if cfg.teacher.cache_dir
+        else (Path(cfg.run.root) / ".cache" / "teacher")
+    )
 
 
 def _api_key(cfg: PipelineConfig, base_url: str) -> str:
@@ -39,8 +48,10 @@ def _api_key(cfg: PipelineConfig, base_url: str) -> str:
         return key
     host = urlparse(base_url).hostname or ""
     if host.endswith("openai.com"):
-        raise DatagenError(f"teacher.api_key_env: environment variable "
-                           f"{cfg.teacher.api_key_env} is not set (needed for {host})")
+        raise DatagenError(
+            f"teacher.api_key_env: environment variable "
+            f"{cfg.teacher.api_key_env} is not set (needed for {host})"
+        )
     return "not-needed"  # local servers (llama.cpp, vLLM, Ollama) accept any key
 
 
@@ -51,7 +62,8 @@ async def open_teacher(cfg: PipelineConfig, run: Run, console: Console) -> Async
         urls = [cfg.teacher.base_url]
         if not cfg.teacher.base_url:
             urls = stack.enter_context(
-                local_server(cfg.teacher.local, cfg.teacher.model, run.path / "logs", console))
+                local_server(cfg.teacher.local, cfg.teacher.model, run.path / "logs", console)
+            )
         teacher = Teacher(cfg.teacher, urls, _api_key(cfg, urls[0]), cache)
         try:
             yield teacher

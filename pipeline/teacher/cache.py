@@ -18,8 +18,9 @@ SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT
 
 
 def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-    payload = json.dumps({"model": model, "messages": messages, "params": params},
-                         sort_keys=True, ensure_ascii=False)
+    payload = json.dumps(
+        {"model": model, "messages": messages, "params": params}, sort_keys=True, ensure_ascii=False
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -40,8 +41,10 @@ class ResponseCache:
         return json.loads(row[0]) if row else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        self.db.execute("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
-                        (key, json.dumps(value, ensure_ascii=False)))
+        self.db.execute(
+            "INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
+            (key, json.dumps(value, ensure_ascii=False)),
+        )
 
     def close(self) -> None:
         self.db.close()

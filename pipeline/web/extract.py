@@ -87,18 +87,26 @@ def decode_html(payload: bytes, declared: str | None = None) -> Decoded:
     return Decoded(text, charset, _REPLACED[0], unknown)
 
 
-_WHATWG_ALIASES = {"latin-1": "cp1252", "iso8859-1": "cp1252", "ascii": "cp1252",
-                   "utf-16": "utf-8", "utf-16-le": "utf-8", "utf-16-be": "utf-8"}
+_WHATWG_ALIASES = {
+    "latin-1": "cp1252",
+    "iso8859-1": "cp1252",
+    "ascii": "cp1252",
+    "utf-16": "utf-8",
+    "utf-16-le": "utf-8",
+    "utf-16-be": "utf-8",
+}
 
 
 class Extractor:
     """Main-text extraction with trafilatura (default) or resiliparse."""
 
-    def __init__(self, name: str = "trafilatura", include_tables: bool = True,
-                 fast: bool = False) -> None:
+    def __init__(
+        self, name: str = "trafilatura", include_tables: bool = True, fast: bool = False
+    ) -> None:
         if name not in EXTRACTORS:
-            raise DatagenError(f"web.extractor: unknown extractor '{name}' "
-                               f"(allowed: {', '.join(EXTRACTORS)})")
+            raise DatagenError(
+                f"web.extractor: unknown extractor '{name}' (allowed: {', '.join(EXTRACTORS)})"
+            )
         self.name = name
         self.include_tables = include_tables
         self.fast = fast
@@ -106,8 +114,10 @@ class Extractor:
             try:
                 import resiliparse  # noqa: F401
             except ImportError:
-                raise DatagenError("web.extractor=resiliparse needs the resiliparse package "
-                                   "(pip install resiliparse)") from None
+                raise DatagenError(
+                    "web.extractor=resiliparse needs the resiliparse package "
+                    "(pip install resiliparse)"
+                ) from None
         else:
             # trafilatura logs every page it finds too short: that is our funnel's job
             logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
@@ -117,14 +127,28 @@ class Extractor:
         if self.name == "resiliparse":
             from resiliparse.extract.html2text import extract_plain_text
 
-            text = extract_plain_text(html, main_content=True, alt_texts=False,
-                                      preserve_formatting=True, list_bullets=False)
+            text = extract_plain_text(
+                html,
+                main_content=True,
+                alt_texts=False,
+                preserve_formatting=True,
+                list_bullets=False,
+            )
         else:
             import trafilatura
 
-            text = trafilatura.extract(html, url=url, include_comments=False,
-                                       include_tables=self.include_tables, fast=self.fast,
-                                       output_format="txt", deduplicate=False) or ""
+            text = (
+                trafilatura.extract(
+                    html,
+                    url=url,
+                    include_comments=False,
+                    include_tables=self.include_tables,
+                    fast=self.fast,
+                    output_format="txt",
+                    deduplicate=False,
+                )
+                or ""
+            )
         return nonblank_lines(text)
 
 

@@ -9,8 +9,17 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-STEPS = ("read", "extract", "language", "blocklist", "heuristics", "quality", "dedup",
-         "decontam", "kept")
+STEPS = (
+    "read",
+    "extract",
+    "language",
+    "blocklist",
+    "heuristics",
+    "quality",
+    "dedup",
+    "decontam",
+    "kept",
+)
 
 
 class Funnel:
@@ -43,12 +52,21 @@ class Funnel:
         prev = None
         for s in self.steps:
             if prev is not None and self.docs[s] != self.docs[prev] - sum(self.dropped[s].values()):
-                raise AssertionError(f"web funnel: step '{s}' has {self.docs[s]} documents, "
-                                     f"expected {self.docs[prev]} - drops")
+                raise AssertionError(
+                    f"web funnel: step '{s}' has {self.docs[s]} documents, "
+                    f"expected {self.docs[prev]} - drops"
+                )
             prev = s
         if self.docs["read"] != self.docs[self.steps[-1]] + self.n_dropped:
             raise AssertionError("web funnel: read != kept + dropped")
 
     def as_list(self) -> list[dict[str, Any]]:
-        return [{"step": s, "documents": self.docs[s], "tokens": self.tokens[s],
-                 "dropped": dict(sorted(self.dropped[s].items()))} for s in self.steps]
+        return [
+            {
+                "step": s,
+                "documents": self.docs[s],
+                "tokens": self.tokens[s],
+                "dropped": dict(sorted(self.dropped[s].items())),
+            }
+            for s in self.steps
+        ]

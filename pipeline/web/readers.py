@@ -46,11 +46,24 @@ FORMATS = ("warc", "arc", "html", "jsonl", "parquet", "hf")
 
 # name endings -> format; WET is WARC with "conversion" records, WAT is WARC metadata only
 _SUFFIXES: tuple[tuple[str, str], ...] = (
-    (".warc.gz", "warc"), (".warc", "warc"), (".wet.gz", "warc"), (".wet", "warc"),
-    (".wat.gz", "warc"), (".arc.gz", "arc"), (".arc", "arc"),
-    (".html", "html"), (".htm", "html"), (".html.gz", "html"), (".xhtml", "html"),
-    (".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".jsonl.zst", "jsonl"), (".json.gz", "jsonl"),
-    (".ndjson", "jsonl"), (".json", "jsonl"), (".json.zst", "jsonl"),
+    (".warc.gz", "warc"),
+    (".warc", "warc"),
+    (".wet.gz", "warc"),
+    (".wet", "warc"),
+    (".wat.gz", "warc"),
+    (".arc.gz", "arc"),
+    (".arc", "arc"),
+    (".html", "html"),
+    (".htm", "html"),
+    (".html.gz", "html"),
+    (".xhtml", "html"),
+    (".jsonl", "jsonl"),
+    (".jsonl.gz", "jsonl"),
+    (".jsonl.zst", "jsonl"),
+    (".json.gz", "jsonl"),
+    (".ndjson", "jsonl"),
+    (".json", "jsonl"),
+    (".json.zst", "jsonl"),
     (".parquet", "parquet"),
 )
 # WARC record types that carry a document; the rest (warcinfo, request, metadata, revisit)
@@ -61,8 +74,7 @@ _GZIP_MAGIC = b"\x1f\x8b\x08"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_MESSAGES = 50
 _HINT = " (set web.inputs=[PATH,...], or web.inputs=[] to skip web data)"
-_HTTP_PARSER = StatusAndHeadersParser(["HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/2.0"],
-                                      verify=False)
+_HTTP_PARSER = StatusAndHeadersParser(["HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/2.0"], verify=False)
 
 
 @dataclass
@@ -98,9 +110,13 @@ class ReadStats:
             self.messages.append(f"{where}: {what}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"files": self.files, "bytes": self.bytes,
-                "record_types": dict(sorted(self.record_types.items())),
-                "errors": dict(sorted(self.errors.items())), "error_messages": self.messages}
+        return {
+            "files": self.files,
+            "bytes": self.bytes,
+            "record_types": dict(sorted(self.record_types.items())),
+            "errors": dict(sorted(self.errors.items())),
+            "error_messages": self.messages,
+        }
 
 
 @dataclass(frozen=True)
@@ -169,8 +185,9 @@ def resolve_inputs(inputs: list[str], fmt: str = "auto") -> list[InputSource]:
     a folder (searched recursively for known input files) or a glob.
     """
     if fmt != "auto" and fmt not in FORMATS:
-        raise DatagenError(f"web.format: unknown format '{fmt}' (allowed: auto, "
-                           f"{', '.join(FORMATS)})")
+        raise DatagenError(
+            f"web.format: unknown format '{fmt}' (allowed: auto, {', '.join(FORMATS)})"
+        )
     out: list[InputSource] = []
     for item in inputs:
         if item.startswith("hf:") or fmt == "hf":
@@ -189,8 +206,12 @@ def resolve_inputs(inputs: list[str], fmt: str = "auto") -> list[InputSource]:
         if p is None:
             raise DatagenError(f"web.inputs: {item}: no such file or folder{_HINT}")
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file()
-                           and (format_of(f.name) == fmt if fmt != "auto" else format_of(f.name)))
+            files = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and (format_of(f.name) == fmt if fmt != "auto" else format_of(f.name))
+            )
             if not files:
                 kinds = fmt if fmt != "auto" else ", ".join(sorted({s for s, _ in _SUFFIXES}))
                 raise DatagenError(f"{p}: folder has no input files (looked for {kinds})")
@@ -207,8 +228,10 @@ def _source(path: Path, fmt: str, strict: bool, where: str) -> InputSource:
     if found is None:
         if path.stat().st_size == 0:  # reported (not fatal) when read
             return InputSource(str(path), "empty")
-        raise DatagenError(f"{path}: unknown input format (from {where}); "
-                           f"set web.format to one of {', '.join(FORMATS)}")
+        raise DatagenError(
+            f"{path}: unknown input format (from {where}); "
+            f"set web.format to one of {', '.join(FORMATS)}"
+        )
     return InputSource(str(path), found)
 
 
@@ -340,11 +363,21 @@ def iter_warc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
                 stats.error("corrupt_record", _where(path, off), _first_line(e))
             # warcio raises assorted types on damaged bytes (AttributeError on a cut header,
             # ValueError, zlib.error, EOFError); count the damage and resume after it
-            except (EOFError, zlib.error, OSError, ValueError, AttributeError, KeyError,
-                    IndexError) as e:
+            except (
+                EOFError,
+                zlib.error,
+                OSError,
+                ValueError,
+                AttributeError,
+                KeyError,
+                IndexError,
+            ) as e:
                 off = max(off, int(getattr(it, "offset", off)))
-                stats.error("corrupt_record", _where(path, off),
-                            f"unreadable record ({type(e).__name__}: {_first_line(e)})")
+                stats.error(
+                    "corrupt_record",
+                    _where(path, off),
+                    f"unreadable record ({type(e).__name__}: {_first_line(e)})",
+                )
             nxt = _next_member(raw, off + 1, gz)
             if nxt is None:
                 return
@@ -366,11 +399,22 @@ def _iter_warc_stream(path: str, stats: ReadStats, skip: int) -> Iterator[WebRec
                 if wr is not None:
                     wr.pos = raw.tell()
                     yield wr
-        except (ArchiveLoadFailed, EOFError, zlib.error, OSError, ValueError, AttributeError,
-                KeyError, IndexError) as e:
+        except (
+            ArchiveLoadFailed,
+            EOFError,
+            zlib.error,
+            OSError,
+            ValueError,
+            AttributeError,
+            KeyError,
+            IndexError,
+        ) as e:
             kind = "truncated" if isinstance(e, EOFError) else "corrupt_record"
-            stats.error(kind, _where(path, off), f"stream ends in damage ({_first_line(e)}); "
-                        "records before it were read")
+            stats.error(
+                kind,
+                _where(path, off),
+                f"stream ends in damage ({_first_line(e)}); records before it were read",
+            )
 
 
 def _next_member(raw: IO[bytes], start: int, gz: bool) -> int | None:
@@ -391,7 +435,7 @@ def _next_member(raw: IO[bytes], start: int, gz: bool) -> int | None:
             if not gz or _starts_warc(raw, at):
                 return at
             i = buf.find(marker, i + 1)
-        tail = buf[-(len(marker) - 1):]
+        tail = buf[-(len(marker) - 1) :]
         base += len(chunk)
         raw.seek(base)
 
@@ -431,8 +475,7 @@ def _http_body(block: bytes) -> tuple[Any, bytes]:
     return http, bio.read()
 
 
-def _warc_record(rec: Any, it: ArchiveIterator, path: str,
-                 stats: ReadStats) -> WebRecord | None:
+def _warc_record(rec: Any, it: ArchiveIterator, path: str, stats: ReadStats) -> WebRecord | None:
     """Read one record's block, then its offset (warcio's get_record_offset reads the record
     to its end, so it must come after the content).
 
@@ -448,17 +491,22 @@ def _warc_record(rec: Any, it: ArchiveIterator, path: str,
     block = rec.raw_stream.read()
     offset = it.get_record_offset()
     if len(block) < declared:
-        stats.error("truncated", _where(path, offset),
-                    f"record cut short ({len(block)} of {declared} bytes); skipped")
+        stats.error(
+            "truncated",
+            _where(path, offset),
+            f"record cut short ({len(block)} of {declared} bytes); skipped",
+        )
         return None
     status = None
     if rtype == "response" and block.startswith(b"HTTP/"):
         try:
             http, data = _http_body(block)
-        except (StatusAndHeadersParserException, EOFError, zlib.error, OSError,
-                ValueError) as e:
-            stats.error("corrupt_record", _where(path, offset),
-                        f"bad HTTP block ({_first_line(e)}); skipped")
+        except (StatusAndHeadersParserException, EOFError, zlib.error, OSError, ValueError) as e:
+            stats.error(
+                "corrupt_record",
+                _where(path, offset),
+                f"bad HTTP block ({_first_line(e)}); skipped",
+            )
             return None
         with contextlib.suppress(ValueError, TypeError):
             status = int(http.get_statuscode())
@@ -469,9 +517,16 @@ def _warc_record(rec: Any, it: ArchiveIterator, path: str,
         if not mime or mime.startswith("application/http"):
             mime, charset = split_content_type(h.get_header("X-Archive-Guessed-Content-Type"))
     date = iso_date(h.get_header("WARC-Date")) or iso_date(h.get_header("Memento-Datetime"))
-    wr = WebRecord(source_file=path, offset=offset, url=h.get_header("WARC-Target-URI"),
-                   record_id=h.get_header("WARC-Record-ID"), fetch_date=date,
-                   content_type=mime, charset=charset, http_status=status)
+    wr = WebRecord(
+        source_file=path,
+        offset=offset,
+        url=h.get_header("WARC-Target-URI"),
+        record_id=h.get_header("WARC-Record-ID"),
+        fetch_date=date,
+        content_type=mime,
+        charset=charset,
+        http_status=status,
+    )
     if rtype == "conversion":  # WET: already plain text (UTF-8 by the CC spec)
         wr.text = data.decode("utf-8", errors="replace")
         wr.content_type = "text/plain"
@@ -494,8 +549,11 @@ def iter_arc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
                     continue
                 m = _ARC_HEADER.match(line)
                 if m is None:
-                    stats.error("corrupt_record", _where(path, off),
-                                "not an ARC header line; skipping to the next one")
+                    stats.error(
+                        "corrupt_record",
+                        _where(path, off),
+                        "not an ARC header line; skipping to the next one",
+                    )
                     off += len(line)
                     line = f.readline()
                     while line and not _ARC_HEADER.match(line):
@@ -508,8 +566,11 @@ def iter_arc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
                 rec_off = off
                 off += len(line) + len(body)
                 if len(body) < size:
-                    stats.error("truncated", _where(path, rec_off),
-                                f"record cut short ({len(body)} of {size} bytes); skipped")
+                    stats.error(
+                        "truncated",
+                        _where(path, rec_off),
+                        f"record cut short ({len(body)} of {size} bytes); skipped",
+                    )
                     return
                 if url.startswith(b"filedesc://"):
                     stats.record_types["arc_header"] += 1
@@ -520,13 +581,16 @@ def iter_arc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
                     yield wr
                 line = f.readline()
         except (EOFError, zlib.error, OSError) as e:
-            stats.error("truncated", _where(path, off),
-                        f"compressed stream ends in damage ({_first_line(e)}); "
-                        "records before it were read")
+            stats.error(
+                "truncated",
+                _where(path, off),
+                f"compressed stream ends in damage ({_first_line(e)}); records before it were read",
+            )
 
 
-def _arc_record(path: str, off: int, url: bytes, date: bytes, mime: bytes,
-                body: bytes) -> WebRecord:
+def _arc_record(
+    path: str, off: int, url: bytes, date: bytes, mime: bytes, body: bytes
+) -> WebRecord:
     status = None
     charset = None
     ctype = mime.decode("latin-1").lower()
@@ -542,10 +606,16 @@ def _arc_record(path: str, off: int, url: bytes, date: bytes, mime: bytes,
             if k.strip().lower() == "content-type":
                 m2, charset = split_content_type(v)
                 ctype = m2 or ctype
-    return WebRecord(source_file=path, offset=off, url=url.decode("utf-8", "replace"),
-                     fetch_date=iso_date(date.decode("ascii")),
-                     content_type=split_content_type(ctype)[0], charset=charset,
-                     http_status=status, payload=payload)
+    return WebRecord(
+        source_file=path,
+        offset=off,
+        url=url.decode("utf-8", "replace"),
+        fetch_date=iso_date(date.decode("ascii")),
+        content_type=split_content_type(ctype)[0],
+        charset=charset,
+        http_status=status,
+        payload=payload,
+    )
 
 
 def _header_end(body: bytes) -> int:
@@ -566,9 +636,15 @@ def iter_html(path: str, stats: ReadStats) -> Iterator[WebRecord]:
         return
     stats.record_types["html_file"] += 1
     mtime = datetime.fromtimestamp(os.path.getmtime(path), UTC).isoformat(timespec="seconds")
-    yield WebRecord(source_file=path, offset=0, url=Path(path).resolve().as_uri(),
-                    fetch_date=mtime, content_type="text/html", payload=data,
-                    pos=os.path.getsize(path))
+    yield WebRecord(
+        source_file=path,
+        offset=0,
+        url=Path(path).resolve().as_uri(),
+        fetch_date=mtime,
+        content_type="text/html",
+        payload=data,
+        pos=os.path.getsize(path),
+    )
 
 
 # --------------------------------------------------------------------------- JSONL
@@ -580,8 +656,9 @@ def _field(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def iter_jsonl(path: str, stats: ReadStats, text_field: str, url_field: str,
-               date_field: str) -> Iterator[WebRecord]:
+def iter_jsonl(
+    path: str, stats: ReadStats, text_field: str, url_field: str, date_field: str
+) -> Iterator[WebRecord]:
     lineno = 0
     try:
         with _open_binary(path) as f:
@@ -596,25 +673,36 @@ def iter_jsonl(path: str, stats: ReadStats, text_field: str, url_field: str,
                     continue
                 text = _field(obj, text_field)
                 if not isinstance(text, str):
-                    stats.error("missing_text", f"{path}:{lineno}",
-                                f"no string field '{text_field}' (web.text_field); skipped")
+                    stats.error(
+                        "missing_text",
+                        f"{path}:{lineno}",
+                        f"no string field '{text_field}' (web.text_field); skipped",
+                    )
                     continue
                 stats.record_types["jsonl_line"] += 1
                 url = _field(obj, url_field)
                 date = _field(obj, date_field)
-                yield WebRecord(source_file=path, offset=lineno,
-                                url=url if isinstance(url, str) else None,
-                                fetch_date=iso_date(date) if isinstance(date, str) else None,
-                                content_type="text/plain", text=text, pos=_raw_pos(f))
+                yield WebRecord(
+                    source_file=path,
+                    offset=lineno,
+                    url=url if isinstance(url, str) else None,
+                    fetch_date=iso_date(date) if isinstance(date, str) else None,
+                    content_type="text/plain",
+                    text=text,
+                    pos=_raw_pos(f),
+                )
     except (EOFError, zlib.error, OSError, zstandard.ZstdError) as e:
-        stats.error("truncated", f"{path}:{lineno + 1}",
-                    f"compressed stream ends in damage ({_first_line(e)}); "
-                    "lines before it were read")
+        stats.error(
+            "truncated",
+            f"{path}:{lineno + 1}",
+            f"compressed stream ends in damage ({_first_line(e)}); lines before it were read",
+        )
 
 
 # --------------------------------------------------------------------------- parquet
-def iter_parquet(path: str, stats: ReadStats, text_field: str, url_field: str,
-                 date_field: str) -> Iterator[WebRecord]:
+def iter_parquet(
+    path: str, stats: ReadStats, text_field: str, url_field: str, date_field: str
+) -> Iterator[WebRecord]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -625,8 +713,10 @@ def iter_parquet(path: str, stats: ReadStats, text_field: str, url_field: str,
         return
     names = set(pf.schema_arrow.names)
     if text_field not in names:
-        raise DatagenError(f"{path}: parquet has no column '{text_field}' (web.text_field); "
-                           f"columns: {', '.join(sorted(names))}")
+        raise DatagenError(
+            f"{path}: parquet has no column '{text_field}' (web.text_field); "
+            f"columns: {', '.join(sorted(names))}"
+        )
     cols = [c for c in (text_field, url_field, date_field) if c in names]
     row = 0
     try:
@@ -641,24 +731,37 @@ def iter_parquet(path: str, stats: ReadStats, text_field: str, url_field: str,
                 stats.record_types["parquet_row"] += 1
                 url = d[url_field][i] if url_field in d else None
                 date = d[date_field][i] if date_field in d else None
-                yield WebRecord(source_file=path, offset=row - 1, url=url,
-                                fetch_date=iso_date(str(date)) if date is not None else None,
-                                content_type="text/plain", text=text)
+                yield WebRecord(
+                    source_file=path,
+                    offset=row - 1,
+                    url=url,
+                    fetch_date=iso_date(str(date)) if date is not None else None,
+                    content_type="text/plain",
+                    text=text,
+                )
     except (pa.ArrowInvalid, OSError) as e:
         stats.error("corrupt_record", f"{path} row {row}", f"unreadable ({_first_line(e)})")
 
 
 # --------------------------------------------------------------------------- HF datasets
-def iter_hf(name: str, stats: ReadStats, text_field: str, url_field: str, date_field: str,
-            split: str, config: str | None) -> Iterator[WebRecord]:
+def iter_hf(
+    name: str,
+    stats: ReadStats,
+    text_field: str,
+    url_field: str,
+    date_field: str,
+    split: str,
+    config: str | None,
+) -> Iterator[WebRecord]:
     """A Hugging Face dataset by name (online users) or local path, streamed row by row."""
     import datasets
 
     try:
         ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
-        raise DatagenError(f"web.inputs: hf:{name}: cannot load dataset "
-                           f"({_first_line(e)})") from None
+        raise DatagenError(
+            f"web.inputs: hf:{name}: cannot load dataset ({_first_line(e)})"
+        ) from None
     for i, row in enumerate(ds):
         text = _field(row, text_field)
         if not isinstance(text, str):
@@ -667,16 +770,26 @@ def iter_hf(name: str, stats: ReadStats, text_field: str, url_field: str, date_f
         stats.record_types["hf_row"] += 1
         url = _field(row, url_field)
         date = _field(row, date_field)
-        yield WebRecord(source_file=f"hf:{name}", offset=i,
-                        url=url if isinstance(url, str) else None,
-                        fetch_date=iso_date(str(date)) if date is not None else None,
-                        content_type="text/plain", text=text)
+        yield WebRecord(
+            source_file=f"hf:{name}",
+            offset=i,
+            url=url if isinstance(url, str) else None,
+            fetch_date=iso_date(str(date)) if date is not None else None,
+            content_type="text/plain",
+            text=text,
+        )
 
 
 # --------------------------------------------------------------------------- dispatch
-def iter_source(src: InputSource, stats: ReadStats, text_field: str = "text",
-                url_field: str = "url", date_field: str = "date", hf_split: str = "train",
-                hf_config: str | None = None) -> Iterator[WebRecord]:
+def iter_source(
+    src: InputSource,
+    stats: ReadStats,
+    text_field: str = "text",
+    url_field: str = "url",
+    date_field: str = "date",
+    hf_split: str = "train",
+    hf_config: str | None = None,
+) -> Iterator[WebRecord]:
     """All records of one input; an empty file is reported and yields nothing."""
     stats.files += 1
     if src.format != "hf":
@@ -698,11 +811,18 @@ def iter_source(src: InputSource, stats: ReadStats, text_field: str = "text",
     elif src.format == "parquet":
         yield from iter_parquet(src.path, stats, text_field, url_field, date_field)
     elif src.format == "hf":
-        yield from iter_hf(src.path, stats, text_field, url_field, date_field, hf_split,
-                           hf_config)
+        yield from iter_hf(src.path, stats, text_field, url_field, date_field, hf_split, hf_config)
     else:  # pragma: no cover - resolve_inputs only returns known formats
         raise DatagenError(f"{src.path}: unknown format '{src.format}'")
 
 
-__all__ = ["FORMATS", "InputSource", "ReadStats", "WebRecord", "format_of",
-           "iter_source", "resolve_inputs", "sniff_format"]
+__all__ = [
+    "FORMATS",
+    "InputSource",
+    "ReadStats",
+    "WebRecord",
+    "format_of",
+    "iter_source",
+    "resolve_inputs",
+    "sniff_format",
+]

@@ -50,8 +50,10 @@ def main() -> None:
         path = Path(d) / "m.bin"
         train_classifier(pos + neg, [True] * len(pos) + [False] * len(neg), path, seed=1)
         clf = QualityClassifier(path)
-        print(f"one core; model dim {clf.model.get_dimension()}, wordNgrams 2; "
-              f"median of {args.repeats}")
+        print(
+            f"one core; model dim {clf.model.get_dimension()}, wordNgrams 2; "
+            f"median of {args.repeats}"
+        )
         print("| input | method | docs | MB | median s | docs/s | MB/s |")
         print("|---|---|---|---|---|---|---|")
         for label, texts in (("whole documents", docs), ("500-char pieces", pieces)):
@@ -67,8 +69,10 @@ def main() -> None:
                             clf.model.predict(clean_text(t), k=2)
                     times.append(time.perf_counter() - t0)
                 med = statistics.median(times)
-                print(f"| {label} | {method} | {len(texts)} | {mb:.2f} | {med:.3f} | "
-                      f"{len(texts) / med:,.0f} | {mb / med:.1f} |")
+                print(
+                    f"| {label} | {method} | {len(texts)} | {mb:.2f} | {med:.3f} | "
+                    f"{len(texts) / med:,.0f} | {mb / med:.1f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ class TypedCreateTeacher(Teacher):
     async def _call(self, messages, params) -> Completion:  # noqa: ANN001
         t0 = time.perf_counter()
         resp = await self.clients[0].chat.completions.create(
-            model=self.model, messages=messages, **params)
+            model=self.model, messages=messages, **params
+        )
         return _parse_completion(resp.model_dump(), self.model, time.perf_counter() - t0)
 
 
@@ -51,8 +52,14 @@ def _serve(port: int, latency: float) -> None:
     from aiohttp import web
     from fake_openai import FakeOpenAI
 
-    web.run_app(FakeOpenAI(latency_s=latency).app(), host="127.0.0.1", port=port,
-                access_log=None, print=None, backlog=2048)
+    web.run_app(
+        FakeOpenAI(latency_s=latency).app(),
+        host="127.0.0.1",
+        port=port,
+        access_log=None,
+        print=None,
+        backlog=2048,
+    )
 
 
 def _free_port() -> int:
@@ -61,22 +68,37 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _measure(url: str, transport: str, n: int, concurrency: int, cache_dir: str | None,
-                   tag: str, typed: bool = False) -> float:
-    cfg = load_config([f"teacher.concurrency={concurrency}", f"teacher.transport={transport}",
-                       "teacher.model=fake-model"])
+async def _measure(
+    url: str,
+    transport: str,
+    n: int,
+    concurrency: int,
+    cache_dir: str | None,
+    tag: str,
+    typed: bool = False,
+) -> float:
+    cfg = load_config(
+        [
+            f"teacher.concurrency={concurrency}",
+            f"teacher.transport={transport}",
+            "teacher.model=fake-model",
+        ]
+    )
     cls = TypedCreateTeacher if typed else Teacher
-    teacher = cls(cfg.teacher, url, "bench", ResponseCache(Path(cache_dir))
-                  if cache_dir else None)
-    jobs = [Job(id=str(i), messages=[{"role": "user", "content": f"{tag} request {i}"}])
-            for i in range(n)]
+    teacher = cls(cfg.teacher, url, "bench", ResponseCache(Path(cache_dir)) if cache_dir else None)
+    jobs = [
+        Job(id=str(i), messages=[{"role": "user", "content": f"{tag} request {i}"}])
+        for i in range(n)
+    ]
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115
     # warm up connections
-    await run_batch(teacher, jobs[:concurrency], lambda j, c: None, lambda j, r, a: None,
-                    quiet, "warmup")
+    await run_batch(
+        teacher, jobs[:concurrency], lambda j, c: None, lambda j, r, a: None, quiet, "warmup"
+    )
     t0 = time.perf_counter()
-    stats = await run_batch(teacher, jobs[concurrency:], lambda j, c: None,
-                            lambda j, r, a: None, quiet, "bench")
+    stats = await run_batch(
+        teacher, jobs[concurrency:], lambda j, c: None, lambda j, r, a: None, quiet, "bench"
+    )
     dt = time.perf_counter() - t0
     await teacher.close()
     assert stats.failed == 0 and stats.done == n - concurrency, stats
@@ -101,21 +123,38 @@ def main() -> None:
         except OSError:
             time.sleep(0.1)
     bound = args.concurrency / args.latency
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; server latency {args.latency*1000:.0f} ms, "
-          f"{args.concurrency} in flight, bound {bound:.0f} req/s, {args.requests} requests")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; server latency {args.latency * 1000:.0f} ms, "
+        f"{args.concurrency} in flight, bound {bound:.0f} req/s, {args.requests} requests"
+    )
     # (transport, cache, typed create() path)
-    variants = [("aiohttp", True, False), ("aiohttp", False, False), ("httpx", True, False),
-                ("httpx", False, False), ("aiohttp", True, True)]
+    variants = [
+        ("aiohttp", True, False),
+        ("aiohttp", False, False),
+        ("httpx", True, False),
+        ("httpx", False, False),
+        ("aiohttp", True, True),
+    ]
     results: dict[str, list[float]] = {}
     try:
         for rep in range(args.repeats):  # interleaved, so noise hits all variants alike
             for transport, cache, typed in variants:
-                name = (f"{transport}, cache {'on' if cache else 'off'}"
-                        + (", SDK create()" if typed else ""))
+                name = f"{transport}, cache {'on' if cache else 'off'}" + (
+                    ", SDK create()" if typed else ""
+                )
                 with tempfile.TemporaryDirectory() as d:
-                    rate = asyncio.run(_measure(url, transport, args.requests, args.concurrency,
-                                                d if cache else None, f"{rep}-{name}", typed))
+                    rate = asyncio.run(
+                        _measure(
+                            url,
+                            transport,
+                            args.requests,
+                            args.concurrency,
+                            d if cache else None,
+                            f"{rep}-{name}",
+                            typed,
+                        )
+                    )
                 results.setdefault(name, []).append(rate)
                 print(f"  run {rep + 1}: {name:<36} {rate:7.1f} req/s", flush=True)
     finally:

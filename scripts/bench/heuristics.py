@@ -47,7 +47,7 @@ def reference_repetition(text: str) -> dict[str, float]:
     total = max(sum(len(w) for w in words), 1)
     out = {}
     for n in (2, 3, 4):
-        c = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        c = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
         if c:
             gram, k = c.most_common(1)[0]
             out[f"top_{n}"] = sum(len(w) for w in gram) * k / total if k > 1 else 0.0
@@ -55,7 +55,7 @@ def reference_repetition(text: str) -> dict[str, float]:
         seen: set[tuple[str, ...]] = set()
         rep, i = 0, 0
         while i < len(words) - n + 1:
-            g = tuple(words[i:i + n])
+            g = tuple(words[i : i + n])
             if g in seen:
                 rep += sum(len(w) for w in g)
                 i += n
@@ -71,17 +71,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
-    texts = web_pages(()) + ccnet_docs() + wikitext_articles() + \
-        [m["text"] for m in openstax_modules()]
-    docs = [Document(id=str(i), text=t, finish_reason="stop",
-                     required_words=t.split()[5:8]) for i, t in enumerate(texts)]
+    texts = (
+        web_pages(()) + ccnet_docs() + wikitext_articles() + [m["text"] for m in openstax_modules()]
+    )
+    docs = [
+        Document(id=str(i), text=t, finish_reason="stop", required_words=t.split()[5:8])
+        for i, t in enumerate(texts)
+    ]
     mb = sum(len(t.encode()) for t in texts) / 1e6
     f = FilterConfig(min_constraint_coverage=0.5)
     decon = Decontaminator(DecontamConfig())
     families = {
-        "length + truncated + stock_opener": [LengthFilter(f.min_chars, f.max_chars),
-                                              TruncationFilter(),
-                                              StockOpenerFilter(f.stock_openers)],
+        "length + truncated + stock_opener": [
+            LengthFilter(f.min_chars, f.max_chars),
+            TruncationFilter(),
+            StockOpenerFilter(f.stock_openers),
+        ],
         "gopher_quality": [GopherQualityFilter(f.gopher_quality)],
         "gopher_repetition": [GopherRepetitionFilter(f.gopher_repetition)],
         "constraints (lemminflect)": [ConstraintFilter(f.min_constraint_coverage)],
@@ -101,8 +106,10 @@ def main() -> None:
 
     for name, fl in families.items():
         timed(name, lambda fl=fl: [apply_filters(d.model_copy(), fl, Counter()) for d in docs])
-    timed("gopher_repetition n-grams, pure-Python reference (datatrove-style)",
-          lambda: [reference_repetition(d.text) for d in docs])
+    timed(
+        "gopher_repetition n-grams, pure-Python reference (datatrove-style)",
+        lambda: [reference_repetition(d.text) for d in docs],
+    )
     timed("decontam (13-grams, 5 benchmarks)", lambda: [decon.check(d.text) for d in docs])
     chain = [x for fl in families.values() for x in fl]
 

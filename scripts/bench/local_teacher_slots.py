@@ -38,8 +38,18 @@ async def _load(urls: list[str], n: int, tag: str) -> float:
         nonlocal tokens
         tokens += c.completion_tokens
 
-    jobs = [Job(id=str(i), messages=[{"role": "user", "content":
-            f"Explain Python topic number {i} ({tag}) to a student."}]) for i in range(n)]
+    jobs = [
+        Job(
+            id=str(i),
+            messages=[
+                {
+                    "role": "user",
+                    "content": f"Explain Python topic number {i} ({tag}) to a student.",
+                }
+            ],
+        )
+        for i in range(n)
+    ]
     t0 = time.perf_counter()
     await run_batch(teacher, jobs, ok, lambda j, r, a: None, quiet, "bench")
     dt = time.perf_counter() - t0
@@ -58,10 +68,13 @@ def main() -> None:
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115
     for rep in range(args.repeats):
         for name, (servers, threads) in layouts.items():
-            cfg = load_config([f"teacher.local.servers={servers}",
-                               f"teacher.local.n_threads={threads}"])
-            with tempfile.TemporaryDirectory() as d, \
-                    local_server(cfg.teacher.local, cfg.teacher.model, Path(d), quiet) as urls:
+            cfg = load_config(
+                [f"teacher.local.servers={servers}", f"teacher.local.n_threads={threads}"]
+            )
+            with (
+                tempfile.TemporaryDirectory() as d,
+                local_server(cfg.teacher.local, cfg.teacher.model, Path(d), quiet) as urls,
+            ):
                 rate = asyncio.run(_load(urls, args.requests, f"{rep}"))
             results[name].append(rate)
             print(f"run {rep + 1}: {name:<24} {rate:6.1f} completion tokens/s", flush=True)

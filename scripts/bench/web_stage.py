@@ -89,8 +89,9 @@ def child_datagen(folder: Path, workers: int, tmp: Path) -> dict:
     from pipeline.stages import web
 
     root = tmp / "runs"
-    cfg = load_config([f"run.root={root}", "run.name=bench", f"web.inputs=['{folder}']",
-                       f"web.workers={workers}"])
+    cfg = load_config(
+        [f"run.root={root}", "run.name=bench", f"web.inputs=['{folder}']", f"web.workers={workers}"]
+    )
     run = Run(root, "bench")
     run.stage_dir("filter")
     run.write_manifest("filter", {"stage": "filter", "status": "finished", "config_hash": "b"})
@@ -98,8 +99,13 @@ def child_datagen(folder: Path, workers: int, tmp: Path) -> dict:
     m = web.run(cfg, run, Console(file=io.StringIO()))
     elapsed = time.perf_counter() - t0
     own, kids = rss_mb()
-    return {"elapsed_s": elapsed, "read": m["funnel"][0]["documents"], "kept": m["documents"],
-            "rss_main_mb": own, "rss_worker_mb": kids}
+    return {
+        "elapsed_s": elapsed,
+        "read": m["funnel"][0]["documents"],
+        "kept": m["documents"],
+        "rss_main_mb": own,
+        "rss_worker_mb": kids,
+    }
 
 
 def child_datatrove(folder: Path, workers: int, tmp: Path) -> dict:
@@ -139,8 +145,13 @@ def child_datatrove(folder: Path, workers: int, tmp: Path) -> dict:
         JsonlWriter(str(tmp / "dt-out")),
     ]
     n_files = len(list(folder.iterdir()))
-    ex = LocalPipelineExecutor(pipeline, tasks=n_files, workers=workers,
-                               logging_dir=str(tmp / "dt-logs"), skip_completed=False)
+    ex = LocalPipelineExecutor(
+        pipeline,
+        tasks=n_files,
+        workers=workers,
+        logging_dir=str(tmp / "dt-logs"),
+        skip_completed=False,
+    )
     t0 = time.perf_counter()
     ex.run()
     elapsed = time.perf_counter() - t0
@@ -160,11 +171,30 @@ def measure(system: str, folder: Path, workers: int) -> dict:
     if system == "datagen" and not Path(py).exists():
         py = sys.executable
     with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as tmp:
-        env = {**os.environ, "HF_HOME": str(Path(tmp) / "hf"), "HF_HUB_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false"}
-        r = subprocess.run([py, __file__, "--child", system, "--folder", str(folder),
-                            "--workers", str(workers), "--tmp", tmp],
-                           capture_output=True, text=True, env=env, check=False)
+        env = {
+            **os.environ,
+            "HF_HOME": str(Path(tmp) / "hf"),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        r = subprocess.run(
+            [
+                py,
+                __file__,
+                "--child",
+                system,
+                "--folder",
+                str(folder),
+                "--workers",
+                str(workers),
+                "--tmp",
+                tmp,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         if r.returncode != 0:
             raise SystemExit(f"{system} run failed:\n{r.stderr[-3000:]}")
         return json.loads(r.stdout.strip().splitlines()[-1])
@@ -190,16 +220,20 @@ def main() -> None:
         x1 = input_folder(work, 1)
         n1 = response_records(x1)
         size = sum(f.stat().st_size for f in FILES) / 1e6
-        print(f"input: {len(FILES)} WARC files, {size:.1f} MB, {n1} response records; "
-              f"workers={a.workers}; rounds={a.rounds} (alternating)")
+        print(
+            f"input: {len(FILES)} WARC files, {size:.1f} MB, {n1} response records; "
+            f"workers={a.workers}; rounds={a.rounds} (alternating)"
+        )
         runs: dict[str, list[dict]] = {"datagen": [], "datatrove": []}
         systems = ["datagen"] + ([] if a.skip_datatrove else ["datatrove"])
         for i in range(a.rounds):
-            for s in (systems if i % 2 == 0 else systems[::-1]):
+            for s in systems if i % 2 == 0 else systems[::-1]:
                 res = measure(s, x1, a.workers)
                 runs[s].append(res)
-                print(f"  round {i + 1} {s}: {res['elapsed_s']:.2f} s, "
-                      f"{n1 / res['elapsed_s']:.1f} docs/s, kept {res['kept']}")
+                print(
+                    f"  round {i + 1} {s}: {res['elapsed_s']:.2f} s, "
+                    f"{n1 / res['elapsed_s']:.1f} docs/s, kept {res['kept']}"
+                )
         med = {s: statistics.median(r["elapsed_s"] for r in runs[s]) for s in systems}
         print("\n| system | median wall s | docs/s (response records / s) | kept docs |")
         print("|---|---|---|---|")
@@ -216,12 +250,18 @@ def main() -> None:
         print("\npeak RSS, datagen web stage (main process / largest worker):")
         print("| input | response records | main MB | worker MB | wall s |")
         print("|---|---|---|---|---|")
-        print(f"| 1x | {n1} | {small['rss_main_mb']} | {small['rss_worker_mb']} | "
-              f"{small['elapsed_s']:.1f} |")
-        print(f"| {a.rss_repeat}x | {nn} | {big['rss_main_mb']} | {big['rss_worker_mb']} | "
-              f"{big['elapsed_s']:.1f} |")
-        print(f"RSS ratio {a.rss_repeat}x / 1x (main): "
-              f"{big['rss_main_mb'] / small['rss_main_mb']:.2f}")
+        print(
+            f"| 1x | {n1} | {small['rss_main_mb']} | {small['rss_worker_mb']} | "
+            f"{small['elapsed_s']:.1f} |"
+        )
+        print(
+            f"| {a.rss_repeat}x | {nn} | {big['rss_main_mb']} | {big['rss_worker_mb']} | "
+            f"{big['elapsed_s']:.1f} |"
+        )
+        print(
+            f"RSS ratio {a.rss_repeat}x / 1x (main): "
+            f"{big['rss_main_mb'] / small['rss_main_mb']:.2f}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
