@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 export PIP_DISABLE_PIP_VERSION_CHECK=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+# llama.cpp built for portable x86-64 with AVX2, not -march=native: the native build of
+# llama-cpp-python 0.3.36 segfaults on the first multi-token prompt on CPUs with AMX/AVX-512
+# (seen on the project machine); set CMAKE_ARGS yourself to build otherwise
+export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"}
 .venv/bin/python -m pip install -q --upgrade pip
 extras="local"
 # dev: test tools and the CPU build of torch (extra `train`: torch==2.13.0, which pip takes
