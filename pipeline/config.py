@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from pipeline import PROJECT_ROOT
 from pipeline.errors import DatagenError
@@ -25,9 +34,26 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- issue 2
+# one folder name under run.root: no separators, no leading dot (.cache, .superseded live there)
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
+
+
 class RunConfig(Section):
     name: str = "default"
     root: str = "runs"
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_is_one_folder(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            v = str(v)  # run.name=2024 is a name, though YAML reads a number
+        if isinstance(v, str) and not RUN_NAME.fullmatch(v):
+            raise PydanticCustomError(
+                "run_name",
+                "must be one folder name under run.root (letters, digits, and . _ + -, not "
+                "starting with .), not a path",
+            )
+        return v
 
 
 class PlanConfig(Section):
@@ -374,7 +400,7 @@ class ReviewConfig(Section):
 # --------------------------------------------------------------------------- root
 class PipelineConfig(Section):
     run: RunConfig = RunConfig()
-    seed: int = 1234
+    seed: int = Field(1234, ge=0, lt=2**32)  # numpy's SeedSequence and emit need 0..2**32-1
     force: bool = False  # redo a finished stage
     retry_failed: bool = False  # generate: rerun only the items in failures.jsonl
     plan: PlanConfig = PlanConfig()

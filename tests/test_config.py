@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 import yaml
-from conftest import datagen
+from conftest import ROOT, datagen
 
 from pipeline.config import load_config
 from pipeline.errors import DatagenError
+from pipeline.stages import STAGES
 from pipeline.stages.plan import build_plan
 
 
@@ -125,3 +128,80 @@ def test_missing_web_input_fails_before_any_stage_runs(tmp_path):
     assert r.returncode == 2
     assert "/nonexistent/crawl.warc.gz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()  # plan did not run
+
+
+# --------------------------------------------------------------------------- run.name, seed
+@pytest.mark.parametrize("name", ["../../x", "ABS", "", ".cache", "a/b", ".."])
+def test_run_name_must_be_one_folder_name(tmp_path, name):
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    if name == "ABS":
+        name = str(tmp_path / "abs")
+    r = datagen("run", "stage=plan", "plan.n=2", f"run.name={name}", cwd=cwd)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "run.name: must be one folder name" in lines[0], r.stderr
+    # nothing written anywhere: not under the cwd, not beside it, not at the absolute path
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_numeric_run_name_is_a_name(tmp_path):
+    r = datagen("run", "stage=plan", "plan.n=2", "run.name=2024", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "runs/2024/plan/plan.jsonl").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "1.5"])
+def test_seed_out_of_range_is_one_clear_error(tmp_path, seed):
+    r = datagen("run", "stage=plan", "plan.n=2", f"seed={seed}", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("datagen: error: override: seed:"), r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_largest_seed_runs(tmp_path):
+    r = datagen("run", "stage=plan", "plan.n=2", f"seed={2**32 - 1}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+# --------------------------------------------------------------------------- the command line
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--nonsense"], "No such option: --nonsense"),
+        (["bogus"], "No such command 'bogus'"),
+        (["config", "show", "--x"], "No such option: --x"),
+    ],
+)
+def test_a_usage_error_is_one_line(tmp_path, args, needle):
+    r = datagen(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+    assert r.stderr.startswith("datagen: error: ") and needle in r.stderr
+
+
+def test_no_arguments_prints_the_help_page(tmp_path):
+    r = datagen(cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr
+    assert "Usage: datagen" in r.stdout and all(c in r.stdout for c in ("run", "review", "config"))
+
+
+def test_version(tmp_path):
+    r = datagen("--version", cwd=tmp_path)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert r.returncode == 0 and r.stdout == f"datagen {project['version']}\n", r.stderr
+
+
+def test_run_help_lists_the_stages_in_order_keys_and_examples(tmp_path):
+    r = datagen("run", "--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout
+    at = [text.index(f". {s.name} ") for s in STAGES]  # "1. plan  ...", numbered in order
+    assert at == sorted(at)
+    for key in ("stage=", "run.name=", "plan.n=", "teacher.base_url=", "force=true"):
+        assert key in text
+    assert "Examples:" in text and text.count("datagen run") >= 3
+    for cmd in (["--help"], ["run", "--help"], ["review", "--help"], ["config", "--help"]):
+        out = datagen(*cmd, cwd=tmp_path).stdout
+        assert "``" not in out and ":ref:" not in out and "Usage: datagen" in out

@@ -38,15 +38,20 @@ class StageSpec:
         return importlib.import_module(f"pipeline.stages.{self.name}")
 
 
+    about: str = ""  # one line for `datagen run --help`
 # Data flows one way, in this order. `datagen run` runs them all.
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("plan"),
-    StageSpec("generate", needs=("plan",)),
-    StageSpec("annotate", needs=("generate",)),
-    StageSpec("train_classifier", needs=("annotate",)),
-    StageSpec("filter", needs=("generate", "train_classifier")),
-    StageSpec("web", needs=("filter",)),
-    StageSpec("emit", needs=("filter", "web")),
+    StageSpec("plan", about="seeded requests: topic x audience x format x words"),
+    StageSpec("generate", ("plan",), "the teacher writes each request (resumable, cached)"),
+    StageSpec("annotate", ("generate",), "the teacher rates a sample for educational value"),
+    StageSpec("train_classifier", ("annotate",), "a fastText quality model on the ratings"),
+    StageSpec(
+        "filter",
+        ("generate", "train_classifier"),
+        "heuristics, classifier, dedup, decontamination",
+    ),
+    StageSpec("web", ("filter",), "read, extract and filter web data (WARC, HTML, JSONL)"),
+    StageSpec("emit", ("filter", "web"), "mix, split, tokenize: the corpus (parquet + tokens)"),
 )
 BY_NAME = {s.name: s for s in STAGES}
 SUPERSEDED = ".superseded"  # earlier outputs of redone stages: <run>/.superseded/<stage>-<hash>
