@@ -6,10 +6,13 @@ Stages talk only through these files.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +21,7 @@ import zstandard
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import DatagenError
+from pipeline.records import utc_now
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -43,6 +47,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the ``.*.tmp`` files a killed atomic write left under ``folder``; only safe while
+    the run lock is held (no other process is writing there)."""
+    stale = sorted(p for p in folder.rglob(".*.tmp") if p.is_file()) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -228,3 +241,71 @@ class Run:
                 f"run `datagen run stage={stage}` before '{needed_by}'"
             )
         return self.path / stage
+
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """Exclusive lock on a run directory, held for a whole ``datagen run``.
+
+    ``fcntl.flock`` on ``<run>/.lock``: the kernel releases it when the holder exits, even on
+    ``kill -9``, so a lock can never be left held. The file records the holder (pid, host,
+    start time) for the refusal message; a record left by a killed holder is taken over.
+    """
+
+    def __init__(self, run_path: Path) -> None:
+        self.path = run_path / LOCK_FILE
+        self._fd: int | None = None
+        self.took_over: str | None = None  # the stale holder's record, if one was left
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise DatagenError(
+                f"{self.path.parent}: in use by another datagen run ({holder}); wait for it "
+                f"to finish or stop it, or use another run.name"
+            ) from None
+        left = os.pread(fd, 4096, 0)
+        if left.strip():
+            self.took_over = _describe(left)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # an empty file: released cleanly, nothing to take over
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _describe(raw: bytes) -> str:
+    try:
+        r = json.loads(raw)
+        return f"pid {r['pid']} on {r['host']}, since {r['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def _read_holder(fd: int) -> str:
+    # the holder writes its record right after it gets the lock: give it a moment
+    for _ in range(20):
+        raw = os.pread(fd, 4096, 0)
+        if raw.strip():
+            return _describe(raw)
+        time.sleep(0.05)
+    return "holder unknown"

@@ -5,10 +5,15 @@ Each stage is a module ``pipeline.stages.<name>`` with one entry point
 ``CONFIG_KEYS`` naming the config keys that define its output. Optional hooks:
 ``preflight(cfg)`` checks inputs that need no upstream output, and runs for every stage
 before any stage does (a missing input path fails before any work starts);
-``rerun_requested(cfg)`` asks to run a finished stage again (generate with retry_failed).
+``rerun_requested(cfg)`` asks to run a finished stage again (generate with retry_failed);
+``fingerprint(cfg)`` adds what defines the output besides config keys (prompt template
+sources) to the stage's identity; ``validate(cfg, run)`` checks what needs upstream output
+and runs before the stage's earlier output is moved aside (a bad config never costs a
+finished output).
 A stage's config hash covers its keys and the hashes of the stages it reads from, so a
 changed plan makes generate stale: a finished stage with the same hash is skipped, a stale one
-is redone, its earlier output moved to ``<run>/.superseded/``.
+is redone, its earlier output moved to ``<run>/.superseded/``. ``datagen run`` holds the run
+directory's lock throughout, so no two processes work on one run at once.
 """
 
 from __future__ import annotations
@@ -26,19 +31,19 @@ from rich.console import Console
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.records import utc_now
-from pipeline.runs import Run
+from pipeline.runs import Run, RunLock, remove_stale_temps
 
 
 @dataclass(frozen=True)
 class StageSpec:
     name: str
     needs: tuple[str, ...] = ()
+    about: str = ""  # one line for `datagen run --help`
 
     def module(self) -> ModuleType:
         return importlib.import_module(f"pipeline.stages.{self.name}")
 
 
-    about: str = ""  # one line for `datagen run --help`
 # Data flows one way, in this order. `datagen run` runs them all.
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("plan", about="seeded requests: topic x audience x format x words"),
@@ -93,13 +98,26 @@ def resolve_stage(name: str | None) -> list[str]:
 
 
 def run_pipeline(cfg: PipelineConfig, stage: str | None, console: Console) -> list[dict[str, Any]]:
-    """Run ``stage`` (and any upstream stage not yet finished) or every stage in order."""
+    """Run ``stage`` (and any upstream stage not yet finished) or every stage in order, holding
+    the run directory's lock: a second process on the same run is refused at once."""
     run = Run(cfg.run.root, cfg.run.name)
     order = resolve_stage(stage)
-    targets = set(order) if stage is None else {stage}
     for name in order:
         if preflight := getattr(BY_NAME[name].module(), "preflight", None):
             preflight(cfg)
+    with RunLock(run.path) as lock:
+        if lock.took_over:
+            console.print(
+                f"[yellow]{run.path}: took over the lock left by {lock.took_over} "
+                f"(that datagen run ended without releasing it)[/]"
+            )
+        return _run_stages(cfg, run, stage, order, console)
+
+
+def _run_stages(
+    cfg: PipelineConfig, run: Run, stage: str | None, order: list[str], console: Console
+) -> list[dict[str, Any]]:
+    targets = set(order) if stage is None else {stage}
     results = []
     for name in order:
         spec = BY_NAME[name]
@@ -115,6 +133,11 @@ def run_pipeline(cfg: PipelineConfig, stage: str | None, console: Console) -> li
             console.print(f"[dim]{name}: finished earlier, skipped ({run.path / name})[/]")
             results.append(manifest)
             continue
+        if validate := getattr(spec.module(), "validate", None):
+            validate(cfg, run)  # before anything is moved: a bad config keeps the old output
+        # what a killed atomic write left (the lock means no one else is writing here)
+        if left := remove_stale_temps(run.path / name):
+            console.print(f"[dim]{name}: removed {len(left)} temp file(s) left by a killed run[/]")
         if redo and (run.path / name).exists():
             why = "its config or an upstream stage changed" if stale else "force=true"
             _supersede(run, name, (manifest or {}).get("config_hash", "unknown"), why, console)
@@ -123,10 +146,14 @@ def run_pipeline(cfg: PipelineConfig, stage: str | None, console: Console) -> li
 
 
 def _supersede(run: Run, name: str, old_hash: str, why: str, console: Console) -> None:
-    """Move a stage's earlier output aside (never delete it) before the stage is redone."""
+    """Move a stage's earlier output aside (never delete it) before the stage is redone; a
+    second copy with the same hash (force=true twice) gets a time suffix."""
     dest = run.path / SUPERSEDED / f"{name}-{old_hash}"
-    if dest.exists():
-        shutil.rmtree(dest)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = run.path / SUPERSEDED / (f"{name}-{old_hash}-{stamp}" + (f"-{n}" if n > 1 else ""))
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(run.path / name, dest)
     console.print(f"[yellow]{name}: redone ({why}); the earlier output is in {dest}[/]")
