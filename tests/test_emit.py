@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import datagen
 from emit_testdata import build_run
+from fake_openai import ServerThread
 from rich.console import Console
+from run_testdata import RealTextOpenAI, copy_run, finished_run, run_args, tree
 
 from pipeline.config import load_config
 from pipeline.errors import DatagenError
@@ -277,3 +280,40 @@ def test_manifest_is_json_with_config_hash(built):
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "finished" and m["config_hash"]
     assert m["tokenizer"]["name"] == "smollm2" and len(m["tokenizer"]["sha256"]) == 16
+
+
+# --------------------------------------------------------------------------- a bad config
+@pytest.fixture(scope="module")
+def teacher():
+    with ServerThread(RealTextOpenAI()) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def finished(teacher, tmp_path_factory) -> Path:
+    """The cwd of a real `datagen run` whose every stage finished, emit included."""
+    cwd = tmp_path_factory.mktemp("finished")
+    finished_run(cwd, teacher.url)
+    return cwd
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        # needs the inputs: the real run's documents have no quality score (no ratings)
+        ("emit.phases=[{name: anneal}]", "emit.phases: no input document has a quality score"),
+        ("emit.mix.blogs.weight=1", "emit.mix: unknown source 'blogs'"),
+        ("emit.tokenizer=/nonexistent/tokenizer.json", "/nonexistent/tokenizer.json"),
+    ],
+)
+def test_a_bad_emit_config_leaves_the_finished_corpus_in_place(
+    teacher, finished, tmp_path, override, needle
+):
+    run = copy_run(finished, tmp_path)
+    before = tree(run / "emit")
+    r = datagen(*run_args(teacher.url, "stage=emit", override), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("datagen: error:")]
+    assert len(errors) == 1 and needle in errors[0], r.stderr
+    assert tree(run / "emit") == before  # the corpus is where it was, untouched
+    assert not (run / ".superseded").exists()

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,40 @@ def _check_mix(cfg: PipelineConfig, known: set[str]) -> None:
             f"emit.phases: phase name '{sorted(clash)[0]}' is taken "
             f"(train and val are built in; names must be distinct)"
         )
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    """Config checks that need no upstream output: before any stage runs."""
+    _check_mix(cfg, _known_sources(cfg))
+
+
+def validate(cfg: PipelineConfig, run: Run) -> None:
+    """Checks on the inputs, run by the driver before an earlier emit/ is moved aside: a bad
+    config must not leave the run without its corpus. Reads only until the answer is known."""
+    preflight(cfg)
+    load_tokenizer(cfg.emit.tokenizer, cfg.emit.eot_token)  # a missing file, a bad eot_token
+    folders, _ = _input_folders(run)
+    docs = (d for _, f in folders for d in read_shards(f, Document))
+    _check_inputs(cfg, folders, (quality_of(d, cfg.emit.quality_key) for d in docs))
+
+
+def _check_inputs(
+    cfg: PipelineConfig, folders: list[tuple[str, Path]], qualities: Iterable[float | None]
+) -> None:
+    """At least one document, and a quality score on one if emit.phases needs them."""
+    seen = False
+    for q in qualities:
+        seen = True
+        if q is not None or not cfg.emit.phases:
+            return
+    if not seen:
+        where = " and ".join(str(f) for _, f in folders)
+        raise DatagenError(f"{where}: no kept documents to emit (did every document get dropped?)")
+    raise DatagenError(
+        f"emit.phases: no input document has a quality score "
+        f"({cfg.emit.quality_key or ', '.join(QUALITY_KEYS)}); set emit.quality_key or drop "
+        f"emit.phases"
+    )
 
 
 class Corpus:
@@ -368,21 +403,12 @@ def _split_stats(corpus: Corpus, docs: np.ndarray, reps: np.ndarray) -> dict[str
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     ecfg = cfg.emit
     # --- checks first: nothing is written before the inputs, mix and tokenizer are good
-    _check_mix(cfg, _known_sources(cfg))
+    preflight(cfg)
     tok = load_tokenizer(ecfg.tokenizer, ecfg.eot_token)
     folders, notes = _input_folders(run)
     rows, in_counts = _read_docs(folders, ecfg.quality_key)
-    if not rows:
-        where = " and ".join(str(f) for _, f in folders)
-        raise DatagenError(f"{where}: no kept documents to emit (did every document get dropped?)")
+    _check_inputs(cfg, folders, (r["quality"] for r in rows))
     sources = [r["source"] for r in rows]
-    has_quality = any(r["quality"] is not None for r in rows)
-    if ecfg.phases and not has_quality:
-        raise DatagenError(
-            f"emit.phases: no input document has a quality score "
-            f"({ecfg.quality_key or ', '.join(QUALITY_KEYS)}); set emit.quality_key or drop "
-            f"emit.phases"
-        )
     missing = sorted(set(ecfg.mix) - set(sources))
     if missing:
         notes["mix_sources_without_documents"] = missing
