@@ -1,12 +1,35 @@
-"""Render Jinja2 prompt templates from prompts/ into chat messages."""
+"""Render Jinja2 prompt templates from prompts/ into chat messages.
+
+Templates run in Jinja2's sandbox: a template (a ``prompts/`` folder in the current directory,
+an ``annotate.prompt`` path) is data, and must not reach Python internals (``os.popen``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
 
+from pipeline import PROJECT_ROOT
+from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
+
+
+def prompts_folder(cfg: PipelineConfig) -> Path:
+    """The prompts/ folder used: ./prompts when the current directory has one, else the
+    installed one. Stages record it in their manifest and print it (see ``describe``)."""
+    return cfg.project_path("prompts").resolve()
+
+
+def describe(folder: Path) -> str:
+    """``prompts from <folder>``, saying so when a folder shadows the installed prompts/."""
+    installed = (PROJECT_ROOT / "prompts").resolve()
+    note = "" if folder == installed else f" (not the installed {installed})"
+    return f"prompts from {folder}{note}"
 
 
 class PromptLibrary:
@@ -14,7 +37,7 @@ class PromptLibrary:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.env = jinja2.Environment(
+        self.env = SandboxedEnvironment(
             loader=jinja2.FileSystemLoader(folder),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,
@@ -31,6 +54,29 @@ class PromptLibrary:
                     f"plan.formats: no prompt template {self.folder / self.template_name(n)} "
                     f"for format '{n}'"
                 )
+
+    def fingerprint(self, names: list[str]) -> str:
+        """Hash of the sources of the named templates and of every template they include,
+        extend or import (recursively): part of a stage's identity, so an edited prompt makes
+        the stage's output stale (as Curator hashes the prompt function's source)."""
+        sources: dict[str, str] = {}
+        todo = [self.template_name(n) for n in names]
+        while todo:
+            name = todo.pop()
+            if name in sources:
+                continue
+            try:
+                source, filename, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
+                tree = self.env.parse(source, name, filename)
+            except jinja2.TemplateNotFound:
+                raise DatagenError(f"{self.folder / name}: prompt template not found") from None
+            except jinja2.TemplateSyntaxError as e:
+                raise DatagenError(f"{e.filename or name}:{e.lineno}: {e.message}") from None
+            sources[name] = source
+            # a name computed at render time (None) cannot be followed; literal names can
+            todo.extend(r for r in meta.find_referenced_templates(tree) if r is not None)
+        blob = json.dumps(sorted(sources.items())).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
     def render(self, fmt: str, **variables: object) -> list[dict[str, str]]:
         try:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import datagen
+from conftest import ROOT, datagen
 from fake_openai import FakeOpenAI, ServerThread, request_key
 
 SCRIPTS = [
@@ -230,3 +231,102 @@ def test_a_larger_plan_redoes_generate_without_paying_again_for_earlier_items(tm
     assert fake.total == 15  # the first 10 came from the response cache
     old = list((tmp_path / "runs/default/.superseded").glob("generate-*/outputs.jsonl"))
     assert len(old) == 1 and len(read_jsonl(old[0])) == 10
+
+
+# --------------------------------------------------------------------------- prompt templates
+def _prompts_here(cwd: Path) -> Path:
+    """A prompts/ folder in the working directory (preferred over the installed one)."""
+    shutil.copytree(ROOT / "prompts", cwd / "prompts")
+    return cwd / "prompts"
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def _user_messages(cwd: Path) -> list[str]:
+    outs = read_jsonl(cwd / "runs/default/generate/outputs.jsonl")
+    return [o["messages"][-1]["content"] for o in outs]
+
+
+def test_an_edited_prompt_template_or_included_file_redoes_generate(tmp_path):
+    prompts = _prompts_here(tmp_path)
+    fake = FakeOpenAI()
+    with ServerThread(fake) as srv:
+        args = gen_args(srv.url, "plan.n=4", "plan.formats=[textbook]")
+        r = datagen(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((tmp_path / "runs/default/generate/manifest.json").read_text())
+        assert m["prompts"] == str(prompts.resolve())  # which prompts/ was used
+        assert f"prompts from {prompts.resolve()} (not the installed" in " ".join(r.stderr.split())
+
+        _edit(prompts / "textbook.j2", "Requirements:", "Requirements (be brief):")
+        r = datagen(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "generate: redone" in r.stderr
+        assert all("be brief" in u for u in _user_messages(tmp_path))
+        assert fake.total == 8
+
+        # an included template is part of the identity too
+        style = "- Write plain prose with code blocks; no meta-commentary about the task."
+        (prompts / "style.j2").write_text(style + "\n")
+        _edit(prompts / "textbook.j2", style, '{% include "style.j2" %}')
+        assert datagen(*args, cwd=tmp_path).returncode == 0
+        _edit(prompts / "style.j2", "plain prose", "short plain prose")
+        r = datagen(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "generate: redone" in r.stderr
+        assert all("short plain prose" in u for u in _user_messages(tmp_path))
+        r = datagen(*args, cwd=tmp_path)  # nothing changed: skipped, nothing requested
+        assert "generate: finished earlier, skipped" in r.stderr and fake.total == 12
+
+
+def test_an_edited_annotate_template_redoes_annotate(tmp_path):
+    rate = tmp_path / "rate.j2"
+    shutil.copy(ROOT / "prompts/annotate.j2", rate)
+    fake = FakeOpenAI()
+    with ServerThread(fake) as srv:
+        # the last stage= wins: annotate (after plan and generate)
+        args = gen_args(
+            srv.url, "plan.n=3", "annotate.n=3", f"annotate.prompt={rate}", "stage=annotate"
+        )
+        r = datagen(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((tmp_path / "runs/default/annotate/manifest.json").read_text())
+        assert m["prompts"] == str(tmp_path.resolve()) and m["prompt"] == "rate.j2"
+        assert fake.total == 6  # 3 generated, 3 rated
+        _edit(rate, "rate its educational value", "rate its educational value carefully")
+        r = datagen(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "generate: finished earlier, skipped" in r.stderr
+        assert "annotate: redone" in r.stderr
+        assert fake.total == 9  # the 3 ratings asked again, with the new prompt
+
+
+POPEN = "{{ cycler.__init__.__globals__.os.popen('touch PWNED').read() }}"
+
+
+def test_a_template_cannot_run_commands(tmp_path):
+    prompts = _prompts_here(tmp_path)
+    _edit(prompts / "textbook.j2", "Requirements:", POPEN + "Requirements:")
+    evil = tmp_path / "evil.j2"
+    shutil.copy(ROOT / "prompts/annotate.j2", evil)
+    _edit(evil, "Text:", POPEN + "Text:")
+    fake = FakeOpenAI()
+    with ServerThread(fake) as srv:
+        r = datagen(*gen_args(srv.url, "plan.n=2", "plan.formats=[textbook]"), cwd=tmp_path)
+        assert r.returncode == 2
+        assert r.stderr.strip().splitlines()[-1].startswith("datagen: error: ")
+        assert "textbook.j2" in r.stderr and "unsafe" in r.stderr
+        assert not (tmp_path / "PWNED").exists() and fake.total == 0
+
+        shutil.rmtree(prompts)  # the installed prompts generate; the annotate template is bad
+        args = gen_args(
+            srv.url, "plan.n=2", "annotate.n=2", f"annotate.prompt={evil}", "stage=annotate"
+        )
+        r = datagen(*args, cwd=tmp_path)
+        assert r.returncode == 2
+        assert "evil.j2" in r.stderr and "unsafe" in r.stderr
+        assert not (tmp_path / "PWNED").exists() and fake.total == 2  # generate only

@@ -69,6 +69,8 @@ def stage_hash(cfg: PipelineConfig, run: Run, spec: StageSpec) -> str:
         upstream.append(m.get("config_hash", stage_hash(cfg, run, BY_NAME[dep])))
     keys = tuple(spec.module().CONFIG_KEYS)
     own = cfg.section_hash(*keys) if keys else ""
+    if fingerprint := getattr(spec.module(), "fingerprint", None):
+        own = _combine(own, [fingerprint(cfg)])
     return _combine(own, upstream)
 
 

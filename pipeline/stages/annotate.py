@@ -21,7 +21,7 @@ from rich.console import Console
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
-from pipeline.prompting import PromptLibrary
+from pipeline.prompting import PromptLibrary, describe
 from pipeline.records import Document, Failure, utc_now
 from pipeline.runs import JsonlAppender, Run, read_jsonl, repair_jsonl_tail
 
@@ -127,15 +127,27 @@ def _ids(path: Path, model: type[BaseModel]) -> set[str]:
 
 
 def _template(cfg: PipelineConfig) -> tuple[PromptLibrary, str]:
-    path = cfg.project_path(cfg.annotate.prompt)
+    path = cfg.project_path(cfg.annotate.prompt).resolve()
     if not path.is_file():
         raise DatagenError(f"annotate.prompt: template {path} not found")
     return PromptLibrary(path.parent), path.name.removesuffix(".j2")
 
 
+def _needs_template(cfg: PipelineConfig) -> bool:
+    return not cfg.classifier.model_path and cfg.annotate.n > 0
+
+
 def preflight(cfg: PipelineConfig) -> None:
-    if not cfg.classifier.model_path and cfg.annotate.n:
+    if _needs_template(cfg):
         _template(cfg)
+
+
+def fingerprint(cfg: PipelineConfig) -> str:
+    """The template's source (and what it includes) is part of annotate's identity."""
+    if not _needs_template(cfg):
+        return ""
+    prompts, name = _template(cfg)
+    return prompts.fingerprint([name])
 
 
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
@@ -160,7 +172,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         params["response_format"] = fmt
     console.print(
         f"annotate: {len(sample)} sampled of {len(docs)}, {len(sample) - len(todo)} "
-        f"done earlier, {len(todo)} to request"
+        f"done earlier, {len(todo)} to request; {describe(prompts.folder)}"
     )
     if todo:
         from pipeline.teacher import Completion, Job
@@ -221,7 +233,11 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                 )
 
             asyncio.run(_annotate(cfg, run, console, jobs, ok, bad))
-    return _manifest(out_path, fail_path, len(sample), len(docs), mode)
+    return {
+        **_manifest(out_path, fail_path, len(sample), len(docs), mode),
+        "prompts": str(prompts.folder),
+        "prompt": f"{name}.j2",
+    }
 
 
 async def _annotate(

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
-from pipeline.prompting import PromptLibrary
+from pipeline.prompting import PromptLibrary, describe, prompts_folder
 from pipeline.records import Document, Failure, PlanItem, utc_now
 from pipeline.runs import JsonlAppender, Run, atomic_write_text, read_jsonl, repair_jsonl_tail
 from pipeline.stages.plan import load_plan
@@ -25,6 +25,11 @@ from pipeline.teacher import BatchStats, Completion, Job, open_teacher, run_batc
 CONFIG_KEYS = ("teacher.model", "teacher.max_tokens", "teacher.temperature", "teacher.top_p")
 OUTPUTS = "outputs.jsonl"
 FAILURES = "failures.jsonl"
+
+
+def fingerprint(cfg: PipelineConfig) -> str:
+    """The templates' source is part of generate's identity: an edited prompt redoes it."""
+    return PromptLibrary(prompts_folder(cfg)).fingerprint(cfg.plan.formats)
 
 
 def rerun_requested(cfg: PipelineConfig) -> bool:
@@ -93,7 +98,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     else:
         todo = [it for it in plan if it.id not in done_ids and it.id not in failed_ids]
         keep_failures = failed
-    prompts = PromptLibrary(cfg.project_path("prompts"))
+    prompts = PromptLibrary(prompts_folder(cfg))
     jobs = _jobs(todo, prompts)
     price_known = cfg.teacher.model in cfg.teacher.prices
     if cfg.budget.max_cost_usd is not None and not price_known:
@@ -103,7 +108,9 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         )
     console.print(
         f"generate: {len(plan)} planned, {len(done_ids)} done earlier, "
-        f"{len(jobs)} to request" + (" (retrying failures)" if cfg.retry_failed else "")
+        f"{len(jobs)} to request"
+        + (" (retrying failures)" if cfg.retry_failed else "")
+        + f"; {describe(prompts.folder)}"
     )
 
     new_failures: list[Failure] = []
@@ -137,7 +144,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         still = keep_failures + new_failures
         atomic_write_text(fail_path, "".join(f.model_dump_json() + "\n" for f in still))
 
-    return _manifest(cfg, out_path, fail_path, stats, len(plan))
+    return {**_manifest(cfg, out_path, fail_path, stats, len(plan)), "prompts": str(prompts.folder)}
 
 
 async def _generate(

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
-from pipeline.prompting import PromptLibrary
+from pipeline.prompting import PromptLibrary, describe, prompts_folder
 from pipeline.records import PlanItem, stable_id
 from pipeline.runs import Run, atomic_write_text, read_jsonl
 
@@ -75,7 +75,7 @@ def _read_seed_texts(path: Path) -> list[str]:
 def build_plan(cfg: PipelineConfig) -> list[PlanItem]:
     """Draw ``plan.n`` unique requests with a generator seeded from ``cfg.seed``."""
     pc = cfg.plan
-    PromptLibrary(cfg.project_path("prompts")).check(pc.formats)
+    PromptLibrary(prompts_folder(cfg)).check(pc.formats)
     topics = _read_tsv(cfg.project_path(pc.topics_file), ("subject", "topic"))
     audiences = _read_lines(cfg.project_path(pc.audiences_file))
     words = [r["word"] for r in _read_tsv(cfg.project_path(pc.words_file), ("word", "zipf", "pos"))]
@@ -131,11 +131,13 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     text = "".join(item.model_dump_json() + "\n" for item in items)
     atomic_write_text(run.stage_dir("plan") / PLAN_FILE, text)
     formats = {f: sum(i.format == f for i in items) for f in cfg.plan.formats}
-    console.print(f"plan: {len(items)} requests -> {plan_path(run)}")
+    prompts = prompts_folder(cfg)
+    console.print(f"plan: {len(items)} requests -> {plan_path(run)}; {describe(prompts)}")
     return {
         "summary": {"requests": len(items), **formats},
         "requests": len(items),
         "formats": formats,
         "seeded_with_web": sum(i.seed_text is not None for i in items),
         "output": PLAN_FILE,
+        "prompts": str(prompts),
     }
