@@ -102,10 +102,9 @@ def load_classifier(
 
 
 def _clear_outputs(folder: Path) -> None:
-    """Remove what an earlier (killed) run of this stage may have left."""
+    """Remove what an earlier (killed) run of this stage may have left (its temp files are gone
+    already: the driver removes them, pipeline.runs.remove_stale_temps)."""
     for p in shard_paths(folder):
-        p.unlink()
-    for p in folder.glob(".part-*.tmp"):
         p.unlink()
     for sub in ("dropped", ".pending", "dedup_index"):
         if (folder / sub).exists():
