@@ -260,8 +260,11 @@ class RunLock:
         self.took_over: str | None = None  # the stale holder's record, if one was left
 
     def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+        except OSError as e:
+            raise DatagenError(f"{self.path}: cannot create the run lock ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -271,6 +274,9 @@ class RunLock:
                 f"{self.path.parent}: in use by another datagen run ({holder}); wait for it "
                 f"to finish or stop it, or use another run.name"
             ) from None
+        except OSError as e:  # a file system without locks
+            os.close(fd)
+            raise DatagenError(f"{self.path}: cannot lock the run ({e.strerror})") from None
         left = os.pread(fd, 4096, 0)
         if left.strip():
             self.took_over = _describe(left)

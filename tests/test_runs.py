@@ -1,4 +1,5 @@
-"""The run directory's writers: atomic files, durable JSONL appends."""
+"""The run directory: atomic files, durable JSONL appends, the run lock, superseded outputs and
+the temp files a killed write leaves."""
 
 from __future__ import annotations
 
