@@ -178,3 +178,34 @@ def train_classifier(
     else:
         out["heldout"] = None
     return out
+
+
+class ClassifierFilter:
+    """The quality classifier as a filter: score ``classifier.prob`` = P(positive label);
+    keep drops a document under ``min_score`` as ``quality.low_score`` when ``applied`` (a
+    model that is not demonstrably useful only scores). The model loads in ``setup``."""
+
+    family = "classifier"
+
+    def __init__(
+        self, model_path: Path | str, positive_label: str, min_score: float, applied: bool = True
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.positive_label = positive_label
+        self.min_score = min_score
+        self.applied = applied
+        self._clf: QualityClassifier | None = None
+
+    def setup(self) -> None:
+        if self._clf is None:
+            self._clf = QualityClassifier(self.model_path, self.positive_label)
+
+    def score(self, doc: Any) -> dict[str, float]:
+        self.setup()
+        assert self._clf is not None
+        return {"prob": float(self._clf.predict_proba([doc.text])[0])}
+
+    def keep(self, s: dict[str, float]) -> str | None:
+        if self.applied and s["prob"] < self.min_score:
+            return "quality.low_score"
+        return None

@@ -242,3 +242,42 @@ class Decontaminator:
         if n_pieces > self.cfg.max_pieces or not kept:
             return DecontamResult(matches=counts, reason=reason, pieces=n_pieces)
         return DecontamResult(matches=counts, text="\n\n".join(kept), pieces=n_pieces)
+
+
+class DecontamStep:
+    """Decontamination as a step over a batch: drop mode filters (reason
+    ``decontam.<benchmark>``), cut mode rewrites the text with the GPT-3 rule and drops only
+    what the rule leaves unusable. Scores ``decontam.matches`` (and ``decontam.pieces`` after
+    a cut) stay on the record; per-benchmark document counts go to the stats. The benchmark
+    index is built in ``setup``, once per worker."""
+
+    name = "decontam"
+
+    def __init__(self, cfg: DecontamConfig) -> None:
+        self.cfg = cfg
+        self.decon: Decontaminator | None = None
+
+    def setup(self) -> None:
+        if self.decon is None:
+            self.decon = Decontaminator(self.cfg)
+
+    def process(self, batch: list[Any], stats: Any) -> list[Any]:
+        self.setup()
+        assert self.decon is not None
+        stats.info.setdefault(
+            "decontam", {"loaded": self.decon.loaded, "unavailable": self.decon.unavailable}
+        )
+        for doc in batch:
+            res = self.decon.check(doc.text)
+            doc.scores["decontam.matches"] = float(sum(res.matches.values()))
+            for b in res.matches:
+                stats.add(f"decontam.{b}.docs_matched")
+            if res.reason:
+                doc.drop_reason = res.reason
+                stats.add(f"decontam.{res.reason.split('.', 1)[1]}.docs_dropped")
+            elif res.text is not None:
+                doc.text = res.text
+                doc.scores["decontam.pieces"] = float(res.pieces)
+                for b in res.matches:
+                    stats.add(f"decontam.{b}.docs_cut")
+        return batch

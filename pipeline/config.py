@@ -397,6 +397,18 @@ class ReviewConfig(Section):
     out: str = ""  # empty: <run>/review/<stage>.html
 
 
+# --------------------------------------------------------------------------- issue 9
+class ExecutorConfig(Section):
+    """Where the per-shard CPU stages run. The output is the same files, byte for byte,
+    whichever executor ran them and however many workers."""
+
+    kind: str = Field("local", pattern="^(local|ray)$")
+    workers: int = Field(0, ge=0)  # local processes; 0 = one per core; 1 = in this process
+    address: str = ""  # ray: "auto", "ray://host:port", or empty = start a local instance
+    shard_docs: int = Field(10_000, ge=1)  # documents per shard (and per output shard file)
+    max_attempts: int = Field(3, ge=1)  # a shard whose worker dies this often fails the stage
+
+
 # --------------------------------------------------------------------------- root
 class PipelineConfig(Section):
     run: RunConfig = RunConfig()
@@ -414,6 +426,7 @@ class PipelineConfig(Section):
     web: WebConfig = WebConfig()
     emit: EmitConfig = EmitConfig()
     review: ReviewConfig = ReviewConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

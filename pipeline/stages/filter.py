@@ -1,63 +1,48 @@
-"""filter: score every generated document, keep or drop it with a reason, deduplicate.
+"""filter: score every generated document and keep or drop it with a reason, shard by shard.
 
-Per document, in order (the first failing check names the drop reason):
-  decontam (benchmark n-gram overlap: drop, or cut with the GPT-3 rule) -> length -> truncated
-  generation -> stock opener -> Gopher quality -> Gopher repetition -> vocabulary constraints ->
-  classifier (P(positive) >= classifier.min_score; the probability is stored on every record)
-then over the survivors: exact dedup (normalized-text hash, smallest id kept) and MinHash LSH
-near-dedup (clusters; the highest classifier score kept, ties by id).
+Steps, per batch of a shard (the first failing keep decision names the drop reason):
 
-Outputs: kept docs as shards ``filter/part-*.jsonl.zst``; dropped docs (scores + drop_reason,
-cluster/kept ids for duplicates) in ``filter/dropped/`` when ``filter.keep_dropped``; the
-MinHash signatures and exact hashes of the KEPT docs in ``filter/dedup_index/`` for the web
-stage. Memory: survivors wait in ``filter/.pending/`` shards; only signatures stay in memory.
-A killed run leaves no finished manifest; the rerun clears partial outputs and redoes the work.
+  scores       the classifier probability (``classifier.prob``) and the vocabulary-constraint
+               coverage of EVERY record, dropped or not (thresholds apply later)
+  decontam     benchmark n-gram overlap: drop, or cut with the GPT-3 rule (a modifier)
+  heuristics   length, truncated generation, stock opener, Gopher quality, Gopher repetition
+  constraints  coverage >= filter.min_constraint_coverage
+  quality      classifier.prob >= classifier.min_score (when the model is demonstrably useful)
+
+Deduplication is the ``dedup`` stage (one rule for synthetic and web documents).
+
+The input (generate's outputs) is cut into shards of ``executor.shard_docs`` records; each
+shard writes ``filter/part-NNNNN.jsonl.zst`` (kept) and, with ``filter.keep_dropped``,
+``filter/dropped/part-NNNNN.jsonl.zst`` (scores + drop_reason), then its completion marker.
+A killed stage reruns only the unfinished shards; any executor gives the same bytes.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections import Counter
-from collections.abc import Iterator
+import contextlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
-from filters.base import DocFilter, apply_filters
-from filters.classifier import QualityClassifier
+from filters.classifier import ClassifierFilter
 from filters.constraints import ConstraintFilter
-from filters.decontam import Decontaminator
-from filters.dedup import ExactDeduper, MinHashDeduper, MinHashParams, exact_hash
+from filters.decontam import DecontamStep
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from filters.heuristics import LengthFilter, StockOpenerFilter, TruncationFilter
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
+from pipeline.executor import ShardJob, make_executor, run_shards, worker_cached
 from pipeline.records import Document
-from pipeline.runs import Run, ShardWriter, read_jsonl, read_shards, shard_paths
+from pipeline.runs import Run
+from pipeline.shards import RecordWriter, ShardSpec, batched, plan_shards, read_slices
+from pipeline.steps import FilterStep, KeepStep, Stats, Step, run_steps
 
-CONFIG_KEYS = ("filter", "dedup", "decontam", "classifier.min_score", "seed")
+CONFIG_KEYS = ("filter", "decontam", "classifier.min_score", "executor.shard_docs", "seed")
 
 
 def preflight(cfg: PipelineConfig) -> None:
     """Config checks that need no upstream output (the driver runs them before any stage)."""
-    d = cfg.dedup
-    MinHashParams(
-        num_perm=d.num_perm, ngram=d.ngram, threshold=d.threshold, bands=d.bands, seed=cfg.seed
-    ).bands_rows()
     dc = cfg.decontam
     if dc.enabled and dc.on_missing == "error":
         for b in dc.benchmarks:
@@ -70,266 +55,177 @@ def preflight(cfg: PipelineConfig) -> None:
                 )
 
 
-def build_filters(cfg: PipelineConfig) -> list[DocFilter]:
+def classifier_choice(run: Run, cfg: PipelineConfig) -> dict[str, Any]:
+    """The model train_classifier chose: {path, label, applied, note}; path None = no model.
+    A model that is not demonstrably useful only scores (applied False, note says why)."""
+    m = run.read_manifest("train_classifier") or {}
+    if m.get("trained"):
+        path: str | None = str(run.path / "train_classifier" / "model.bin")
+    else:
+        path = m.get("model_path")
+    if not path:
+        return {"path": None, "applied": False, "note": m.get("note", "no model")}
+    applied = bool(m.get("applied", True))
+    return {
+        "path": path,
+        "label": m.get("positive_label") or cfg.classifier.positive_label,
+        "applied": applied,
+        "note": None if applied else m.get("note"),
+    }
+
+
+def build_steps(cfg: PipelineConfig, clf: dict[str, Any]) -> list[Step]:
+    """The filter stage as a list of steps (loaded in each worker by ``setup``)."""
     f = cfg.filter
-    out: list[DocFilter] = [LengthFilter(f.min_chars, f.max_chars)]
+    scorers: list[Any] = [ConstraintFilter(f.min_constraint_coverage)]
+    quality: list[Any] = []
+    if clf["path"]:
+        model = ClassifierFilter(
+            clf["path"], clf["label"], cfg.classifier.min_score, clf["applied"]
+        )
+        scorers.insert(0, model)
+        quality = [model]
+    heuristics: list[Any] = [LengthFilter(f.min_chars, f.max_chars)]
     if f.drop_truncated:
-        out.append(TruncationFilter())
-    out += [
+        heuristics.append(TruncationFilter())
+    heuristics += [
         StockOpenerFilter(f.stock_openers),
         GopherQualityFilter(f.gopher_quality),
         GopherRepetitionFilter(f.gopher_repetition),
-        ConstraintFilter(f.min_constraint_coverage),
     ]
-    return out
+    steps: list[Step] = [
+        FilterStep("scores", scorers, drop=False),
+        DecontamStep(cfg.decontam),
+        FilterStep("heuristics", heuristics),
+        KeepStep("constraints", [scorers[-1]]),
+    ]
+    if quality:
+        steps.append(KeepStep("quality", quality))
+    return steps
 
 
-def load_classifier(
-    cfg: PipelineConfig, run: Run
-) -> tuple[QualityClassifier | None, bool, str | None]:
-    """The model train_classifier chose (or None), whether it makes keep decisions (a model
-    that is not demonstrably useful only scores), and the note saying why not."""
-    m = run.read_manifest("train_classifier") or {}
-    if m.get("trained"):
-        path = run.path / "train_classifier" / "model.bin"
-    elif m.get("model_path"):
-        path = Path(m["model_path"])
-    else:
-        return None, False, m.get("note", "train_classifier produced no model")
-    clf = QualityClassifier(path, m.get("positive_label") or cfg.classifier.positive_label)
-    applied = bool(m.get("applied", True))
-    return clf, applied, None if applied else m.get("note")
+def _setup(steps: list[Step]) -> list[Step]:
+    for s in steps:
+        s.setup()
+    return steps
 
 
-def _clear_outputs(folder: Path) -> None:
-    """Remove what an earlier (killed) run of this stage may have left (its temp files are gone
-    already: the driver removes them, pipeline.runs.remove_stale_temps)."""
-    for p in shard_paths(folder):
-        p.unlink()
-    for sub in ("dropped", ".pending", "dedup_index"):
-        if (folder / sub).exists():
-            shutil.rmtree(folder / sub)
+def filter_shard(job: ShardJob) -> Stats:
+    """One shard: read its records, run the steps batch by batch, write kept and dropped."""
+    p = job.payload
+    cfg = PipelineConfig.model_validate(p["config"])
+    clf = p["classifier"]
+    steps = worker_cached(f"filter:{p['key']}", lambda: _setup(build_steps(cfg, clf)))
+    spec = ShardSpec.model_validate(p["shard"])
+    out = Path(job.stage_dir)
+    stats = Stats()
+    with contextlib.ExitStack() as stack:
+        kept_w = stack.enter_context(RecordWriter(out / f"part-{job.name}.jsonl.zst"))
+        dropped_w = (
+            stack.enter_context(RecordWriter(out / "dropped" / f"part-{job.name}.jsonl.zst"))
+            if cfg.filter.keep_dropped
+            else None
+        )
+        for batch in batched(read_slices(spec.slices, Document), cfg.dedup.batch_size):
+            for d in batch:  # a record is scored afresh (generate wrote none)
+                d.scores, d.drop_reason = {}, None
+            stats.add("input", len(batch))
+            kept, dropped = run_steps(steps, batch, stats)
+            for d in batch:
+                _count_constraints(d, stats)
+                if clf["path"]:
+                    stats.add("classifier.prob_sum", d.scores.get("classifier.prob", 0.0))
+                    stats.add(
+                        "classifier.above_min_score",
+                        d.scores.get("classifier.prob", 0.0) >= cfg.classifier.min_score,
+                    )
+            stats.add("kept", len(kept))
+            for d in kept:
+                kept_w.write(d)
+            if dropped_w is not None:
+                for d in dropped:
+                    dropped_w.write(d)
+    return stats
 
 
-def _batches(it: Iterator[Document], n: int) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    for d in it:
-        batch.append(d)
-        if len(batch) >= n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _count_constraints(d: Document, stats: Stats) -> None:
+    req = int(d.scores.get("constraints.required", 0))
+    if req:
+        stats.add("constraints.docs")
+        stats.add("constraints.required", req)
+        stats.add("constraints.satisfied", int(d.scores.get("constraints.satisfied", 0)))
+        stats.add("constraints.coverage_sum", d.scores.get("constraints.coverage", 0.0))
 
 
-class RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} docs/s" if speed else "- docs/s", style="progress.data.speed")
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("kept={task.fields[kept]}"),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+def input_files(run: Run) -> list[Path]:
+    """generate's output files, in order (the filter's input)."""
+    src = run.path / "generate" / "outputs.jsonl"
+    if not src.exists():
+        raise DatagenError(f"{src}: generate outputs not found")
+    return [src]
 
 
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
-    gen = run.require_finished("generate", "filter")
+    run.require_finished("generate", "filter")
     run.require_finished("train_classifier", "filter")
-    src = gen / "outputs.jsonl"
-    if not src.exists():
-        raise DatagenError(f"{src}: generate outputs not found")
     folder = run.stage_dir("filter")
-    _clear_outputs(folder)
-    pending_dir, dropped_dir = folder / ".pending", folder / "dropped"
-
-    filters = build_filters(cfg)
-    constraint = ConstraintFilter(cfg.filter.min_constraint_coverage)
-    decon = Decontaminator(cfg.decontam)
-    for name, why in decon.unavailable.items():
+    clf = classifier_choice(run, cfg)
+    if clf["note"]:
+        console.print(f"[yellow]filter: no classifier decision ({clf['note']})[/]")
+    shards = plan_shards(input_files(run), cfg.executor.shard_docs)
+    config = cfg.model_dump(mode="json")
+    key = cfg.section_hash(*CONFIG_KEYS) + str(clf)
+    jobs = [
+        ShardJob(
+            index=s.index,
+            stage_dir=str(folder),
+            payload={"config": config, "classifier": clf, "shard": s.model_dump(), "key": key},
+        )
+        for s in shards
+    ]
+    with contextlib.closing(make_executor(cfg.executor)) as ex:
+        result = run_shards(ex, filter_shard, jobs, console, "filter", count_key="input")
+    unavailable = result.stats.info.get("decontam", {}).get("unavailable", {})
+    for name, why in unavailable.items():
         console.print(f"[yellow]decontam: benchmark '{name}' skipped: {why}[/]")
-    clf, clf_applied, clf_note = load_classifier(cfg, run)
-    if clf_note:
-        console.print(f"[yellow]filter: no classifier decision ({clf_note})[/]")
-    d = cfg.dedup
-    mh = MinHashDeduper(
-        MinHashParams(
-            num_perm=d.num_perm, ngram=d.ngram, threshold=d.threshold, bands=d.bands, seed=cfg.seed
-        )
-    )
+    return _manifest(cfg, clf, result.stats, len(shards), result.ran)
 
-    total = sum(1 for line in src.open("rb") if line.strip())
-    reasons: Counter[str] = Counter()
-    bench: dict[str, Counter[str]] = {b: Counter() for b in decon.loaded}
-    cov_req = cov_sat = cov_docs = 0
-    cov_sum = 0.0
-    probs: list[float] = []
-    exact = ExactDeduper()
-    sig_ids: list[str] = []
-    sig_rows: list[np.ndarray] = []
-    sig_quality: list[float] = []
-    sig_empty: list[bool] = []
-    n_in = 0
 
-    dropped_w = ShardWriter(dropped_dir) if cfg.filter.keep_dropped else None
-    pending_w = ShardWriter(pending_dir)
-    with _progress(console) as progress:
-        task = progress.add_task("filter", total=total, kept=0)
-        for batch in _batches(read_jsonl(src, Document), d.batch_size):
-            n_in += len(batch)
-            alive: list[Document] = []
-            for doc in batch:
-                doc.scores = {}
-                doc.drop_reason = None
-                res = decon.check(doc.text)
-                doc.scores["decontam.matches"] = float(sum(res.matches.values()))
-                for b in res.matches:
-                    bench[b]["docs_matched"] += 1
-                if res.reason:
-                    doc.drop_reason = res.reason
-                    reasons[res.reason] += 1
-                    bench[res.reason.split(".", 1)[1]]["docs_dropped"] += 1
-                else:
-                    if res.text is not None:
-                        doc.text = res.text
-                        doc.scores["decontam.pieces"] = float(res.pieces)
-                        for b in res.matches:
-                            bench[b]["docs_cut"] += 1
-                    alive.append(doc)
-            if clf is not None:
-                p = clf.predict_proba([x.text for x in batch])
-                for doc, v in zip(batch, p, strict=True):
-                    doc.scores["classifier.prob"] = round(float(v), 6)
-                    probs.append(float(v))
-            survivors: list[Document] = []
-            for doc in alive:
-                if not apply_filters(doc, filters, reasons):
-                    continue
-                if clf_applied and doc.scores["classifier.prob"] < cfg.classifier.min_score:
-                    doc.drop_reason = "classifier.min_score"
-                    reasons[doc.drop_reason] += 1
-                    continue
-                survivors.append(doc)
-            for doc in batch:  # satisfaction over every record, whatever dropped it
-                # records that reached the constraint filter carry its scores already
-                cs = {
-                    k.removeprefix("constraints."): v
-                    for k, v in doc.scores.items()
-                    if k.startswith("constraints.")
-                }
-                if not cs:
-                    cs = constraint.score(doc)
-                    doc.scores.update({f"constraints.{k}": v for k, v in cs.items()})
-                if cs["required"]:
-                    cov_docs += 1
-                    cov_req += int(cs["required"])
-                    cov_sat += int(cs["satisfied"])
-                    cov_sum += cs["coverage"]
-            for doc in batch:
-                if doc.drop_reason and dropped_w is not None:
-                    dropped_w.write(doc)
-            if survivors:
-                if d.near:
-                    sigs = mh.signatures([x.text for x in survivors])
-                    sig_rows.extend(sigs)
-                for doc in survivors:
-                    exact.add_hash(doc.id, exact_hash(doc.text))
-                    sig_ids.append(doc.id)
-                    sig_quality.append(doc.scores.get("classifier.prob", 0.0))
-                    sig_empty.append(not any(ch.isalnum() for ch in doc.text))
-                    pending_w.write(doc)
-            progress.update(task, advance=len(batch), kept=len(sig_ids))
-    pending_w.close()
-
-    # dedup decisions: exact first (smallest id kept), then near-duplicate clusters
-    exact_dropped = exact.duplicates() if d.exact else {}
-    near_dropped: dict[str, tuple[str, str]] = {}
-    kept_cluster: dict[str, str] = {}
-    n_clusters = 0
-    if d.near and sig_ids:
-        live = [k for k, i in enumerate(sig_ids) if i not in exact_dropped]
-        mh.add_signatures(
-            [sig_ids[k] for k in live],
-            np.stack([sig_rows[k] for k in live]),
-            [sig_quality[k] for k in live],
-            [sig_empty[k] for k in live],
-        )
-        clusters = mh.clusters()
-        n_clusters = len(clusters)
-        for c in clusters:
-            kept_cluster[c.kept_id] = c.cluster_id
-            for i in c.members:
-                if i != c.kept_id:
-                    near_dropped[i] = (c.cluster_id, c.kept_id)
-
-    kept_ids: set[str] = set()
-    kept_w = ShardWriter(folder)
-    for doc in read_shards(pending_dir, Document):
-        if doc.id in exact_dropped:
-            h = exact_hash(doc.text)
-            # the group's smallest id may itself be a near duplicate: point at the document
-            # actually kept (a near cluster's kept id is never dropped)
-            first = exact_dropped[doc.id]
-            doc.drop_reason = "dedup.exact"
-            doc.kept_id = near_dropped[first][1] if first in near_dropped else first
-            doc.cluster_id = f"ex-{h[:16]}"
-        elif doc.id in near_dropped:
-            doc.drop_reason = "dedup.near"
-            doc.cluster_id, doc.kept_id = near_dropped[doc.id]
-        else:
-            if doc.id in kept_cluster:
-                doc.cluster_id, doc.kept_id = kept_cluster[doc.id], doc.id
-            kept_ids.add(doc.id)
-            kept_w.write(doc)
-            continue
-        reasons[doc.drop_reason] += 1
-        if dropped_w is not None:
-            dropped_w.write(doc)
-    kept_w.close()
-    if dropped_w is not None:
-        dropped_w.close()
-
-    index_dir = folder / "dedup_index"
-    index_dir.mkdir(exist_ok=True)
-    if d.near:
-        mh.save(index_dir, only=kept_ids)
-    exact.save(index_dir, only=kept_ids)
-    shutil.rmtree(pending_dir, ignore_errors=True)
-
+def _manifest(
+    cfg: PipelineConfig, clf: dict[str, Any], st: Stats, n_shards: int, ran: list[int]
+) -> dict[str, Any]:
+    c = st.counts
+    n_in, n_kept = int(c.get("input", 0)), int(c.get("kept", 0))
+    reasons = st.drop_reasons()
     n_drop = sum(reasons.values())
-    if len(kept_ids) + n_drop != n_in:
-        raise AssertionError(f"filter: {n_in} in, {len(kept_ids)} kept + {n_drop} dropped")
+    if n_kept + n_drop != n_in:
+        raise AssertionError(f"filter: {n_in} in, {n_kept} kept + {n_drop} dropped")
+    decon = st.info.get("decontam", {"loaded": {}, "unavailable": {}})
+    cov_docs, cov_req = int(c.get("constraints.docs", 0)), int(c.get("constraints.required", 0))
+    cov_sat = int(c.get("constraints.satisfied", 0))
     return {
         "summary": {
             "in": n_in,
-            "kept": len(kept_ids),
+            "kept": n_kept,
             "dropped": n_drop,
-            **({"top_reason": reasons.most_common(1)[0][0]} if reasons else {}),
+            **({"top_reason": max(reasons, key=reasons.__getitem__)} if reasons else {}),
         },
         "input": n_in,
-        "kept": len(kept_ids),
+        "kept": n_kept,
         "dropped": n_drop,
-        "drop_reasons": dict(sorted(reasons.items())),
+        "drop_reasons": reasons,
+        "funnel": st.funnel_list(),
         "keep_dropped": cfg.filter.keep_dropped,
-        "classifier_model": str(clf.model_path) if clf else None,
+        "classifier_model": clf["path"],
         "classifier": {
-            "positive_label": clf.positive_label if clf else None,
+            "positive_label": clf.get("label"),
             "min_score": cfg.classifier.min_score,
-            "applied": clf_applied,
-            "note": clf_note,
-            "mean_prob": round(float(np.mean(probs)), 4) if probs else None,
-            "above_min_score": sum(1 for p in probs if p >= cfg.classifier.min_score),
+            "applied": clf["applied"],
+            "note": clf["note"],
+            "mean_prob": round(c.get("classifier.prob_sum", 0.0) / n_in, 4)
+            if clf["path"] and n_in
+            else None,
+            "above_min_score": int(c.get("classifier.above_min_score", 0)),
         },
         "constraints": {
             "min_coverage": cfg.filter.min_constraint_coverage,
@@ -337,34 +233,27 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
             "words_required": cov_req,
             "words_satisfied": cov_sat,
             "satisfaction": round(cov_sat / cov_req, 4) if cov_req else None,
-            "mean_coverage": round(cov_sum / cov_docs, 4) if cov_docs else None,
-        },
-        "dedup": {
-            "exact_dropped": len(exact_dropped),
-            "near_dropped": len(near_dropped),
-            "near_clusters": n_clusters,
-            "num_perm": d.num_perm,
-            "ngram": d.ngram,
-            "threshold": d.threshold,
-            "bands": mh.bands,
-            "rows": mh.rows,
-            "s_curve": mh.s_curve(),
-            "index": "dedup_index",
+            "mean_coverage": round(c.get("constraints.coverage_sum", 0.0) / cov_docs, 4)
+            if cov_docs
+            else None,
         },
         "decontam": {
             "mode": cfg.decontam.mode,
             "ngram": cfg.decontam.ngram,
             "benchmarks": {
                 b: {
-                    **decon.loaded[b],
-                    "docs_matched": bench[b]["docs_matched"],
-                    "docs_dropped": bench[b]["docs_dropped"],
-                    "docs_cut": bench[b]["docs_cut"],
+                    **info,
+                    **{
+                        k: int(c.get(f"decontam.{b}.{k}", 0))
+                        for k in ("docs_matched", "docs_dropped", "docs_cut")
+                    },
                 }
-                for b in decon.loaded
+                for b, info in decon["loaded"].items()
             },
-            "unavailable": decon.unavailable,
+            "unavailable": decon["unavailable"],
         },
+        "shards_total": n_shards,
+        "shards_run": ran,
         "outputs": {
             "kept": "part-*.jsonl.zst",
             "dropped": "dropped/part-*.jsonl.zst" if cfg.filter.keep_dropped else None,
