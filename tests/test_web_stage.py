@@ -3,6 +3,7 @@ index with the synthetic data, the quality classifier, bad input."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import shutil
@@ -240,6 +241,21 @@ def test_truncated_input_is_counted_and_the_stage_finishes(tmp_path: Path) -> No
     m = run_web(cfg, run)
     assert sum(m["reader"]["errors"].values()) == 1
     assert str(cut) in m["reader"]["error_messages"][0]
+    assert m["funnel"][0]["documents"] > 0
+
+
+def test_an_empty_file_among_the_inputs_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    folder = tmp_path / "crawl"
+    folder.mkdir()
+    shutil.copy(DOLMA1, folder / "a.warc.gz")
+    hollow = folder / "b.warc.gz"  # the real file with its content removed: an empty gzip
+    hollow.write_bytes(gzip.compress(gzip.decompress(DOLMA1.read_bytes())[:0]))
+    cfg = config(tmp_path, inputs=[folder])
+    run = finish_filter_stage(cfg)
+    out = io.StringIO()
+    m = web_stage.run(cfg, run, Console(file=out, width=300))
+    assert m["reader"]["errors"] == {"empty_file": 1}
+    assert f"web: {hollow}: empty file (nothing to read); skipped" in out.getvalue()
     assert m["funnel"][0]["documents"] > 0
 
 

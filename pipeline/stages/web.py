@@ -634,6 +634,10 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         }
     stage = WebStage(cfg, run, console)
     manifest = stage.process(sources, folder)
-    for msg in manifest["reader"]["error_messages"][:10]:
+    reader = manifest["reader"]
+    for msg in reader["error_messages"][:10]:
         console.print(f"[yellow]web: {msg}[/]")
+    if sum(reader["errors"].values()) > 10:
+        problems = ", ".join(f"{n} {kind}" for kind, n in reader["errors"].items())
+        console.print(f"[yellow]web: read problems in all: {problems} (web/manifest.json)[/]")
     return manifest
