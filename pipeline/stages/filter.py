@@ -40,7 +40,7 @@ from rich.text import Text
 from filters.base import DocFilter, apply_filters
 from filters.classifier import QualityClassifier
 from filters.constraints import ConstraintFilter
-from filters.decontam import Decontaminator
+from filters.decontam import Decontaminator, benchmark_files
 from filters.dedup import ExactDeduper, MinHashDeduper, MinHashParams, exact_hash
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from filters.heuristics import LengthFilter, StockOpenerFilter, TruncationFilter
@@ -60,10 +60,8 @@ def preflight(cfg: PipelineConfig) -> None:
     ).bands_rows()
     dc = cfg.decontam
     if dc.enabled and dc.on_missing == "error":
-        for b in dc.benchmarks:
-            if not (b.path and cfg.project_path(b.path).exists()) and not (
-                b.hf and dc.allow_download
-            ):
+        for b in dc.all_benchmarks():
+            if not (b.path and benchmark_files(b.path)) and not (b.hf and dc.allow_download):
                 raise DatagenError(
                     f"decontam.benchmarks.{b.name}: {b.path or 'no path'} "
                     "not found (and no hf download allowed)"
@@ -160,6 +158,8 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     decon = Decontaminator(cfg.decontam)
     for name, why in decon.unavailable.items():
         console.print(f"[yellow]decontam: benchmark '{name}' skipped: {why}[/]")
+    for line in decon.warnings():
+        console.print(f"[yellow]{line}[/]")
     clf, clf_applied, clf_note = load_classifier(cfg, run)
     if clf_note:
         console.print(f"[yellow]filter: no classifier decision ({clf_note})[/]")
@@ -355,6 +355,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         "decontam": {
             "mode": cfg.decontam.mode,
             "ngram": cfg.decontam.ngram,
+            "min_short_words": decon.min_short,
             "benchmarks": {
                 b: {
                     **decon.loaded[b],

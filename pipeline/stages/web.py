@@ -577,7 +577,11 @@ class WebStage:
                 "index": INDEX_DIR,
             },
             "decontam": (
-                {"benchmarks": self.decontam.loaded, "unavailable": self.decontam.unavailable}
+                {
+                    "benchmarks": self.decontam.loaded,
+                    "unavailable": self.decontam.unavailable,
+                    "warnings": self.decontam.warnings(),
+                }
                 if self.decontam is not None
                 else {"skipped": True}
             ),
