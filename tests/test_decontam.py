@@ -282,3 +282,20 @@ def test_extra_benchmarks_add_to_the_defaults():
     twice = extra.replace("arc_dev", "gsm8k")
     with pytest.raises(DatagenError, match="benchmark name 'gsm8k' is used twice"):
         load_config([twice])
+
+
+def test_filter_preflight_checks_extra_benchmarks_and_globs(tmp_path):
+    from pipeline.stages.filter import preflight
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    shutil.copy(SHARED / "benchmarks/arc/ARC-Challenge-Dev.jsonl", folder / "dev.jsonl")
+
+    def cfg(path):
+        extra = f"[{{name: mine, path: '{path}', fields: [question.stem]}}]"
+        return load_config(["decontam.on_missing=error", f"decontam.extra_benchmarks={extra}"])
+
+    preflight(cfg(folder / "*.jsonl"))
+    preflight(cfg(folder))
+    with pytest.raises(DatagenError, match=r"decontam.benchmarks.mine: .*none/\*.jsonl not found"):
+        preflight(cfg(tmp_path / "none" / "*.jsonl"))
