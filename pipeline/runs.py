@@ -7,7 +7,6 @@ Stages talk only through these files.
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import os
 import socket
@@ -21,6 +20,7 @@ import zstandard
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import DatagenError
+from pipeline.files import iter_lines
 from pipeline.records import utc_now
 
 M = TypeVar("M", bound=BaseModel)
@@ -129,25 +129,18 @@ def repair_jsonl_tail(path: Path) -> None:
         f.truncate(0)
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".zst"):
-        raw = open(path, "rb")  # noqa: SIM115 - wrapped and closed by caller
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw), encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115
-
-
 def read_jsonl(path: Path, model: type[M]) -> Iterator[M]:
-    """Read records of ``model`` from a .jsonl or .jsonl.zst file; a bad line names file:line."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield model.model_validate_json(line)
-            except ValidationError as e:
-                err = e.errors()[0]
-                loc = ".".join(str(x) for x in err["loc"]) or "record"
-                raise DatagenError(f"{path}:{lineno}: bad record ({loc}: {err['msg']})") from None
+    """Read records of ``model`` from a .jsonl / .jsonl.zst / .jsonl.gz file; a bad line or
+    damaged compressed data names file:line."""
+    for lineno, line, _ in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield model.model_validate_json(line)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or "record"
+            raise DatagenError(f"{path}:{lineno}: bad record ({loc}: {err['msg']})") from None
 
 
 class ShardWriter:

@@ -17,12 +17,13 @@ import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import zstandard
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import DatagenError
+from pipeline.files import GZIP_MAGIC, ZSTD_MAGIC, open_binary
 from pipeline.runs import file_mode
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,21 +55,10 @@ class ShardSpec(BaseModel):
         return sum(s.stop - s.start for s in self.slices)
 
 
-def _raw(path: Path) -> IO[bytes]:
-    """A binary stream of the decompressed bytes of ``path`` (.gz, .zst or plain)."""
-    name = path.name
-    f = open(path, "rb")  # noqa: SIM115 - the caller closes the returned stream
-    if name.endswith(".zst"):
-        return zstandard.ZstdDecompressor().stream_reader(f, closefd=True)  # type: ignore[return-value]
-    if name.endswith(".gz"):
-        import gzip
-
-        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
-    return f
-
-
 def _compressed(path: Path) -> bool:
-    return path.name.endswith((".zst", ".gz"))
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith((GZIP_MAGIC, ZSTD_MAGIC))
 
 
 def _line_offsets(path: Path, first: int, every: int) -> tuple[int, dict[int, int]]:
@@ -101,7 +91,7 @@ def count_lines(path: Path) -> int:
     """Lines of a (possibly compressed) file; a last line without a newline counts."""
     n = 0
     last = b"\n"
-    with _raw(path) as f:
+    with open_binary(path) as f:
         while chunk := f.read(_CHUNK):
             n += chunk.count(b"\n")
             last = chunk[-1:]
@@ -140,7 +130,7 @@ def plan_shards(files: Sequence[Path], shard_docs: int) -> list[ShardSpec]:
 def iter_lines(s: Slice) -> Iterator[bytes]:
     """The lines (without newline) of one slice."""
     path = Path(s.path)
-    with _raw(path) as f:
+    with open_binary(path) as f:
         line = 0
         if s.byte_start is not None and not _compressed(path):
             f.seek(s.byte_start)

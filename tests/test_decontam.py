@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import re
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +20,7 @@ from filters_testdata import (
 )
 
 from filters.decontam import Decontaminator
-from pipeline.config import BenchmarkSource, DecontamConfig
+from pipeline.config import BenchmarkSource, DecontamConfig, load_config
 from pipeline.errors import DatagenError
 
 
@@ -169,3 +172,130 @@ def test_hf_dataset_path_loads_through_datasets_when_downloads_are_allowed(tmp_p
     assert on.loaded["gsm8k"]["items"] == 1319
     assert on.loaded["gsm8k"]["source"] == f"hf:{folder}"
     assert on.check(gsm8k_items()[9]["question"]).reason == "decontam.gsm8k"
+
+
+def test_truncated_benchmark_gz_is_one_line_naming_the_file(tmp_path):
+    data = (SHARED / "benchmarks/humaneval/HumanEval.jsonl.gz").read_bytes()
+    cut = tmp_path / "HumanEval.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    src = BenchmarkSource(name="he", path=str(cut), fields=["prompt"])
+    with pytest.raises(DatagenError, match=r"HumanEval.jsonl.gz:\d+: compressed data cut short"):
+        Decontaminator(DecontamConfig(benchmarks=[src]))
+
+
+ARC_TEST = SHARED / "benchmarks/arc/ARC-Challenge-Test.jsonl"
+WORD = re.compile(r"\w+")
+
+
+def jsonl_rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def test_csv_saved_with_a_bom_keeps_its_first_column(tmp_path):
+    # Excel's "CSV UTF-8" starts with a BOM: the first column was read as "\ufeffquestion"
+    rows = gsm8k_items()[:200]
+    for name, encoding in (("plain.csv", "utf-8"), ("excel.csv", "utf-8-sig")):
+        with open(tmp_path / name, "w", newline="", encoding=encoding) as f:
+            w = csv.DictWriter(f, fieldnames=["question", "answer"])
+            w.writeheader()
+            w.writerows(rows)
+    assert (tmp_path / "excel.csv").read_bytes().startswith(b"\xef\xbb\xbfquestion")
+    loaded = {}
+    for name in ("plain.csv", "excel.csv"):
+        src = BenchmarkSource(name="g", path=str(tmp_path / name), fields=["question"])
+        d = Decontaminator(DecontamConfig(benchmarks=[src]))
+        loaded[name] = d.loaded["g"]
+        assert d.check(rows[50]["question"]).reason == "decontam.g"
+    assert loaded["excel.csv"]["values"] == loaded["plain.csv"]["values"] == 200
+    assert loaded["excel.csv"]["ngrams"] == loaded["plain.csv"]["ngrams"]
+
+
+def test_short_values_are_matched_whole_and_the_rest_counted():
+    arc = BenchmarkSource(name="arc", path=str(ARC_TEST), fields=["question.stem"])
+    d = Decontaminator(DecontamConfig(benchmarks=[arc]))
+    n, short = d.cfg.ngram, d.cfg.min_short_words
+    stems = [r["question"]["stem"] for r in jsonl_rows(ARC_TEST)]
+    lengths = [len(WORD.findall(s)) for s in stems]
+    c = d.loaded["arc"]
+    assert c["values"] == c["items"] == len(stems)
+    assert c["values_ngram"] == sum(k >= n for k in lengths)
+    assert c["values_whole"] == sum(short <= k < n for k in lengths) > 100
+    assert c["values_too_short"] == c["items_too_short"] == sum(k < short for k in lengths) > 0
+    assert d.warnings() == [
+        f"decontam: arc: {c['values_too_short']} of {len(stems)} values "
+        f"({c['items_too_short']} of {len(stems)} items entirely) have fewer than {short} "
+        "words and are not checked (decontam.min_short_words)"
+    ]
+    module = openstax_modules()[7]["text"]
+    half = len(module) // 2
+    for stem, k in zip(stems, lengths, strict=True):
+        if short <= k < n:  # a question shorter than 13 words quoted in a textbook page
+            res = d.check(module[:half] + "\n\nQuiz: " + stem + "\n\n" + module[half:])
+            assert res.reason == "decontam.arc" and res.matches == {"arc": 1}, stem
+            # ... but a few of its words do not make a match
+            few = " ".join(WORD.findall(stem)[: short - 1])
+            assert d.check(module[:half] + " " + few + " " + module[half:]).reason is None
+
+
+def test_short_value_matching_flags_no_real_textbook_text(dc):
+    from filters_testdata import SHARED as shared
+
+    modules = [m["text"] for m in openstax_modules()]
+    for p in sorted((shared / "text_reference/openstax_cc_by").glob("*.modules_text.jsonl.gz")):
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            modules += [json.loads(line)["text"] for line in f if line.strip()]
+    assert len(modules) > 900
+    assert sum(c["values_whole"] for c in dc.loaded.values()) > 2000
+    flagged = [t[:80] for t in modules if dc.check(t).reason is not None]
+    assert flagged == []
+
+
+def test_a_folder_or_a_glob_of_files_is_one_benchmark(tmp_path):
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    for name in ("test.jsonl", "test_socratic.jsonl"):
+        shutil.copy(SHARED / "benchmarks/gsm8k" / name, folder / name)
+    shutil.copy(SHARED / "benchmarks/gsm8k/LICENSE", folder / "LICENSE")  # not a benchmark file
+    rows = jsonl_rows(folder / "test.jsonl") + jsonl_rows(folder / "test_socratic.jsonl")
+    for path in (str(folder), str(folder / "*.jsonl")):
+        src = BenchmarkSource(name="g", path=path, fields=["question", "answer"])
+        d = Decontaminator(DecontamConfig(benchmarks=[src]))
+        assert d.loaded["g"]["items"] == len(rows)
+        assert d.loaded["g"]["source"] == f"{path} (2 files)"
+        assert d.check(rows[-1]["answer"]).reason == "decontam.g"
+    src = BenchmarkSource(name="g", path=str(tmp_path / "*.csv"), fields=["question"])
+    assert "matches no file" in Decontaminator(DecontamConfig(benchmarks=[src])).unavailable["g"]
+
+
+def test_extra_benchmarks_add_to_the_defaults():
+    dev = SHARED / "benchmarks/arc/ARC-Challenge-Dev.jsonl"
+    extra = f"decontam.extra_benchmarks=[{{name: arc_dev, path: '{dev}', fields: [question.stem]}}]"
+    cfg = load_config([extra])
+    d = Decontaminator(cfg.decontam)
+    assert list(d.loaded) == ["gsm8k", "humaneval", "mbpp", "arc", "piqa", "arc_dev"]
+    stem = next(
+        r["question"]["stem"]
+        for r in jsonl_rows(dev)
+        if len(WORD.findall(r["question"]["stem"])) >= 13
+    )
+    assert d.check(stem).reason == "decontam.arc_dev"
+    twice = extra.replace("arc_dev", "gsm8k")
+    with pytest.raises(DatagenError, match="benchmark name 'gsm8k' is used twice"):
+        load_config([twice])
+
+
+def test_filter_preflight_checks_extra_benchmarks_and_globs(tmp_path):
+    from pipeline.stages.filter import preflight
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    shutil.copy(SHARED / "benchmarks/arc/ARC-Challenge-Dev.jsonl", folder / "dev.jsonl")
+
+    def cfg(path):
+        extra = f"[{{name: mine, path: '{path}', fields: [question.stem]}}]"
+        return load_config(["decontam.on_missing=error", f"decontam.extra_benchmarks={extra}"])
+
+    preflight(cfg(folder / "*.jsonl"))
+    preflight(cfg(folder))
+    with pytest.raises(DatagenError, match=r"decontam.benchmarks.mine: .*none/\*.jsonl not found"):
+        preflight(cfg(tmp_path / "none" / "*.jsonl"))

@@ -174,6 +174,42 @@ def test_corrupt_record_is_skipped_and_the_rest_of_the_file_read(tmp_path: Path)
     assert f"offset {victim_off}" in stats.messages[0]
 
 
+def _response_spans(path: Path) -> list[tuple[str, int, int]]:
+    """(WARC-Record-ID, offset, length) of each response record, as warcio reads them."""
+    with open(path, "rb") as f:
+        it = ArchiveIterator(f)
+        spans = []
+        for rec in it:
+            rec.content_stream().read()
+            if rec.rec_type == "response":
+                rid = rec.rec_headers.get_header("WARC-Record-ID")
+                spans.append((rid, it.get_record_offset(), it.get_record_length()))
+    return spans
+
+
+@pytest.mark.parametrize("which", [1, 8, 12])
+def test_garbled_gzip_member_is_skipped_and_reading_resumes_at_the_next(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], which: int
+) -> None:
+    # bytes garbled in the middle of one member: warcio printed "Error -3 ..." and stopped
+    # there (the responses after it were lost without a count)
+    spans = _response_spans(RESILIPARSE)
+    victim, off, length = spans[which]
+    data = bytearray(RESILIPARSE.read_bytes())
+    mid = off + length // 2
+    data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
+    bad = tmp_path / "garbled.warc.gz"
+    bad.write_bytes(bytes(data))
+    capfd.readouterr()
+    recs, stats = read_all(bad)
+    assert [r.record_id for r in recs] == [rid for rid, _, _ in spans if rid != victim]
+    assert stats.errors == {"corrupt_record": 1}
+    assert stats.messages[0].startswith(f"{bad} @ offset {off}: gzip member does not decompress")
+    assert f"reading resumes at offset {off + length}" in stats.messages[0]
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # nothing printed raw by warcio
+
+
 def test_jsonl_gz_reader_matches_json_lines() -> None:
     recs, stats = read_all(CCNET[0], url_field="metadata.url", date_field="created")
     with gzip.open(CCNET[0], "rt", encoding="utf-8") as f:
@@ -254,13 +290,30 @@ def test_glob_matching_nothing_is_an_error(tmp_path: Path) -> None:
         resolve_inputs([str(tmp_path / "*.warc.gz")])
 
 
-def test_empty_file_is_reported_and_skipped(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.warc.gz"
-    empty.write_bytes(b"")
-    recs, stats = read_all(empty)
-    assert recs == []
-    assert stats.errors["empty_file"] == 1
-    assert stats.messages == [f"{empty}: empty file; nothing to read"]
+def test_empty_files_among_real_ones_are_skipped_and_counted(tmp_path: Path) -> None:
+    # a 0-byte file and an empty gzip (the real file with its content removed): both skipped,
+    # counted and named, and the real file beside them is read in full
+    shutil.copy(RESILIPARSE, tmp_path / "a.warc.gz")
+    zero = tmp_path / "b.warc.gz"
+    zero.write_bytes(RESILIPARSE.read_bytes()[:0])
+    hollow = tmp_path / "c.warc.gz"
+    hollow.write_bytes(gzip.compress(gzip.decompress(RESILIPARSE.read_bytes())[:0]))
+    srcs = resolve_inputs([str(tmp_path)])
+    assert [s.format for s in srcs] == ["warc", "empty", "empty"]
+    recs, stats = read_all(tmp_path)
+    assert len(recs) == len(warcio_payloads(RESILIPARSE))
+    assert stats.errors == {"empty_file": 2}
+    assert [m.split(":")[0] for m in stats.messages] == [str(zero), str(hollow)]
+
+
+def test_inputs_that_are_all_empty_stop_with_one_line(tmp_path: Path) -> None:
+    zero = tmp_path / "a.warc.gz"
+    zero.write_bytes(RESILIPARSE.read_bytes()[:0])
+    with pytest.raises(DatagenError, match=r"a.warc.gz is empty; nothing to read"):
+        resolve_inputs([str(zero)])
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(gzip.decompress(CCNET[0].read_bytes())[:0]))
+    with pytest.raises(DatagenError, match=r"a.warc.gz and the other 1 are all empty"):
+        resolve_inputs([str(tmp_path)])
 
 
 def test_unknown_format_names_the_file(tmp_path: Path) -> None:

@@ -3,9 +3,12 @@ index with the synthetic data, the quality classifier, bad input."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -241,6 +244,21 @@ def test_truncated_input_is_counted_and_the_stage_finishes(tmp_path: Path) -> No
     assert m["funnel"][0]["documents"] > 0
 
 
+def test_an_empty_file_among_the_inputs_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    folder = tmp_path / "crawl"
+    folder.mkdir()
+    shutil.copy(DOLMA1, folder / "a.warc.gz")
+    hollow = folder / "b.warc.gz"  # the real file with its content removed: an empty gzip
+    hollow.write_bytes(gzip.compress(gzip.decompress(DOLMA1.read_bytes())[:0]))
+    cfg = config(tmp_path, inputs=[folder])
+    run = finish_filter_stage(cfg)
+    out = io.StringIO()
+    m = web_stage.run(cfg, run, Console(file=out, width=300))
+    assert m["reader"]["errors"] == {"empty_file": 1}
+    assert f"web: {hollow}: empty file (nothing to read); skipped" in out.getvalue()
+    assert m["funnel"][0]["documents"] > 0
+
+
 def test_missing_input_fails_before_any_work(tmp_path: Path) -> None:
     cfg = config(tmp_path, inputs=[DOLMA0, tmp_path / "missing.warc.gz"])
     run = finish_filter_stage(cfg)
@@ -302,3 +320,52 @@ def test_a_lone_surrogate_in_jsonl_text_is_replaced_not_a_crash() -> None:
     p = web_stage.prepare(WebRecord(source_file="x.jsonl", offset=1, text=text))
     assert p.text == "Real text? with a lone surrogate.\nsecond line"
     Document(id="x", text=p.text).model_dump_json()  # serialisable
+
+
+# as if pip had not installed lxml_html_clean (pip 23 on Python 3.11 skips it): importing
+# trafilatura then fails inside lxml.html.clean, as it did for users
+NO_LXML_HTML_CLEAN = "import sys; sys.modules['lxml_html_clean'] = None\n"
+
+
+def test_a_missing_extractor_package_is_one_line_before_any_stage_runs(tmp_path: Path) -> None:
+    script = NO_LXML_HTML_CLEAN + (
+        "import runpy\n"
+        # a teacher that fails fast: without the check, plan and generate would start
+        f"sys.argv = ['datagen', 'run', 'stage=web', 'web.inputs=[{DOLMA0}]', 'plan.n=1', "
+        "'teacher.base_url=http://127.0.0.1:9/v1', 'teacher.max_retries=0']\n"
+        "runpy.run_module('pipeline.cli', run_name='__main__')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("datagen: error: web.extractor=trafilatura: cannot import it")
+    assert "lxml_html_clean" in lines[0] and "pip install -e ." in lines[0]
+    assert not (tmp_path / "runs").exists()  # no stage started
+
+
+def test_a_missing_extractor_package_in_the_workers_is_one_error(tmp_path: Path) -> None:
+    script = NO_LXML_HTML_CLEAN + (
+        "from pipeline.errors import DatagenError\n"
+        "from pipeline.stages import web\n"
+        "from pipeline.web.readers import ReadStats, iter_warc\n"
+        f"records = iter_warc({str(DOLMA0)!r}, ReadStats())\n"
+        "try:\n"
+        "    next(web.prepared_stream(records, 2, 'trafilatura', True, False))\n"
+        "except DatagenError as e:\n"
+        "    print('pool:', e)\n"
+        "web._init_worker('trafilatura', True, False)  # what each worker runs first\n"
+        "try:\n"
+        "    web.prepare(next(records))\n"
+        "except DatagenError as e:\n"
+        "    print('worker:', e)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    out = r.stdout.strip().splitlines()
+    assert [ln.split(":")[0] for ln in out] == ["pool", "worker"]
+    assert all("web.extractor=trafilatura: cannot import it" in ln for ln in out)

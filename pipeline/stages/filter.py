@@ -27,7 +27,7 @@ from rich.console import Console
 
 from filters.classifier import ClassifierFilter
 from filters.constraints import ConstraintFilter
-from filters.decontam import DecontamStep
+from filters.decontam import DecontamStep, benchmark_files
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from filters.heuristics import LengthFilter, StockOpenerFilter, TruncationFilter
 from pipeline.config import PipelineConfig
@@ -45,10 +45,8 @@ def preflight(cfg: PipelineConfig) -> None:
     """Config checks that need no upstream output (the driver runs them before any stage)."""
     dc = cfg.decontam
     if dc.enabled and dc.on_missing == "error":
-        for b in dc.benchmarks:
-            if not (b.path and cfg.project_path(b.path).exists()) and not (
-                b.hf and dc.allow_download
-            ):
+        for b in dc.all_benchmarks():
+            if not (b.path and benchmark_files(b.path)) and not (b.hf and dc.allow_download):
                 raise DatagenError(
                     f"decontam.benchmarks.{b.name}: {b.path or 'no path'} "
                     "not found (and no hf download allowed)"
@@ -185,9 +183,11 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     ]
     with contextlib.closing(make_executor(cfg.executor)) as ex:
         result = run_shards(ex, filter_shard, jobs, console, "filter", count_key="input")
-    unavailable = result.stats.info.get("decontam", {}).get("unavailable", {})
-    for name, why in unavailable.items():
+    decon = result.stats.info.get("decontam", {})
+    for name, why in decon.get("unavailable", {}).items():
         console.print(f"[yellow]decontam: benchmark '{name}' skipped: {why}[/]")
+    for line in decon.get("warnings", []):
+        console.print(f"[yellow]{line}[/]")
     return _manifest(cfg, clf, result.stats, len(shards), result.ran)
 
 
@@ -240,6 +240,7 @@ def _manifest(
         "decontam": {
             "mode": cfg.decontam.mode,
             "ngram": cfg.decontam.ngram,
+            "min_short_words": min(cfg.decontam.min_short_words, cfg.decontam.ngram),
             "benchmarks": {
                 b: {
                     **info,

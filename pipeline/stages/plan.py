@@ -8,7 +8,6 @@ The same config and seed give a byte-identical plan; no two requests share
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from rich.console import Console
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
+from pipeline.files import JSONL_SUFFIXES, is_jsonl_name, iter_jsonl, read_text
 from pipeline.prompting import PromptLibrary, describe, prompts_folder
 from pipeline.records import PlanItem, stable_id
 from pipeline.runs import Run, atomic_write_text, read_jsonl
@@ -27,9 +27,7 @@ MAX_SEED_CHARS = 1500
 
 
 def _read_tsv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    if not path.exists():
-        raise DatagenError(f"{path}: file not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path).splitlines()
     if not lines or tuple(lines[0].split("\t")) != columns:
         raise DatagenError(f"{path}: header must be {' <tab> '.join(columns)}")
     rows = []
@@ -44,27 +42,42 @@ def _read_tsv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    if not path.exists():
-        raise DatagenError(f"{path}: file not found")
-    rows = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    rows = [ln.strip() for ln in read_text(path).splitlines()]
     rows = [r for r in rows if r and not r.startswith("#")]
     if not rows:
         raise DatagenError(f"{path}: no entries")
     return rows
 
 
-def _read_seed_texts(path: Path) -> list[str]:
+def seed_files(path: Path) -> list[Path]:
+    """``plan.seed_texts`` as files: the file itself, or every JSONL file in a folder (searched
+    recursively, as web.inputs folders are; names as in files.JSONL_SUFFIXES, hidden ones
+    skipped)."""
     if not path.exists():
-        raise DatagenError(f"plan.seed_texts: {path}: file not found")
+        raise DatagenError(f"plan.seed_texts: {path}: no such file or folder")
+    if not path.is_dir():
+        return [path]
+    found = sorted(
+        f
+        for f in path.rglob("*")
+        if f.is_file() and is_jsonl_name(f.name) and not f.name.startswith(".")
+    )
+    if not found:
+        raise DatagenError(
+            f"plan.seed_texts: {path}: folder has no JSONL files "
+            f"(looked for {', '.join(JSONL_SUFFIXES)})"
+        )
+    return found
+
+
+def _read_seed_texts(path: Path) -> list[str]:
+    """The ``text`` of every record (plain, .gz or .zst JSONL; a file or a folder of them)."""
     texts = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                t = json.loads(line).get("text")
-            except (json.JSONDecodeError, AttributeError):
-                raise DatagenError(f"{path}:{i}: not a JSON object with a 'text' field") from None
+    for f in seed_files(path):
+        for line in iter_jsonl(f):
+            if not isinstance(line.value, dict):
+                raise DatagenError(f"{f}:{line.number}: not a JSON object with a 'text' field")
+            t = line.value.get("text")
             if isinstance(t, str) and t.strip():
                 texts.append(t.strip()[:MAX_SEED_CHARS])
     if not texts:

@@ -68,16 +68,23 @@ class Prepared:
     unknown_charset: bool = False
 
 
-_EXTRACTOR: Extractor | None = None
+_EXTRACTOR: Extractor | DatagenError | None = None
 
 
 def _init_worker(name: str, include_tables: bool, fast: bool) -> None:
     global _EXTRACTOR
-    _EXTRACTOR = Extractor(name, include_tables=include_tables, fast=fast)
+    try:
+        _EXTRACTOR = Extractor(name, include_tables=include_tables, fast=fast)
+    except DatagenError as e:
+        # raised from prepare instead: the parent gets it as one error line, where a failing
+        # Pool initializer would only be restarted, again and again
+        _EXTRACTOR = e
 
 
 def prepare(rec: WebRecord) -> Prepared:
     """Step 2 for one record: decide HTML or not, decode, extract. Pure; runs in workers."""
+    if isinstance(_EXTRACTOR, DatagenError):
+        raise _EXTRACTOR
     assert _EXTRACTOR is not None
     if rec.text is not None:
         # lone surrogates (legal in JSON escapes) break fastText and JSON output: replace them
@@ -130,6 +137,7 @@ def prepared_stream(
         _init_worker(extractor, include_tables, fast)
         yield from map(prepare, records)
         return
+    Extractor(extractor, include_tables, fast)  # a missing package: one error, here
     window = workers * 16
     sem = threading.Semaphore(window)
     stop = threading.Event()
@@ -569,7 +577,11 @@ class WebStage:
                 "index": INDEX_DIR,
             },
             "decontam": (
-                {"benchmarks": self.decontam.loaded, "unavailable": self.decontam.unavailable}
+                {
+                    "benchmarks": self.decontam.loaded,
+                    "unavailable": self.decontam.unavailable,
+                    "warnings": self.decontam.warnings(),
+                }
                 if self.decontam is not None
                 else {"skipped": True}
             ),
@@ -594,6 +606,8 @@ def preflight(cfg: PipelineConfig) -> None:
     resolve_inputs(cfg.web.inputs, cfg.web.format)
     if cfg.web.inputs:
         from filters.lid import default_lid_model
+
+        Extractor(cfg.web.extractor)  # the extractor's package imports
 
         if cfg.web.lid_model:
             if not cfg.project_path(cfg.web.lid_model).is_file():
@@ -624,6 +638,10 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         }
     stage = WebStage(cfg, run, console)
     manifest = stage.process(sources, folder)
-    for msg in manifest["reader"]["error_messages"][:10]:
+    reader = manifest["reader"]
+    for msg in reader["error_messages"][:10]:
         console.print(f"[yellow]web: {msg}[/]")
+    if sum(reader["errors"].values()) > 10:
+        problems = ", ".join(f"{n} {kind}" for kind, n in reader["errors"].items())
+        console.print(f"[yellow]web: read problems in all: {problems} (web/manifest.json)[/]")
     return manifest

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from pipeline.errors import DatagenError
+from pipeline.files import one_line
 
 EXTRACTORS = ("trafilatura", "resiliparse")
 HTML_TYPES = ("text/html", "application/xhtml+xml", "application/xml+xhtml")
@@ -110,24 +111,34 @@ class Extractor:
         self.name = name
         self.include_tables = include_tables
         self.fast = fast
-        if name == "resiliparse":
-            try:
-                import resiliparse  # noqa: F401
-            except ImportError:
-                raise DatagenError(
-                    "web.extractor=resiliparse needs the resiliparse package "
-                    "(pip install resiliparse)"
-                ) from None
-        else:
+        # import here, not per page: a missing package is one clear error when the stage starts
+        # (and in each worker), not an ImportError traceback from the first page
+        try:
+            if name == "resiliparse":
+                from resiliparse.extract.html2text import extract_plain_text
+
+                self._resiliparse = extract_plain_text
+            else:
+                import trafilatura
+
+                self._trafilatura = trafilatura.extract
+        except ImportError as e:
+            fix = (
+                "pip install resiliparse"
+                if name == "resiliparse"
+                else "reinstall datagen with `pip install -e .`, which installs lxml_html_clean"
+            )
+            raise DatagenError(
+                f"web.extractor={name}: cannot import it ({one_line(e)}); {fix}"
+            ) from None
+        if name == "trafilatura":
             # trafilatura logs every page it finds too short: that is our funnel's job
             logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
 
     def __call__(self, html: str, url: str | None = None) -> str:
         """Main text with one paragraph per line ('' when nothing is found)."""
         if self.name == "resiliparse":
-            from resiliparse.extract.html2text import extract_plain_text
-
-            text = extract_plain_text(
+            text = self._resiliparse(
                 html,
                 main_content=True,
                 alt_texts=False,
@@ -135,10 +146,8 @@ class Extractor:
                 list_bullets=False,
             )
         else:
-            import trafilatura
-
             text = (
-                trafilatura.extract(
+                self._trafilatura(
                     html,
                     url=url,
                     include_comments=False,

@@ -5,14 +5,17 @@ Every reader yields :class:`WebRecord` one at a time and never holds a file in m
 is counted in :class:`ReadStats` (one line per problem naming the file and offset) and the
 rest of the file is still read where the format allows it:
 
-- a corrupt record in a per-record-gzip WARC: skipped, reading resumes at the next gzip member;
+- a corrupt record in a per-record-gzip WARC (a gzip member that does not decompress, or
+  bytes that are not a WARC record): skipped, reading resumes at the next gzip member that
+  starts a WARC record (found by scanning for the gzip magic);
 - a truncated file: the records before the damage are yielded, the cut record is counted;
 - a WARC that is ONE gzip stream (warcio refuses those): read again as a decompressed stream;
 - ARC v1 (warcio rejects it): parsed here from its ``URL IP date mime length`` header lines;
 - records without an HTTP header block (Wayback exports): the block is the payload.
 
 Input problems found before reading (missing path, a folder or glob with no input files,
-unknown format) raise :class:`DatagenError` so a run fails before any work starts.
+unknown format, every input file empty) raise :class:`DatagenError` so a run fails before any
+work starts; an empty file among others is only counted (``empty_file``) and skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import contextlib
 import glob as globlib
 import gzip
 import io
-import json
 import os
 import re
 import zlib
@@ -33,14 +35,27 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any
 
-import zstandard
 from warcio.archiveiterator import ArchiveIterator
-from warcio.bufferedreaders import BufferedReader, ChunkedDataReader
+from warcio.bufferedreaders import (
+    BufferedReader,
+    ChunkedDataReader,
+    DecompressingBufferedReader,
+)
 from warcio.exceptions import ArchiveLoadFailed
 from warcio.statusandheaders import StatusAndHeadersParser, StatusAndHeadersParserException
 
 from pipeline import PROJECT_ROOT
 from pipeline.errors import DatagenError
+from pipeline.files import (
+    DAMAGE_ERRORS,
+    GZIP_MAGIC,
+    JSONL_SUFFIXES,
+    FileDamage,
+    one_line,
+    open_binary,
+    raw_pos,
+)
+from pipeline.files import iter_jsonl as read_json_lines
 
 FORMATS = ("warc", "arc", "html", "jsonl", "parquet", "hf")
 
@@ -57,21 +72,13 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".htm", "html"),
     (".html.gz", "html"),
     (".xhtml", "html"),
-    (".jsonl", "jsonl"),
-    (".jsonl.gz", "jsonl"),
-    (".jsonl.zst", "jsonl"),
-    (".json.gz", "jsonl"),
-    (".ndjson", "jsonl"),
-    (".json", "jsonl"),
-    (".json.zst", "jsonl"),
+    *((suffix, "jsonl") for suffix in JSONL_SUFFIXES),
     (".parquet", "parquet"),
 )
 # WARC record types that carry a document; the rest (warcinfo, request, metadata, revisit)
 # are counted but not yielded
 CONTENT_TYPES = ("response", "resource", "conversion")
 _ARC_HEADER = re.compile(rb"^(\S+) (\S+) (\d{14}) (\S*) (?:.* )?(\d+)\r?\n?$")
-_GZIP_MAGIC = b"\x1f\x8b\x08"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_MESSAGES = 50
 _HINT = " (set web.inputs=[PATH,...], or web.inputs=[] to skip web data)"
 _HTTP_PARSER = StatusAndHeadersParser(["HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/2.0"], verify=False)
@@ -143,9 +150,9 @@ def format_of(name: str) -> str | None:
 def sniff_format(path: Path) -> str | None:
     """Guess a format from the first bytes (after gzip/zstd decompression)."""
     try:
-        with _open_binary(path) as f:
+        with open_binary(path) as f:
             head = f.read(64)
-    except (OSError, EOFError, zlib.error, zstandard.ZstdError):
+    except (DatagenError, OSError, *DAMAGE_ERRORS):
         return None
     head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"WARC/"):
@@ -200,7 +207,7 @@ def resolve_inputs(inputs: list[str], fmt: str = "auto") -> list[InputSource]:
             files = [f for f in _glob(item) if os.path.isfile(f)]
             if not files:
                 raise DatagenError(f"web.inputs: {item}: matches no file{_HINT}")
-            out.extend(_source(Path(f), fmt, strict=False, where=item) for f in files)
+            out.extend(_source(Path(f), fmt, where=item) for f in files)
             continue
         p = _resolve_path(item)
         if p is None:
@@ -215,19 +222,40 @@ def resolve_inputs(inputs: list[str], fmt: str = "auto") -> list[InputSource]:
             if not files:
                 kinds = fmt if fmt != "auto" else ", ".join(sorted({s for s, _ in _SUFFIXES}))
                 raise DatagenError(f"{p}: folder has no input files (looked for {kinds})")
-            out.extend(_source(f, fmt, strict=True, where=str(p)) for f in files)
+            out.extend(_source(f, fmt, where=str(p)) for f in files)
         else:
-            out.append(_source(p, fmt, strict=True, where=str(p)))
-    return [s for s in out if s is not None]
+            out.append(_source(p, fmt, where=str(p)))
+    empty = [s for s in out if s.format == "empty"]
+    if empty and len(empty) == len(out):
+        # one empty file among thousands is common and only skipped (counted, warned about
+        # when read); with nothing else to read the inputs are surely wrong
+        what = "is empty" if len(empty) == 1 else f"and the other {len(empty) - 1} are all empty"
+        raise DatagenError(f"web.inputs: {empty[0].path} {what}; nothing to read{_HINT}")
+    return out
 
 
-def _source(path: Path, fmt: str, strict: bool, where: str) -> InputSource:
+def is_empty_file(path: Path) -> bool:
+    """0 bytes, or a small .gz / .zst with nothing inside (an empty gzip is 20 bytes; only
+    files under 4 KiB are opened, so checking thousands of inputs stays cheap)."""
+    size = path.stat().st_size
+    if size == 0:
+        return True
+    if size > 4096:
+        return False
+    try:
+        with open_binary(path) as f:
+            return not f.read(1)
+    except (DatagenError, OSError, *DAMAGE_ERRORS):
+        return False  # damaged: reported when read
+
+
+def _source(path: Path, fmt: str, where: str) -> InputSource:
+    if is_empty_file(path):
+        return InputSource(str(path), "empty")
     if fmt != "auto":
         return InputSource(str(path), fmt)
     found = format_of(path.name) or sniff_format(path)
     if found is None:
-        if path.stat().st_size == 0:  # reported (not fatal) when read
-            return InputSource(str(path), "empty")
         raise DatagenError(
             f"{path}: unknown input format (from {where}); "
             f"set web.format to one of {', '.join(FORMATS)}"
@@ -236,67 +264,6 @@ def _source(path: Path, fmt: str, strict: bool, where: str) -> InputSource:
 
 
 # --------------------------------------------------------------------------- helpers
-def _open_binary(path: Path | str) -> IO[bytes]:
-    """Open a file, transparently decompressing gzip (all members) or zstd."""
-    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller
-    head = raw.read(4)
-    raw.seek(0)
-    if head.startswith(_GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if head.startswith(_ZSTD_MAGIC):
-        return io.BufferedReader(_ZstdReader(raw))  # type: ignore[return-value]
-    return raw
-
-
-class _ZstdReader(io.RawIOBase):
-    """zstd frames (one or more) as a raw stream; raises EOFError when the input ends inside
-    a frame (python-zstandard's stream_reader just stops, hiding a truncated file)."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.fileobj = raw  # for _raw_pos
-        self._d = zstandard.ZstdDecompressor().decompressobj()
-        self._buf = b""
-        self._in_frame = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            chunk = self.raw.read(1 << 16)
-            if not chunk:
-                if self._in_frame:
-                    raise EOFError("zstd stream ends before the end of its frame")
-                return 0
-            while chunk:
-                self._in_frame = True
-                self._buf += self._d.decompress(chunk)
-                if self._d.eof:  # a frame ended: the rest starts a new one
-                    self._in_frame = False
-                    chunk = self._d.unused_data
-                    self._d = zstandard.ZstdDecompressor().decompressobj()
-                else:
-                    chunk = b""
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
-
-
-def _raw_pos(f: IO[bytes]) -> int:
-    """Compressed bytes consumed: the position in the underlying file (for progress)."""
-    inner: Any = getattr(f, "fileobj", None)
-    try:
-        return int(inner.tell() if inner is not None else f.tell())
-    except (OSError, ValueError, AttributeError):
-        return 0
-
-
 def iso_date(value: str | None) -> str | None:
     """WARC-Date (ISO), an HTTP date, or an ARC ``YYYYMMDDhhmmss`` stamp -> ISO 8601 UTC."""
     if not value or value.strip().lower() in ("null", "none", "-"):
@@ -334,15 +301,41 @@ def _where(path: str, offset: int | None) -> str:
 
 
 # --------------------------------------------------------------------------- WARC / WET
+class _GzipMemberDamage(Exception):
+    """A gzip member of a WARC that does not decompress (bad CRC, garbled deflate data)."""
+
+
+class _StrictGzipReader(DecompressingBufferedReader):
+    """warcio's reader for a file known to be gzip, except that a member that fails to
+    decompress raises: warcio writes "Error -3 while decompressing data" to stderr and ends
+    the file there, or, when the damage is in a member's first block, reads the compressed
+    bytes as if they were plain WARC."""
+
+    def _decompress(self, data: bytes) -> bytes:
+        if not self.decompressor or not data:
+            return data
+        try:
+            return self.decompressor.decompress(data)
+        except zlib.error as e:
+            raise _GzipMemberDamage(one_line(e)) from None
+
+
+def _archive_iterator(raw: IO[bytes], gz: bool) -> ArchiveIterator:
+    it = ArchiveIterator(raw, no_record_parse=True)
+    if gz:  # nothing is read before the first record is asked for: the reader can be swapped
+        it.reader = _StrictGzipReader(it.fh, block_size=it.reader.block_size)
+    return it
+
+
 def iter_warc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
     """WARC and WET records via warcio; copes with damage as described in the module doc."""
     seen = 0
     with open(path, "rb") as raw:
-        gz = raw.read(3) == _GZIP_MAGIC
+        gz = raw.read(3) == GZIP_MAGIC
         pos = 0
         while True:
             raw.seek(pos)
-            it = ArchiveIterator(raw, no_record_parse=True)
+            it = _archive_iterator(raw, gz)
             off = pos
             try:
                 for rec in it:
@@ -359,8 +352,9 @@ def iter_warc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
                     # it as a decompressed stream (offsets are then decompressed offsets)
                     yield from _iter_warc_stream(path, stats, skip=seen)
                     return
-                off = max(off, int(getattr(it, "offset", off)))
-                stats.error("corrupt_record", _where(path, off), _first_line(e))
+                why = one_line(e)
+            except _GzipMemberDamage as e:
+                why = f"gzip member does not decompress ({e})"
             # warcio raises assorted types on damaged bytes (AttributeError on a cut header,
             # ValueError, zlib.error, EOFError); count the damage and resume after it
             except (
@@ -372,13 +366,11 @@ def iter_warc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
                 KeyError,
                 IndexError,
             ) as e:
-                off = max(off, int(getattr(it, "offset", off)))
-                stats.error(
-                    "corrupt_record",
-                    _where(path, off),
-                    f"unreadable record ({type(e).__name__}: {_first_line(e)})",
-                )
+                why = f"unreadable record ({type(e).__name__}: {one_line(e)})"
+            off = max(off, int(getattr(it, "offset", off)))
             nxt = _next_member(raw, off + 1, gz)
+            resume = f"reading resumes at offset {nxt}" if nxt is not None else "no record after it"
+            stats.error("corrupt_record", _where(path, off), f"{why}; skipped, {resume}")
             if nxt is None:
                 return
             pos = nxt
@@ -413,14 +405,14 @@ def _iter_warc_stream(path: str, stats: ReadStats, skip: int) -> Iterator[WebRec
             stats.error(
                 kind,
                 _where(path, off),
-                f"stream ends in damage ({_first_line(e)}); records before it were read",
+                f"stream ends in damage ({one_line(e)}); records before it were read",
             )
 
 
 def _next_member(raw: IO[bytes], start: int, gz: bool) -> int | None:
     """Offset of the next gzip member (gzip files) or ``WARC/`` line (plain files) at or after
     ``start`` whose content starts a WARC record; None at the end of the file."""
-    marker = _GZIP_MAGIC if gz else b"WARC/1."
+    marker = GZIP_MAGIC if gz else b"WARC/1."
     raw.seek(start)
     base = start
     tail = b""
@@ -451,13 +443,6 @@ def _starts_warc(raw: IO[bytes], at: int) -> bool:
         return False
     finally:
         raw.seek(here)
-
-
-def _first_line(e: BaseException) -> str:
-    """An exception as one short printable line (warcio quotes raw bytes in its messages)."""
-    text = " ".join(str(e).split())
-    text = "".join(ch if ch.isprintable() and ord(ch) < 0x7F else "?" for ch in text)
-    return text[:120] or type(e).__name__
 
 
 def _http_body(block: bytes) -> tuple[Any, bytes]:
@@ -505,7 +490,7 @@ def _warc_record(rec: Any, it: ArchiveIterator, path: str, stats: ReadStats) -> 
             stats.error(
                 "corrupt_record",
                 _where(path, offset),
-                f"bad HTTP block ({_first_line(e)}); skipped",
+                f"bad HTTP block ({one_line(e)}); skipped",
             )
             return None
         with contextlib.suppress(ValueError, TypeError):
@@ -538,7 +523,7 @@ def _warc_record(rec: Any, it: ArchiveIterator, path: str, stats: ReadStats) -> 
 # --------------------------------------------------------------------------- ARC
 def iter_arc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
     """ARC v1 (``URL IP date mime length``) and v2 (10 fields, length last) files."""
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         off = 0
         try:
             line = f.readline()
@@ -577,14 +562,14 @@ def iter_arc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
                 else:
                     stats.record_types["arc_record"] += 1
                     wr = _arc_record(path, rec_off, url, date, mime, body)
-                    wr.pos = _raw_pos(f)
+                    wr.pos = raw_pos(f)
                     yield wr
                 line = f.readline()
-        except (EOFError, zlib.error, OSError) as e:
+        except (OSError, *DAMAGE_ERRORS) as e:
             stats.error(
                 "truncated",
                 _where(path, off),
-                f"compressed stream ends in damage ({_first_line(e)}); records before it were read",
+                f"compressed stream ends in damage ({one_line(e)}); records before it were read",
             )
 
 
@@ -629,10 +614,10 @@ def _header_end(body: bytes) -> int:
 # --------------------------------------------------------------------------- HTML files
 def iter_html(path: str, stats: ReadStats) -> Iterator[WebRecord]:
     try:
-        with _open_binary(path) as f:
+        with open_binary(path) as f:
             data = f.read()
-    except (EOFError, zlib.error, OSError) as e:
-        stats.error("truncated", path, f"cannot read ({_first_line(e)})")
+    except (OSError, *DAMAGE_ERRORS) as e:
+        stats.error("truncated", path, f"cannot read ({one_line(e)})")
         return
     stats.record_types["html_file"] += 1
     mtime = datetime.fromtimestamp(os.path.getmtime(path), UTC).isoformat(timespec="seconds")
@@ -659,44 +644,34 @@ def _field(obj: Any, dotted: str) -> Any:
 def iter_jsonl(
     path: str, stats: ReadStats, text_field: str, url_field: str, date_field: str
 ) -> Iterator[WebRecord]:
-    lineno = 0
+    def bad_line(number: int, why: str) -> None:
+        stats.error("bad_json", f"{path}:{number}", f"{why}; skipped")
+
     try:
-        with _open_binary(path) as f:
-            for line in f:
-                lineno += 1
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    stats.error("bad_json", f"{path}:{lineno}", f"not valid JSON ({e}); skipped")
-                    continue
-                text = _field(obj, text_field)
-                if not isinstance(text, str):
-                    stats.error(
-                        "missing_text",
-                        f"{path}:{lineno}",
-                        f"no string field '{text_field}' (web.text_field); skipped",
-                    )
-                    continue
-                stats.record_types["jsonl_line"] += 1
-                url = _field(obj, url_field)
-                date = _field(obj, date_field)
-                yield WebRecord(
-                    source_file=path,
-                    offset=lineno,
-                    url=url if isinstance(url, str) else None,
-                    fetch_date=iso_date(date) if isinstance(date, str) else None,
-                    content_type="text/plain",
-                    text=text,
-                    pos=_raw_pos(f),
+        for line in read_json_lines(path, on_error=bad_line):
+            obj = line.value
+            text = _field(obj, text_field)
+            if not isinstance(text, str):
+                stats.error(
+                    "missing_text",
+                    f"{path}:{line.number}",
+                    f"no string field '{text_field}' (web.text_field); skipped",
                 )
-    except (EOFError, zlib.error, OSError, zstandard.ZstdError) as e:
-        stats.error(
-            "truncated",
-            f"{path}:{lineno + 1}",
-            f"compressed stream ends in damage ({_first_line(e)}); lines before it were read",
-        )
+                continue
+            stats.record_types["jsonl_line"] += 1
+            url = _field(obj, url_field)
+            date = _field(obj, date_field)
+            yield WebRecord(
+                source_file=path,
+                offset=line.number,
+                url=url if isinstance(url, str) else None,
+                fetch_date=iso_date(date) if isinstance(date, str) else None,
+                content_type="text/plain",
+                text=text,
+                pos=line.pos,
+            )
+    except FileDamage as e:
+        stats.error("truncated", e.where, e.what)
 
 
 # --------------------------------------------------------------------------- parquet
@@ -709,7 +684,7 @@ def iter_parquet(
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
-        stats.error("corrupt_file", path, f"not a readable parquet file ({_first_line(e)})")
+        stats.error("corrupt_file", path, f"not a readable parquet file ({one_line(e)})")
         return
     names = set(pf.schema_arrow.names)
     if text_field not in names:
@@ -740,7 +715,7 @@ def iter_parquet(
                     text=text,
                 )
     except (pa.ArrowInvalid, OSError) as e:
-        stats.error("corrupt_record", f"{path} row {row}", f"unreadable ({_first_line(e)})")
+        stats.error("corrupt_record", f"{path} row {row}", f"unreadable ({one_line(e)})")
 
 
 # --------------------------------------------------------------------------- HF datasets
@@ -759,9 +734,7 @@ def iter_hf(
     try:
         ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
-        raise DatagenError(
-            f"web.inputs: hf:{name}: cannot load dataset ({_first_line(e)})"
-        ) from None
+        raise DatagenError(f"web.inputs: hf:{name}: cannot load dataset ({one_line(e)})") from None
     for i, row in enumerate(ds):
         text = _field(row, text_field)
         if not isinstance(text, str):
@@ -790,16 +763,15 @@ def iter_source(
     hf_split: str = "train",
     hf_config: str | None = None,
 ) -> Iterator[WebRecord]:
-    """All records of one input; an empty file is reported and yields nothing."""
+    """All records of one input; an empty file is counted as ``empty_file`` and yields
+    nothing."""
     stats.files += 1
     if src.format != "hf":
         size = src.size
         stats.bytes += size
-        if size == 0:
-            stats.error("empty_file", src.path, "empty file; nothing to read")
+        if src.format == "empty" or size == 0:
+            stats.error("empty_file", src.path, "empty file (nothing to read); skipped")
             return
-    if src.format == "empty":
-        return
     if src.format == "warc":
         yield from iter_warc(src.path, stats)
     elif src.format == "arc":
