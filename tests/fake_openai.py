@@ -48,11 +48,15 @@ class FakeOpenAI:
         slow_s: float = 5.0,
         script: Callable[[str], list[str]] | None = None,
         completion_tokens: int = 50,
+        prompt_tokens: int | None = 100,
     ) -> None:
+        """``prompt_tokens=None``: bill one prompt token per UTF-8 byte of the messages (what a
+        byte-level tokenizer does at worst)."""
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.script = script or (lambda key: [])
         self.completion_tokens = completion_tokens
+        self.prompt_tokens = prompt_tokens
         self.trickle_s = 0.1  # pause between the pieces of a "trickle" answer
         self.attempts: Counter[str] = Counter()
         self.successes: Counter[str] = Counter()
@@ -130,10 +134,13 @@ class FakeOpenAI:
             text += " \ud800 (a lone surrogate)"
         if fault not in ("empty", "slow", "trickle"):  # those arrive after the client gave up
             self.successes[key] += 1
+        prompt = self.prompt_tokens
+        if prompt is None:
+            prompt = sum(len(m["content"].encode()) for m in body["messages"])
         usage: dict[str, object] = {
-            "prompt_tokens": 100,
+            "prompt_tokens": prompt,
             "completion_tokens": self.completion_tokens,
-            "total_tokens": 100 + self.completion_tokens,
+            "total_tokens": prompt + self.completion_tokens,
         }
         if fault == "badusage":
             usage["prompt_tokens"] = "lots"

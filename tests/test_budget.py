@@ -120,6 +120,28 @@ def test_an_endpoint_billing_past_max_tokens_is_charged_its_usage_and_stopped(tm
         assert fake.total == 2 and manifest(tmp_path, "generate")["run_spent_usd"] == 4.0
 
 
+def test_prompts_billed_past_a_chars_per_4_guess_never_take_the_spend_past_the_cap(tmp_path):
+    """An endpoint billing a prompt token per byte (4x a chars/4 guess), prompts at $100/M:
+    the worst case counts every byte, so the cap holds at full concurrency."""
+    fake = FakeOpenAI(prompt_tokens=None, completion_tokens=10)
+    price = "teacher.prices={fake-model: {input_per_mtok: 100, output_per_mtok: 0}}"
+    with ServerThread(fake) as srv:
+        r = datagen(
+            *gen_args(srv.url, price, "plan.n=40", "teacher.concurrency=8"),
+            "budget.max_cost_usd=1.0",
+            cwd=tmp_path,
+        )
+        assert r.returncode == 0, r.stderr
+    outputs = read_jsonl(tmp_path / "runs/default/generate/outputs.jsonl")
+    prompt_usd = [o["prompt_tokens"] * 100 / 1e6 for o in outputs]
+    assert sum(fake.successes.values()) == len(outputs) and 0 < len(outputs) < 40
+    assert sum(prompt_usd) <= 1.0  # everything the server answered
+    m = manifest(tmp_path, "generate")
+    assert m["status"] == "stopped: budget"
+    assert m["run_spent_usd"] == round(sum(prompt_usd), 6)
+    assert m["run_spent_usd"] + max(prompt_usd) > 1.0 - 0.05  # it stopped near the cap
+
+
 def test_kill_9_and_resume_never_spend_more_than_the_budget(tmp_path):
     """Killed mid-run, resumed with the same cap: what the server answered (billed, whether
     or not datagen got the answer) stays within the cap over both invocations."""

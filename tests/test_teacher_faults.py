@@ -176,3 +176,27 @@ def test_annotate_progress_counts_unparseable_ratings_as_failed(tmp_path):
     assert (m["rated"], m["failed"]) == (0, 8)
     bar = [ln for ln in r.stderr.splitlines() if ln.startswith("annotate ")]
     assert bar and "ok=0 failed=8" in bar[-1], bar
+
+
+def test_annotate_where_every_request_failed_is_an_error_naming_the_reason(tmp_path):
+    fine, broken = FakeOpenAI(), FakeOpenAI(script=lambda key: ["400"])
+    with ServerThread(fine) as ok_srv, ServerThread(broken) as bad_srv:
+        r = datagen(*gen_args(ok_srv.url, "plan.n=4"), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        # generate's output does not depend on the endpoint: only annotate runs, and fails
+        r = datagen(
+            "run",
+            "stage=annotate",
+            f"teacher.base_url={bad_srv.url}",
+            "teacher.model=fake-model",
+            "plan.n=4",
+            "annotate.n=4",
+            *FAST,
+            cwd=tmp_path,
+        )
+    assert r.returncode == 2 and broken.total == 4 and fine.total == 4
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("datagen: error: annotate: nothing succeeded: 4 requests failed")
+    assert "http_400 x4" in err
+    m = json.loads((tmp_path / "runs/default/annotate/manifest.json").read_text())
+    assert m["status"] == "failed"

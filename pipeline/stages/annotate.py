@@ -26,7 +26,7 @@ from pipeline.errors import DatagenError
 from pipeline.prompting import PromptLibrary
 from pipeline.records import Document, Failure, stable_id, utc_now
 from pipeline.runs import STOPPED_BUDGET, JsonlAppender, Run, read_jsonl, repair_jsonl_tail
-from pipeline.secrets import redact
+from pipeline.secrets import env_secret, redact
 
 # teacher.base_url decides annotate.structured=auto (see structured_mode)
 CONFIG_KEYS = ("annotate", "teacher.model", "teacher.base_url", "classifier.model_path", "seed")
@@ -191,7 +191,9 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
             def ok(job: Job, c: Completion) -> bool:
                 rating = parse_rating(c.text, structured=mode != "off")
                 if rating is None:
-                    tail = redact(" ".join(c.text.split())[-80:])
+                    tail = redact(
+                        " ".join(c.text.split())[-80:], env_secret(cfg.teacher.api_key_env)
+                    )
                     want = (
                         "a JSON score 0-5" if mode != "off" else "an 'Educational score: 0-5' line"
                     )
@@ -235,7 +237,8 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failure_reasons"].items())
         raise DatagenError(
             f"annotate: nothing succeeded: {manifest['failed']} requests failed ({reasons}); "
-            f"each reason is in {fail_path}"
+            f"each reason is in {fail_path}; fix the cause, then run `datagen run "
+            f"stage=annotate force=true`"
         )
     return manifest
 
