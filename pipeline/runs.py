@@ -85,6 +85,9 @@ class JsonlAppender:
         if self.fsync:
             os.fsync(self._f.fileno())
 
+    def fileno(self) -> int:
+        return self._f.fileno()
+
     def close(self) -> None:
         self._f.close()
 

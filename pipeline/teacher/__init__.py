@@ -131,9 +131,11 @@ async def open_teacher(
         price = cfg.teacher.prices.get(cfg.teacher.model)
         paid = price is not None and (price.input_per_mtok > 0 or price.output_per_mtok > 0)
         ledger = SpendLedger(run.path / SPEND_FILE, stage, cfg.budget.max_cost_usd, fsync=paid)
-        stack.callback(ledger.close)
         teacher = Teacher(cfg.teacher, urls, key, cache, ledger)
         try:
             yield teacher
         finally:
-            await teacher.close()
+            try:
+                await teacher.close()
+            finally:
+                await ledger.aclose()

@@ -4,8 +4,10 @@ Every attempt sent to the endpoint is written before it goes out ("sent", with i
 cost) and settled when its answer arrives ("paid", at the cost its ``usage`` reports) or when
 it certainly was not billed ("unbilled": an HTTP error status, a connection that never
 opened). An attempt never settled (timed out, cut off, in flight at a kill -9) may still
-have been billed, so it counts at its worst case. Lines are flushed as written (fsynced when
-money is involved), so a kill loses nothing. The total over all stages and all invocations
+have been billed, so it counts at its worst case. Lines are flushed as written, so a kill loses
+nothing; when money is involved they are also fsynced (a power cut loses nothing), by a
+background thread that covers every line written since its last fsync, so the event loop
+never waits on the disk. The total over all stages and all invocations
 of the run is what the budget caps: a rerun or a resume never gets the budget afresh.
 
 The check: an attempt is sent only if the total (settled costs + worst cases of everything
@@ -18,6 +20,8 @@ and every later attempt is refused at once (:class:`BudgetExhausted`; the item s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,11 +132,27 @@ class SpendLedger:
         self.overrun = 1.0  # the largest actual / worst-case ratio seen
         self.session_usd = 0.0
         self._changed = asyncio.Event()
-        self._out = JsonlAppender(path, fsync=fsync)
+        self._out = JsonlAppender(path, fsync=False)
+        self._fsync = fsync
+        self._dirty = False  # lines written since the last fsync began
+        self._syncing: asyncio.Task[None] | None = None
 
     def _write(self, e: SpendEntry) -> None:
         self._out.write(e.model_copy(update={"at": utc_now()}).model_dump(exclude_defaults=True))
         self.totals.add(e)
+        if self._fsync:
+            self._dirty = True
+            if self._syncing is None:
+                self._syncing = asyncio.get_running_loop().create_task(self._sync())
+
+    async def _sync(self) -> None:
+        """Group commit: one fsync covers every line written before it started."""
+        try:
+            while self._dirty:
+                self._dirty = False
+                await asyncio.to_thread(os.fsync, self._out.fileno())
+        finally:
+            self._syncing = None
 
     def _wake(self) -> None:
         self._changed.set()
@@ -199,5 +219,10 @@ class SpendLedger:
         self._worst.pop(key, None)
         self._wake()
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        if self._syncing is not None:
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await self._syncing
+        if self._fsync:
+            os.fsync(self._out.fileno())
         self._out.close()
