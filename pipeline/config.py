@@ -92,9 +92,11 @@ class TeacherConfig(Section):
     base_url: str = ""  # empty: start the embedded local teacher
     model: str = "SmolLM2-135M-Instruct"
     api_key_env: str = "OPENAI_API_KEY"
+    # send the key to a non-loopback host over plain http (it travels unencrypted)
+    allow_insecure_key: bool = False
     concurrency: int = Field(8, ge=1)
     max_retries: int = Field(5, ge=0)
-    timeout_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(300.0, gt=0)  # per attempt, the whole answer included
     max_tokens: int = Field(600, ge=1)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)

@@ -25,6 +25,10 @@ from pipeline.records import utc_now
 
 M = TypeVar("M", bound=BaseModel)
 
+# a stage the budget stopped: its records are whole, later stages may use them, and the next
+# run continues it (with a larger budget.max_cost_usd)
+STOPPED_BUDGET = "stopped: budget"
+
 
 def file_mode() -> int:
     """The mode a plainly created file would get (0666 less the umask); mkstemp's is 0600."""
@@ -93,6 +97,9 @@ class JsonlAppender:
         self._f.flush()
         if self.fsync:
             os.fsync(self._f.fileno())
+
+    def fileno(self) -> int:
+        return self._f.fileno()
 
     def close(self) -> None:
         self._f.close()
@@ -228,7 +235,9 @@ class Run:
         return bool(m and m.get("status") == "finished")
 
     def require_finished(self, stage: str, needed_by: str) -> Path:
-        if not self.is_finished(stage):
+        """The stage's folder, when it finished (or the budget stopped it: usable output)."""
+        m = self.read_manifest(stage)
+        if not (m and m.get("status") in ("finished", STOPPED_BUDGET)):
             raise DatagenError(
                 f"{self.path / stage}: stage '{stage}' has not finished; "
                 f"run `datagen run stage={stage}` before '{needed_by}'"

@@ -17,10 +17,16 @@ def print_summary(manifests: list[dict[str, Any]], console: Console) -> None:
     for m in manifests:
         summary = m.get("summary", {})
         result = ", ".join(f"{k}={v}" for k, v in summary.items())
+        status = m.get("status", "?")
+        if m.get("inputs_stopped_by_budget"):
+            status += " (partial input: budget)"
         table.add_row(
             m.get("stage", "?"),
-            m.get("status", "?"),
+            status,
             result,
             f"{m.get('run', '')}/{m.get('stage', '')}",
         )
     console.print(table)
+    for m in manifests:  # what to do next, e.g. how to continue a budget-stopped stage
+        if m.get("next"):
+            console.print(f"{m.get('stage', '?')}: {m['next']}")

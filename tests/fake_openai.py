@@ -11,13 +11,30 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import socket
+import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
 
-FAULTS = ("429", "500", "slow", "malformed", "drop", "empty")
+FAULTS = (
+    "429",  # rate limited, Retry-After: 1
+    "429bad",  # rate limited, a Retry-After that is neither seconds nor an HTTP date
+    "500",
+    "always500",
+    "400",
+    "401",  # bad key, and the message quotes it (as real servers do)
+    "slow",  # answers after slow_s
+    "trickle",  # sends the answer a few bytes at a time, each well within any read timeout
+    "malformed",  # a truncated JSON body
+    "drop",  # closes the connection without a response
+    "reset",  # resets the connection (TCP RST)
+    "empty",  # an empty completion
+    "badusage",  # usage.prompt_tokens is not a number
+    "surrogate",  # the content holds a lone surrogate (a legal JSON escape)
+)
 
 
 def request_key(messages: list[dict[str, str]]) -> str:
@@ -31,11 +48,16 @@ class FakeOpenAI:
         slow_s: float = 5.0,
         script: Callable[[str], list[str]] | None = None,
         completion_tokens: int = 50,
+        prompt_tokens: int | None = 100,
     ) -> None:
+        """``prompt_tokens=None``: bill one prompt token per UTF-8 byte of the messages (what a
+        byte-level tokenizer does at worst)."""
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.script = script or (lambda key: [])
         self.completion_tokens = completion_tokens
+        self.prompt_tokens = prompt_tokens
+        self.trickle_s = 0.1  # pause between the pieces of a "trickle" answer
         self.attempts: Counter[str] = Counter()
         self.successes: Counter[str] = Counter()
         self.after_success: Counter[str] = Counter()
@@ -70,10 +92,31 @@ class FakeOpenAI:
             )
         if fault in ("500", "always500"):
             return web.json_response({"error": {"message": "boom", "type": "server"}}, status=500)
+        if fault == "429bad":
+            return web.json_response(
+                {"error": {"message": "rate limited", "type": "rate"}},
+                status=429,
+                headers={"Retry-After": "soon"},
+            )
         if fault == "400":
             return web.json_response(
                 {"error": {"message": "bad request", "type": "invalid"}}, status=400
             )
+        if fault == "401":
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            message = (
+                f"Incorrect API key provided: {token}. Key sk-live-0123456789abcdefXYZ is "
+                f"revoked too. You can find your API key at https://example.com/keys."
+            )
+            return web.json_response(
+                {"error": {"message": message, "type": "invalid_request_error"}}, status=401
+            )
+        if fault == "reset":
+            assert request.transport is not None
+            sock = request.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.transport.abort()  # SO_LINGER 0: the close sends RST
+            return web.Response(status=200)
         if fault == "slow":
             await asyncio.sleep(self.slow_s)
         if fault == "malformed":
@@ -87,28 +130,51 @@ class FakeOpenAI:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         text = "" if fault == "empty" else self._text(body["messages"])
-        if fault not in ("empty", "slow"):  # a slow answer arrives after the client gave up
+        if fault == "surrogate":
+            text += " \ud800 (a lone surrogate)"
+        if fault not in ("empty", "slow", "trickle"):  # those arrive after the client gave up
             self.successes[key] += 1
-        return web.json_response(
-            {
-                "id": f"chatcmpl-{key}",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body.get("model", "fake"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": text},
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": 100,
-                    "completion_tokens": self.completion_tokens,
-                    "total_tokens": 100 + self.completion_tokens,
-                },
-            }
-        )
+        prompt = self.prompt_tokens
+        if prompt is None:
+            prompt = sum(len(m["content"].encode()) for m in body["messages"])
+        usage: dict[str, object] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt + self.completion_tokens,
+        }
+        if fault == "badusage":
+            usage["prompt_tokens"] = "lots"
+        answer = {
+            "id": f"chatcmpl-{key}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", "fake"),
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+            "usage": usage,
+        }
+        if fault == "trickle":
+            return await self._trickle(request, json.dumps(answer).encode())
+        return web.json_response(answer)
+
+    async def _trickle(self, request: web.Request, data: bytes) -> web.StreamResponse:
+        """The whole answer, in 8-byte pieces ``trickle_s`` apart."""
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        try:
+            for i in range(0, len(data), 8):
+                await resp.write(data[i : i + 8])
+                await asyncio.sleep(self.trickle_s)
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):  # the client gave up
+            pass
+        return resp
 
     @staticmethod
     def _text(messages: list[dict[str, str]]) -> str:
@@ -117,10 +183,12 @@ class FakeOpenAI:
 
 
 class ServerThread:
-    """Run a FakeOpenAI on 127.0.0.1 in a background thread; ``url`` is the /v1 base URL."""
+    """Run a FakeOpenAI on ``host`` (127.0.0.1) in a background thread; ``url`` is the /v1
+    base URL."""
 
-    def __init__(self, fake: FakeOpenAI) -> None:
+    def __init__(self, fake: FakeOpenAI, host: str = "127.0.0.1") -> None:
         self.fake = fake
+        self.host = host
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self._ready = threading.Event()
@@ -128,13 +196,13 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         runner = web.AppRunner(self.fake.app(), access_log=None)
         self.loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        site = web.TCPSite(runner, self.host, 0, backlog=1024)
         self.loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._runner = runner

@@ -112,17 +112,32 @@ def test_retry_failed_moves_recovered_items_to_outputs(tmp_path):
         assert fake.total == (12 - n_failed) + n_failed * 4 + n_failed
 
 
-def test_non_retryable_error_fails_at_once_with_reason(tmp_path):
-    fake = FakeOpenAI(script=lambda key: ["400"])
+def test_non_retryable_error_fails_at_once_and_nothing_succeeded_is_an_error(tmp_path):
+    fake = FakeOpenAI(script=lambda key: ["400"] * 2)
     with ServerThread(fake) as srv:
         r = datagen(*gen_args(srv.url, "plan.n=3", *FAST), cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
-        failures = read_jsonl(tmp_path / "runs/default/generate/failures.jsonl")
+        # every request failed: an error naming the top reason, not "finished"
+        assert r.returncode == 2
+        err = r.stderr.strip().splitlines()[-1]
+        assert err.startswith("datagen: error: generate: nothing succeeded: 3 items failed")
+        assert "http_400 x3" in err and "retry_failed=true" in err
+        gen = tmp_path / "runs/default/generate"
+        failures = read_jsonl(gen / "failures.jsonl")
         assert len(failures) == 3 and all(f["reason"].startswith("http_400") for f in failures)
         assert fake.total == 3
+        assert json.loads((gen / "manifest.json").read_text())["status"] == "failed"
+        # a plain rerun asks nothing again and says the same; retry_failed retries them
+        r = datagen(*gen_args(srv.url, "plan.n=3", *FAST), cwd=tmp_path)
+        assert r.returncode == 2 and "nothing succeeded" in r.stderr and fake.total == 3
+        r = datagen(*gen_args(srv.url, "plan.n=3", "retry_failed=true", *FAST), cwd=tmp_path)
+        assert r.returncode == 2 and fake.total == 6
+        r = datagen(*gen_args(srv.url, "plan.n=3", "retry_failed=true", *FAST), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((gen / "manifest.json").read_text())
+        assert (m["status"], m["items"], m["failed"], m["pending"]) == ("finished", 3, 0, 0)
 
 
-def _kill_midway(cmd: list[str], cwd: Path, outputs: Path, min_lines: int) -> None:
+def kill_midway(cmd: list[str], cwd: Path, outputs: Path, min_lines: int) -> None:
     env = {**os.environ}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", *cmd],
@@ -145,7 +160,7 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
     with ServerThread(fake) as srv:
         base = gen_args(srv.url, "plan.n=40", "teacher.concurrency=4")
         crashed = tmp_path / "runs/crashed/generate/outputs.jsonl"
-        _kill_midway([*base, "run.name=crashed"], tmp_path, crashed, min_lines=8)
+        kill_midway([*base, "run.name=crashed"], tmp_path, crashed, min_lines=8)
         finished_before = read_jsonl(crashed)
         assert 8 <= len(finished_before) < 40
         attempts_at_kill = dict(fake.attempts)
@@ -181,9 +196,9 @@ def test_budget_stops_before_it_is_exceeded_and_keeps_what_finished(tmp_path):
         )
         assert r.returncode == 0, r.stderr
         m = json.loads((tmp_path / "runs/default/generate/manifest.json").read_text())
-        assert m["status"] == "stopped" and m["summary"]["stopped"] == "budget"
+        assert m["status"] == "stopped: budget" and m["pending"] == 20 - m["items"]
         assert 0 < m["items"] < 20
-        assert m["cost_usd"] <= 0.8
+        assert m["cost_usd"] <= m["run_spent_usd"] <= 0.8
         assert m["cost_usd"] == round(m["items"] * 1100 * 100 / 1e6, 6)
         # a larger budget continues where it stopped, without re-requesting
         r = datagen(*gen_args(srv.url, "plan.n=20", price, "budget.max_cost_usd=5"), cwd=tmp_path)
@@ -330,3 +345,66 @@ def test_a_template_cannot_run_commands(tmp_path):
         assert r.returncode == 2
         assert "evil.j2" in r.stderr and "unsafe" in r.stderr
         assert not (tmp_path / "PWNED").exists() and fake.total == 2  # generate only
+
+
+def test_kill_9_during_retry_failed_then_a_plain_rerun_counts_each_item_once(tmp_path):
+    """An item in outputs is done whatever failures.jsonl says; counts add up to planned."""
+    state = {"fail": True}
+
+    def script(key: str) -> list[str]:
+        return ["always500"] if state["fail"] and int(key, 16) % 2 == 0 else []
+
+    fake = FakeOpenAI(script=script, latency_s=0.1)
+    with ServerThread(fake) as srv:
+        args = gen_args(srv.url, "plan.n=60", "teacher.max_retries=0", "teacher.concurrency=2")
+        assert datagen(*args, cwd=tmp_path).returncode == 0
+        gen = tmp_path / "runs/default/generate"
+        n_failed = len(read_jsonl(gen / "failures.jsonl"))
+        assert 10 < n_failed < 50
+        state["fail"] = False
+        kill_midway(
+            [*args, "retry_failed=true"], tmp_path, gen / "outputs.jsonl", 60 - n_failed + 4
+        )
+        recovered = len(read_jsonl(gen / "outputs.jsonl")) - (60 - n_failed)
+        assert 4 <= recovered < n_failed
+        r = datagen(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        out_ids = {o["id"] for o in read_jsonl(gen / "outputs.jsonl")}
+        fail_ids = {f["id"] for f in read_jsonl(gen / "failures.jsonl")}
+        assert not out_ids & fail_ids
+        m = json.loads((gen / "manifest.json").read_text())
+        assert m["items"] == len(out_ids) and m["failed"] == len(fail_ids)
+        assert m["items"] + m["failed"] + m["pending"] == m["planned"] == 60
+        # and retry_failed then finishes the rest, asking each remaining item once
+        before = fake.total
+        r = datagen(*args, "retry_failed=true", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((gen / "manifest.json").read_text())
+        assert (m["items"], m["failed"], m["pending"]) == (60, 0, 0)
+        assert fake.total - before <= m["planned"] - len(out_ids)
+
+
+def test_a_cut_last_line_in_failures_jsonl_is_repaired_and_that_item_asked_again(tmp_path):
+    fake = FakeOpenAI(
+        script=lambda key: ["always500"] if int(key, 16) % 2 == 0 else [], latency_s=0.1
+    )
+    with ServerThread(fake) as srv:
+        args = gen_args(srv.url, "plan.n=30", "teacher.max_retries=0", "teacher.concurrency=2")
+        gen = tmp_path / "runs/default/generate"
+        kill_midway(args, tmp_path, gen / "outputs.jsonl", 5)
+        failures = read_jsonl(gen / "failures.jsonl")
+        assert len(failures) >= 2
+        # what a kill -9 in the middle of writing the last failure leaves behind
+        data = (gen / "failures.jsonl").read_bytes()
+        (gen / "failures.jsonl").write_bytes(data[: len(data) - 40])
+        done, recorded = len(read_jsonl(gen / "outputs.jsonl")), len(failures) - 1
+        before = fake.total
+        r = datagen(*args, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        # the cut record is lost, so its item is pending again and asked once more (its
+        # second attempt succeeds); every other recorded failure is not asked again
+        assert fake.total - before == 30 - done - recorded
+        out_ids = {o["id"] for o in read_jsonl(gen / "outputs.jsonl")}
+        fail_ids = {f["id"] for f in read_jsonl(gen / "failures.jsonl")}
+        assert failures[-1]["id"] in out_ids and not out_ids & fail_ids
+        assert len(out_ids | fail_ids) == 30

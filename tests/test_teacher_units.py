@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from pipeline.config import load_config
+from pipeline.secrets import redact
 from pipeline.teacher import limits
 from pipeline.teacher.cache import ResponseCache, cache_key
 from pipeline.teacher.client import MalformedResponse, Teacher, _parse_completion, _retry_after_s
@@ -104,3 +105,27 @@ def test_cache_key_depends_on_model_messages_and_params(tmp_path):
     cache.put(k, {"text": "x"})
     assert ResponseCache(tmp_path).get(k) == {"text": "x"}  # another connection sees it
     assert cache.get(cache_key("m2", msgs, {})) is None
+
+
+@pytest.mark.parametrize("value", ["soon", "", "nan", "inf", "-inf", "Mon, 99 Foo 20x"])
+def test_a_retry_after_that_is_neither_seconds_nor_a_date_is_ignored(value):
+    assert _retry_after_s(_status_error(429, {"retry-after": value})) is None
+
+
+def test_a_retry_after_date_in_the_past_means_now():
+    past = _status_error(429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert _retry_after_s(past) == 0.0
+
+
+def test_redact_removes_the_key_and_key_shaped_tokens():
+    text = (
+        "Incorrect API key provided: my-own-key-123. Also sk-proj-abcdefgh12345678, "
+        "Authorization: Bearer abc.def-123456, https://user:pw@host/v1?api_key=zzzz9999"
+    )
+    out = redact(text, "my-own-key-123")
+    for secret in ("my-own-key-123", "sk-proj-abcdefgh12345678", "abc.def-123456", "pw@", "zzzz"):
+        assert secret not in out
+    assert out.count("[REDACTED]") == 5 and out.startswith("Incorrect API key provided: ")
+    assert redact("max_tokens=600 completion_tokens: 5 id p-0123456789abcdef") == (
+        "max_tokens=600 completion_tokens: 5 id p-0123456789abcdef"
+    )

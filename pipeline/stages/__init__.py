@@ -10,10 +10,12 @@ before any stage does (a missing input path fails before any work starts);
 sources) to the stage's identity; ``validate(cfg, run)`` checks what needs upstream output
 and runs before the stage's earlier output is moved aside (a bad config never costs a
 finished output).
-A stage's config hash covers its keys and the hashes of the stages it reads from, so a
-changed plan makes generate stale: a finished stage with the same hash is skipped, a stale one
-is redone, its earlier output moved to ``<run>/.superseded/``. ``datagen run`` holds the run
-directory's lock throughout, so no two processes work on one run at once.
+A stage's config hash covers its keys and the hashes of the stages it reads from (and their
+``output_fingerprint``, for stages whose output can grow without a config change: generate
+continued under a larger budget), so a changed plan makes generate stale: a finished stage with
+the same hash is skipped, a stale one is redone, its earlier output moved to
+``<run>/.superseded/``. ``datagen run`` holds the run directory's lock throughout, so no two
+processes work on one run at once.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from rich.console import Console
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.records import utc_now
-from pipeline.runs import Run, RunLock, remove_stale_temps
+from pipeline.runs import STOPPED_BUDGET, Run, RunLock, remove_stale_temps
+from pipeline.secrets import env_secret, redact
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,9 @@ def stage_hash(cfg: PipelineConfig, run: Run, spec: StageSpec) -> str:
     upstream = []
     for dep in spec.needs:
         m = run.read_manifest(dep) or {}
-        upstream.append(m.get("config_hash", stage_hash(cfg, run, BY_NAME[dep])))
+        h = m.get("config_hash") or stage_hash(cfg, run, BY_NAME[dep])
+        fp = m.get("output_fingerprint")
+        upstream.append(f"{h}:{fp}" if fp else h)
     keys = tuple(spec.module().CONFIG_KEYS)
     own = cfg.section_hash(*keys) if keys else ""
     if fingerprint := getattr(spec.module(), "fingerprint", None):
@@ -165,7 +170,20 @@ def _run_one(
     cfg: PipelineConfig, run: Run, spec: StageSpec, h: str, console: Console
 ) -> dict[str, Any]:
     started, t0 = utc_now(), time.perf_counter()
-    base = {"stage": spec.name, "config_hash": h, "started_at": started, "run": str(run.path)}
+    base: dict[str, Any] = {
+        "stage": spec.name,
+        "config_hash": h,
+        "started_at": started,
+        "run": str(run.path),
+    }
+    # upstream stages the budget stopped: this stage's input is partial
+    partial = [
+        s
+        for s in _closure(spec.name)
+        if s != spec.name and (run.read_manifest(s) or {}).get("status") == STOPPED_BUDGET
+    ]
+    if partial:
+        base["inputs_stopped_by_budget"] = partial
     run.stage_dir(spec.name)
     run.write_manifest(spec.name, {**base, "status": "running"})
     console.rule(f"[bold]{spec.name}")
@@ -173,6 +191,7 @@ def _run_one(
         out = spec.module().run(cfg, run, console)
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        reason = redact(reason, env_secret(cfg.teacher.api_key_env))
         run.write_manifest(
             spec.name,
             {

@@ -4,6 +4,8 @@
 Each rating is appended to ``annotations.jsonl`` as it arrives; an answer with no parseable
 final score line is a recorded failure in ``failures.jsonl`` (never a 0). A rerun requests only
 what is missing. With ``classifier.model_path`` set there is nothing to label: the stage skips.
+The teacher's spend counts against the same ``budget.max_cost_usd`` as generate's; ratings
+the budget did not allow stay pending (``stopped: budget``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from rich.console import Console
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.prompting import PromptLibrary, describe
-from pipeline.records import Document, Failure, utc_now
-from pipeline.runs import JsonlAppender, Run, read_jsonl, repair_jsonl_tail
+from pipeline.records import Document, Failure, stable_id, utc_now
+from pipeline.runs import STOPPED_BUDGET, JsonlAppender, Run, read_jsonl, repair_jsonl_tail
+from pipeline.secrets import env_secret, redact
 
 # teacher.base_url decides annotate.structured=auto (see structured_mode)
 CONFIG_KEYS = ("annotate", "teacher.model", "teacher.base_url", "classifier.model_path", "seed")
@@ -140,6 +143,9 @@ def _needs_template(cfg: PipelineConfig) -> bool:
 def preflight(cfg: PipelineConfig) -> None:
     if _needs_template(cfg):
         _template(cfg)
+        from pipeline.teacher import check_teacher_config
+
+        check_teacher_config(cfg)
 
 
 def fingerprint(cfg: PipelineConfig) -> str:
@@ -174,6 +180,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         f"annotate: {len(sample)} sampled of {len(docs)}, {len(sample) - len(todo)} "
         f"done earlier, {len(todo)} to request; {describe(prompts.folder)}"
     )
+    stopped = False
     if todo:
         from pipeline.teacher import Completion, Job
 
@@ -193,10 +200,12 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
             JsonlAppender(fail_path, fsync=False) as fails,
         ):
 
-            def ok(job: Job, c: Completion) -> None:
+            def ok(job: Job, c: Completion) -> bool:
                 rating = parse_rating(c.text, structured=mode != "off")
                 if rating is None:
-                    tail = " ".join(c.text.split())[-80:]
+                    tail = redact(
+                        " ".join(c.text.split())[-80:], env_secret(cfg.teacher.api_key_env)
+                    )
                     want = (
                         "a JSON score 0-5" if mode != "off" else "an 'Educational score: 0-5' line"
                     )
@@ -209,7 +218,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                             model=c.model,
                         )
                     )
-                    return
+                    return False  # counted as failed, in the progress bar too
                 out.write(
                     Annotation(
                         id=job.id,
@@ -220,6 +229,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                         created_at=utc_now(),
                     )
                 )
+                return True
 
             def bad(job: Job, reason: str, attempts: int) -> None:
                 fails.write(
@@ -232,12 +242,17 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                     )
                 )
 
-            asyncio.run(_annotate(cfg, run, console, jobs, ok, bad))
-    return {
-        **_manifest(out_path, fail_path, len(sample), len(docs), mode),
-        "prompts": str(prompts.folder),
-        "prompt": f"{name}.j2",
-    }
+            stopped = asyncio.run(_annotate(cfg, run, console, jobs, ok, bad)).stopped_by_budget
+    manifest = _manifest(cfg, run, out_path, fail_path, sample, len(docs), mode, stopped)
+    request_failures = manifest["failed"] - manifest["failure_reasons"].get("unparseable", 0)
+    if manifest["rated"] == 0 and request_failures == manifest["failed"] > 0:
+        reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failure_reasons"].items())
+        raise DatagenError(
+            f"annotate: nothing succeeded: {manifest['failed']} requests failed ({reasons}); "
+            f"each reason is in {fail_path}; fix the cause, then run `datagen run "
+            f"stage=annotate force=true`"
+        )
+    return {**manifest, "prompts": str(prompts.folder), "prompt": f"{name}.j2"}
 
 
 async def _annotate(
@@ -245,36 +260,44 @@ async def _annotate(
 ) -> Any:
     from pipeline.teacher import open_teacher, run_batch
 
-    async with open_teacher(cfg, run, console) as teacher:
-        return await run_batch(
-            teacher,
-            jobs,
-            ok,
-            bad,
-            console,
-            label="annotate",
-            total=len(jobs),
-            budget_usd=cfg.budget.max_cost_usd,
-        )
+    async with open_teacher(cfg, run, console, stage="annotate") as teacher:
+        return await run_batch(teacher, jobs, ok, bad, console, label="annotate", total=len(jobs))
 
 
 def _manifest(
-    out_path: Path, fail_path: Path, sampled: int, available: int, mode: str
+    cfg: PipelineConfig,
+    run: Run,
+    out_path: Path,
+    fail_path: Path,
+    sample: list[Document],
+    available: int,
+    mode: str,
+    stopped: bool,
 ) -> dict[str, Any]:
+    from pipeline.teacher import budget_note, spend_report
+
     anns = list(read_jsonl(out_path, Annotation)) if out_path.exists() else []
     fails = list(read_jsonl(fail_path, Failure)) if fail_path.exists() else []
     hist = Counter(a.score for a in anns)
     reasons = Counter(f.reason.split(":")[0] for f in fails)
+    pending = len({d.id for d in sample} - {a.id for a in anns} - {f.id for f in fails})
+    spend = spend_report(run.path, "annotate", cfg.budget.max_cost_usd)
     return {
+        **({"status": STOPPED_BUDGET, "next": budget_note(spend, pending)} if stopped else {}),
         "summary": {
             "rated": len(anns),
             "failed": len(fails),
+            **({"pending": pending} if pending else {}),
             "mean_score": round(sum(a.score for a in anns) / len(anns), 2) if anns else None,
+            **({"spent_usd": spend["spent_usd"]} if cfg.budget.max_cost_usd is not None else {}),
         },
         "available": available,
-        "sampled": sampled,
+        "sampled": len(sample),
         "rated": len(anns),
         "failed": len(fails),
+        "pending": pending,
+        **spend,
+        "output_fingerprint": stable_id(*sorted(f"{a.id}:{a.score}" for a in anns)),
         "failure_reasons": dict(sorted(reasons.items())),
         "structured": mode,
         "score_histogram": {str(k): hist.get(k, 0) for k in range(6)},

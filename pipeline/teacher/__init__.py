@@ -1,36 +1,52 @@
 """The teacher: an async OpenAI-compatible client with retries, limits, cache and cost, plus
 the embedded llama.cpp server used when ``teacher.base_url`` is empty.
 
-    async with open_teacher(cfg, run, console) as teacher:
+    async with open_teacher(cfg, run, console, stage="generate") as teacher:
         stats = await run_batch(teacher, jobs, on_success, on_failure, console, label="generate")
+
+The key (``$OPENAI_API_KEY``, or ``teacher.api_key_env``) goes to a loopback host, or to any
+host over https; a plain-http non-loopback endpoint gets it only with
+``teacher.allow_insecure_key=true``. Credentials in ``teacher.base_url`` are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from rich.console import Console
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.runs import Run
+from pipeline.secrets import env_secret, has_credentials, safe_url
 from pipeline.teacher.batch import BatchStats, Job, run_batch
+from pipeline.teacher.budget import (
+    SPEND_FILE,
+    BudgetExhausted,
+    SpendLedger,
+    budget_note,
+    spend_report,
+)
 from pipeline.teacher.cache import ResponseCache
 from pipeline.teacher.client import Completion, Teacher, TeacherError
 from pipeline.teacher.server import local_server
 
 __all__ = [
     "BatchStats",
+    "BudgetExhausted",
     "Completion",
     "Job",
     "Teacher",
     "TeacherError",
+    "budget_note",
+    "check_teacher_config",
     "open_teacher",
     "run_batch",
+    "spend_report",
 ]
 
 
@@ -42,30 +58,84 @@ def cache_dir(cfg: PipelineConfig) -> Path:
     )
 
 
+NO_KEY = "not-needed"  # local servers (llama.cpp, vLLM, Ollama) accept any key
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_teacher_config(cfg: PipelineConfig) -> None:
+    """Refuse, in one line, an endpoint the key must not go to and a budget that cannot be
+    kept; runs before any stage does (stage preflight) and again when the teacher opens."""
+    t = cfg.teacher
+    if cfg.budget.max_cost_usd is not None and t.model not in t.prices:
+        raise DatagenError(
+            f"budget.max_cost_usd is set but teacher.prices has no price for "
+            f"'{t.model}': add teacher.prices.{t.model}"
+        )
+    if not t.base_url:
+        return
+    if has_credentials(t.base_url):  # never echo the URL: it holds the credentials
+        raise DatagenError(
+            f"teacher.base_url: credentials in the URL are refused (they would be logged and "
+            f"stored); put the key in ${t.api_key_env} (teacher.api_key_env) instead"
+        )
+    parts = urlsplit(t.base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DatagenError(
+            f"teacher.base_url: {safe_url(t.base_url)!r} is not an http(s):// URL with a host"
+        )
+    host = parts.hostname
+    insecure = parts.scheme == "http" and not _is_loopback(host)
+    if insecure and env_secret(t.api_key_env) and not t.allow_insecure_key:
+        raise DatagenError(
+            f"teacher.base_url: ${t.api_key_env} is not sent to {host} over plain http; "
+            f"use https, or set teacher.allow_insecure_key=true to send it anyway"
+        )
+
+
 def _api_key(cfg: PipelineConfig, base_url: str) -> str:
-    key = os.environ.get(cfg.teacher.api_key_env, "")
+    key = env_secret(cfg.teacher.api_key_env)
     if key:
         return key
-    host = urlparse(base_url).hostname or ""
+    host = urlsplit(base_url).hostname or ""
     if host.endswith("openai.com"):
         raise DatagenError(
             f"teacher.api_key_env: environment variable "
             f"{cfg.teacher.api_key_env} is not set (needed for {host})"
         )
-    return "not-needed"  # local servers (llama.cpp, vLLM, Ollama) accept any key
+    return NO_KEY
 
 
 @contextlib.asynccontextmanager
-async def open_teacher(cfg: PipelineConfig, run: Run, console: Console) -> AsyncIterator[Teacher]:
+async def open_teacher(
+    cfg: PipelineConfig, run: Run, console: Console, stage: str
+) -> AsyncIterator[Teacher]:
+    """The configured teacher; its attempts go to ``<run>/spend.jsonl`` under ``stage``."""
+    check_teacher_config(cfg)
     cache = ResponseCache(cache_dir(cfg)) if cfg.teacher.cache else None
     with contextlib.ExitStack() as stack:
-        urls = [cfg.teacher.base_url]
-        if not cfg.teacher.base_url:
+        if cfg.teacher.base_url:
+            urls, key = [cfg.teacher.base_url], _api_key(cfg, cfg.teacher.base_url)
+        else:  # the embedded server needs no key: the user's is never sent to it
             urls = stack.enter_context(
                 local_server(cfg.teacher.local, cfg.teacher.model, run.path / "logs", console)
             )
-        teacher = Teacher(cfg.teacher, urls, _api_key(cfg, urls[0]), cache)
+            key = NO_KEY
+        price = cfg.teacher.prices.get(cfg.teacher.model)
+        paid = price is not None and (price.input_per_mtok > 0 or price.output_per_mtok > 0)
+        ledger = SpendLedger(run.path / SPEND_FILE, stage, cfg.budget.max_cost_usd, fsync=paid)
+        teacher = Teacher(cfg.teacher, urls, key, cache, ledger)
         try:
             yield teacher
         finally:
-            await teacher.close()
+            try:
+                await teacher.close()
+            finally:
+                await ledger.aclose()

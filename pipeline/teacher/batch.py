@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from pipeline.teacher.budget import BudgetExhausted
 from pipeline.teacher.client import Completion, Teacher, TeacherError
 
 
@@ -60,7 +61,7 @@ def make_progress(console: Console) -> Progress:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("ok={task.fields[done]} failed={task.fields[failed]}"),
+        TextColumn("{task.fields[counts]}"),
         RateColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
@@ -70,53 +71,51 @@ def make_progress(console: Console) -> Progress:
     )
 
 
+def _counts(stats: BatchStats) -> str:
+    text = f"ok={stats.done} failed={stats.failed}"
+    return text + (f" budget-skipped={stats.skipped_by_budget}" if stats.skipped_by_budget else "")
+
+
 async def run_batch(
     teacher: Teacher,
     jobs: Iterable[Job],
-    on_success: Callable[[Job, Completion], None],
+    on_success: Callable[[Job, Completion], bool | None],
     on_failure: Callable[[Job, str, int], None],
     console: Console,
     label: str,
     total: int | None = None,
-    budget_usd: float | None = None,
 ) -> BatchStats:
-    """Send ``jobs`` with ``teacher.cfg.concurrency`` workers. Before each request the budget
-    is checked against what was spent plus what is in flight, so it stops before exceeding."""
+    """Send ``jobs`` with ``teacher.cfg.concurrency`` workers. ``on_success`` returns False for
+    an answer it could not use (counted as failed). A job whose request does not fit the
+    budget (``teacher.ledger``) is skipped and left pending; cached jobs still complete."""
     stats = BatchStats(cost_known=teacher.price is not None)
     it = iter(jobs)
-    reserved = 0.0
     progress = make_progress(console)
-    task = progress.add_task(label, total=total, done=0, failed=0)
+    task = progress.add_task(label, total=total, counts=_counts(stats))
 
     async def worker() -> None:
-        nonlocal reserved
         for job in it:
-            params = teacher.sampling_params(job.params)
-            est = teacher.estimate_cost(job.messages, params)
-            if budget_usd is not None and stats.spent_usd + reserved + est > budget_usd:
+            try:
+                c = await teacher.complete(job.messages, job.params, item_id=job.id)
+            except BudgetExhausted:
                 stats.stopped_by_budget = True
                 stats.skipped_by_budget += 1
-                continue
-            reserved += est
-            try:
-                c = await teacher.complete(job.messages, job.params)
             except TeacherError as e:
                 stats.failed += 1
                 on_failure(job, e.reason, e.attempts)
             else:
-                stats.done += 1
                 stats.tokens_in += c.prompt_tokens
                 stats.tokens_out += c.completion_tokens
-                if c.cached:
-                    stats.cached += 1
+                stats.cached += c.cached
+                if on_success(job, c) is False:
+                    stats.failed += 1
                 else:
-                    cost = teacher.cost_usd(c.prompt_tokens, c.completion_tokens)
-                    stats.spent_usd += cost or 0.0
-                on_success(job, c)
+                    stats.done += 1
             finally:
-                reserved -= est
-                progress.update(task, advance=1, done=stats.done, failed=stats.failed)
+                progress.update(task, advance=1, counts=_counts(stats))
 
     with progress:
         await asyncio.gather(*(worker() for _ in range(teacher.cfg.concurrency)))
+    if teacher.ledger is not None:
+        stats.spent_usd = teacher.ledger.session_usd
     return stats

@@ -40,7 +40,7 @@ class TypedCreateTeacher(Teacher):
     """The same client through the SDK's typed ``chat.completions.create`` (what datagen's
     raw ``client.post`` path replaces), for comparison."""
 
-    async def _call(self, messages, params) -> Completion:  # noqa: ANN001
+    async def _call(self, messages, params, item_id="") -> Completion:  # noqa: ANN001
         t0 = time.perf_counter()
         resp = await self.clients[0].chat.completions.create(
             model=self.model, messages=messages, **params
