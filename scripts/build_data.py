@@ -113,6 +113,7 @@ Built by `python scripts/build_data.py` (do not edit by hand).
 | topics.tsv | {len(topics)} | chapter and section titles of OpenStax "Introduction to Python Programming" (CNXML in ../shared/data/text/openstax_python, repository snapshot d6d069bb) | CC BY 4.0, attribution: "Introduction to Python Programming", OpenStax |
 | audiences.txt | {len(COSMOPEDIA_AUDIENCES)} | the audience set of Cosmopedia (HuggingFace), prompt-building code | Apache-2.0 |
 | blocklist.txt | - | empty default URL/domain blocklist for the web stage; format in its comments | - |
+| reference/openstax.jsonl.gz | 227 | whole modules of 8 OpenStax textbooks (../shared/data/text_reference/openstax_cc_by and ../shared/data/text/openstax_python), built by `python scripts/build_reference.py`; details and per-book attribution in reference/PROVENANCE.md | CC BY 4.0, attribution per book: "<Book title>, OpenStax, CC BY 4.0" |
 """)
     print(f"words={len(words)} topics={len(topics)} audiences={len(COSMOPEDIA_AUDIENCES)}")
 
