@@ -176,19 +176,68 @@ class AnnotateConfig(Section):
 
 
 class ClassifierConfig(Section):
+    """The quality classifier: which labels train it (``source``) and how it is trained.
+
+    ``reference`` (default): positives are reference text (``classifier.reference``), negatives
+    a seeded sample of web pages as the web stage extracts them (``web.inputs``, or a pool in
+    ``classifier.negatives``), balanced, deduplicated and cut to the same lengths, as DCLM's
+    classifier (Li et al. 2024, DataComp-LM, Sec. 4.4: reference text vs random web) needs no
+    teacher. ``teacher``: the teacher's ratings from annotate (the phi-1 recipe). ``model_path``:
+    an existing fastText model (set ``classifier.model_path`` alone and it is implied).
+    """
+
+    source: str = Field("reference", pattern="^(reference|teacher|model_path)$")
     threshold: int = Field(3, ge=1, le=5)  # label >= threshold is positive (FineWeb-Edu: 3)
     model_path: str = ""  # an existing fastText model (e.g. DCLM / FineWeb-Edu) instead of training
     positive_label: str = "__label__hq"  # that model's positive label
     min_score: float = Field(0.5, ge=0.0, le=1.0)  # filter keeps P(positive) >= min_score
     word_ngrams: int = Field(2, ge=1)  # DCLM fastText quality classifier: wordNgrams 2
-    epoch: int = Field(25, ge=1)
-    lr: float = Field(0.5, gt=0)
-    dim: int = Field(64, ge=2)
+    # None: the source's default. reference: fastText's defaults, which DCLM kept for its
+    # OH-2.5 + ELI5 classifier (lr 0.1, dim 100; DCLM baselines/README.md), and as many example
+    # updates as DCLM's 5 epochs over 400k examples, in 5 to 100 epochs (filters/classifier.py);
+    # teacher: epoch 25, lr 0.5, dim 64 (a few hundred labels need more passes)
+    epoch: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    dim: int | None = Field(None, ge=2)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     # a model trained here filters only if it is demonstrably useful: each class has at least
     # this many labels and, on the held-out split, it beats the majority-class baseline with
     # F1 > 0. Otherwise its probability is still stored on every record (score only).
     min_labels_per_class: int = Field(10, ge=1)
+    # --- source=reference
+    # files or folders of JSONL (.gz/.zst; field reference_text_field), parquet or plain text
+    # (.txt/.md, one document per file); relative paths resolve from the cwd, else the project
+    reference: list[str] = ["data/reference"]
+    reference_text_field: str = "text"
+    # empty: the web stage's inputs (web.inputs, read and extracted with the web.* settings);
+    # else a pool of the same formats as web.inputs
+    negatives: list[str] = []
+    negative_fraction: float = Field(1.0, gt=0.0, le=1.0)  # share of pool records read (seeded)
+    # reference documents held out whole for the ablation's eval set: never seen by the
+    # classifier, neither in training nor in its test split
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # examples are cut to at most chunk_words words (pages and modules into near-equal pieces)
+    # and each positive is cut to the length of the negative it is paired with
+    chunk_words: int = Field(256, ge=8)
+    min_chunk_words: int = Field(50, ge=1)  # Gopher's minimum document length (Rae et al. 2021)
+    max_examples: int = Field(20_000, ge=1)  # per class, after balancing
+
+    @model_validator(mode="after")
+    def _source(self) -> ClassifierConfig:
+        if self.model_path and "source" not in self.model_fields_set:
+            self.__dict__["source"] = "model_path"  # model_path alone implies the source
+        if self.source == "model_path" and not self.model_path:
+            raise PydanticCustomError(
+                "classifier_source", "classifier.source=model_path needs classifier.model_path"
+            )
+        if self.model_path and self.source != "model_path":
+            raise PydanticCustomError(
+                "classifier_source",
+                "classifier.model_path is set but classifier.source is {source}; set "
+                "classifier.source=model_path or clear classifier.model_path",
+                {"source": self.source},
+            )
+        return self
 
 
 class FilterConfig(Section):

@@ -242,6 +242,7 @@ def test_unparseable_teacher_ratings_are_failures_and_the_pipeline_still_filters
             f"teacher.base_url={srv.url}",
             "teacher.model=fake-model",
             "annotate.n=6",
+            "classifier.source=teacher",  # the teacher-labelled classifier
             "teacher.max_retries=2",
             "teacher.backoff_initial_s=0.05",
             "teacher.backoff_max_s=0.1",
@@ -275,7 +276,12 @@ def test_train_classifier_learns_from_ratings_and_filter_uses_the_run_model(tmp_
     neg = [c for t in web_pages() for c in chunks(t, 800)][:100]
     docs = [Document(id=f"p{i:03d}", text=t, finish_reason="stop") for i, t in enumerate(pos)]
     docs += [Document(id=f"n{i:03d}", text=t, finish_reason="stop") for i, t in enumerate(neg)]
-    overrides = [f"run.root={tmp_path / 'runs'}", "annotate.n=250", "decontam.enabled=false"]
+    overrides = [
+        f"run.root={tmp_path / 'runs'}",
+        "annotate.n=250",
+        "decontam.enabled=false",
+        "classifier.source=teacher",
+    ]
     run = prepare_run(tmp_path, docs, overrides, stages=("plan", "generate", "annotate"))
     anns = [
         Annotation(

@@ -1,48 +1,120 @@
-"""train_classifier: a supervised fastText quality model on the teacher's ratings (positive when
-score >= classifier.threshold), with a stratified held-out split; precision, recall, F1 and the
-confusion matrix go to the manifest, the model to ``<run>/train_classifier/model.bin``.
+"""train_classifier: the fastText quality model that filter and web use, from one of three
+sources (``classifier.source``):
 
-With ``classifier.model_path`` set, that model (e.g. a published DCLM / FineWeb-Edu fastText
-classifier) is checked and used instead. When the labels cannot train a model (none, or a
-single class, as the tiny default teacher often gives) the stage finishes with a note and no
-model; the filter stage then stores no classifier score and skips that keep decision.
+- ``reference`` (default): positives are reference text (``classifier.reference``, by default
+  the OpenStax set shipped in data/reference), negatives a seeded sample of web pages as the
+  web stage would extract them (``web.inputs`` read here with the web readers, extractor and
+  language id; or the pool in ``classifier.negatives``), balanced, deduplicated against each
+  other and cut to the same lengths (``pipeline.classifier_data``), trained with DCLM's
+  fastText settings. Reference documents are split whole into train / test / eval; the eval
+  documents (``reference_eval.jsonl.zst``, the ablation's clean eval text) are never used by
+  the classifier. Steps: negatives (one shard job per pool file, on the executor: read,
+  sample, extract, language id) -> reduce (cut, dedup, pair, train, evaluate).
+- ``teacher``: the teacher's ratings from annotate (positive when score >=
+  ``classifier.threshold``), with a stratified held-out split.
+- ``model_path``: an existing model (e.g. a published DCLM / FineWeb-Edu classifier), checked.
+
+Precision, recall, F1, the confusion matrix and the held-out score histogram of each class go
+to the manifest, the model to ``<run>/train_classifier/model.bin``. A model that is not
+demonstrably useful (too few labels, no held-out split, not beating the majority baseline)
+only scores; when no model can be trained (single-class ratings, no negative pool) the stage
+finishes with a note and no model, and the filter skips the classifier decision.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from filters.classifier import QualityClassifier, train_classifier
+from pipeline.classifier_data import (
+    EVAL,
+    TRAIN,
+    Example,
+    RefDoc,
+    cut_examples,
+    deduplicate,
+    length_summary,
+    page_split,
+    pair,
+    read_reference,
+    reference_files,
+    reference_split,
+    unit_hash,
+)
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
-from pipeline.records import Document
-from pipeline.runs import Run, read_jsonl
+from pipeline.executor import ShardJob, make_executor, run_shards, worker_cached
+from pipeline.records import Document, stable_id
+from pipeline.runs import Run, read_jsonl, read_shards
+from pipeline.shards import RecordWriter
 from pipeline.stages.annotate import ANNOTATIONS, Annotation
+from pipeline.steps import Stats
 
-CONFIG_KEYS = (
-    "classifier.threshold",
-    "classifier.model_path",
-    "classifier.positive_label",
-    "classifier.word_ngrams",
-    "classifier.epoch",
-    "classifier.lr",
-    "classifier.dim",
-    "classifier.test_fraction",
-    "classifier.min_labels_per_class",
-    "classifier.min_score",
-    "seed",
-)  # min_score: the held-out metrics' cut
+CONFIG_KEYS = ("classifier", "seed")
 MODEL = "model.bin"
+EXAMPLES = "examples.jsonl.zst"  # the reference source's train/test examples
+REFERENCE_EVAL = "reference_eval.jsonl.zst"  # held-out reference documents (the ablation's)
+NEGATIVES = "negatives"  # per pool file: the extracted pages (part-NNNNN.jsonl.zst)
+# web.* keys that decide which pages the negative pool holds (when it is web.inputs)
+POOL_KEYS = (
+    "web.inputs",
+    "web.format",
+    "web.text_field",
+    "web.url_field",
+    "web.date_field",
+    "web.hf_split",
+    "web.hf_config",
+    "web.extractor",
+    "web.include_tables",
+    "web.trafilatura_fast",
+    "web.languages",
+    "web.lang_min_score",
+    "web.lid_model",
+)
+DEDUP_KEYS = ("dedup.num_perm", "dedup.ngram", "dedup.threshold", "dedup.bands")
+
+
+def pool_inputs(cfg: PipelineConfig) -> list[str]:
+    return cfg.classifier.negatives or cfg.web.inputs
+
+
+def fingerprint(cfg: PipelineConfig) -> str:
+    """The reference source also depends on the pool's web settings, the dedup parameters
+    and the reference files (name and size)."""
+    if cfg.classifier.source != "reference":
+        return ""
+    try:
+        files = [(str(p), p.stat().st_size) for p in reference_files(cfg)]
+    except DatagenError as e:  # preflight reports it; the hash only has to differ
+        files = [("error", str(e))]
+    keys = DEDUP_KEYS + (() if cfg.classifier.negatives else POOL_KEYS)
+    payload = json.dumps([cfg.section_hash(*keys), files])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def preflight(cfg: PipelineConfig) -> None:
-    """A configured model must exist before generate spends any teacher time."""
-    if cfg.classifier.model_path and not cfg.project_path(cfg.classifier.model_path).is_file():
-        raise DatagenError(
-            f"classifier.model_path: {cfg.classifier.model_path}: fastText model file not found"
-        )
+    """A configured model must exist before generate spends any teacher time; reference files
+    and a configured negative pool are checked before any stage runs."""
+    c = cfg.classifier
+    if c.source == "model_path" and not cfg.project_path(c.model_path).is_file():
+        raise DatagenError(f"classifier.model_path: {c.model_path}: fastText model file not found")
+    if c.source != "reference":
+        return
+    reference_files(cfg)
+    if c.negatives:
+        _pool_sources(cfg)
+        from filters.lid import default_lid_model
+        from pipeline.web.extract import Extractor
+
+        Extractor(cfg.web.extractor)
+        if not cfg.web.lid_model:
+            default_lid_model()
 
 
 def usefulness(
@@ -65,20 +137,61 @@ def usefulness(
 
 
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
+    source = cfg.classifier.source
+    if source == "model_path":
+        return _given_model(cfg, console)
+    if source == "teacher":
+        return _teacher(cfg, run, console)
+    return _reference(cfg, run, console)
+
+
+def _given_model(cfg: PipelineConfig, console: Console) -> dict[str, Any]:
+    c = cfg.classifier
+    path = cfg.project_path(c.model_path)
+    clf = QualityClassifier(path, c.positive_label)  # DatagenError if missing / wrong label
+    console.print(f"train_classifier: using {path} (labels {', '.join(clf.labels)})")
+    return {
+        "source": "model_path",
+        "model_path": str(path.resolve()),
+        "positive_label": clf.positive_label,
+        "trained": False,
+        "applied": True,
+        "labels": clf.labels,
+        "summary": {"model": path.name, "trained": False},
+    }
+
+
+def _trained(
+    cfg: PipelineConfig,
+    folder: Path,
+    texts: list[str],
+    labels: list[bool],
+    console: Console,
+    split: tuple[list[int], list[int]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train, then judge usefulness: (manifest part, summary part)."""
+    c = cfg.classifier
+    n_pos = sum(labels)
+    model_path = folder / MODEL
+    metrics = train_classifier(texts, labels, model_path, c, cfg.seed, split=split)
+    held = metrics.get("heldout") or {}
+    applied, why = usefulness(n_pos, len(labels) - n_pos, held, c.min_labels_per_class)
+    if not applied:
+        console.print(f"[yellow]train_classifier: model scores only, no keep decision: {why}[/]")
+    out = {
+        **metrics,
+        "model_path": str(model_path.resolve()),
+        "trained": True,
+        "applied": applied,
+        "note": None if applied else f"score only: {why}",
+    }
+    return out, {"f1": held.get("f1", "n/a"), "model": MODEL, "applied": applied}
+
+
+# --------------------------------------------------------------------------- teacher
+def _teacher(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     folder = run.stage_dir("train_classifier")
     c = cfg.classifier
-    if c.model_path:
-        path = cfg.project_path(c.model_path)
-        clf = QualityClassifier(path, c.positive_label)  # DatagenError if missing / wrong label
-        console.print(f"train_classifier: using {path} (labels {', '.join(clf.labels)})")
-        return {
-            "model_path": str(path.resolve()),
-            "positive_label": clf.positive_label,
-            "trained": False,
-            "applied": True,
-            "labels": clf.labels,
-            "summary": {"model": path.name, "trained": False},
-        }
     ann_dir = run.require_finished("annotate", "train_classifier")
     ann_path = ann_dir / ANNOTATIONS
     anns = {a.id: a for a in read_jsonl(ann_path, Annotation)} if ann_path.exists() else {}
@@ -93,6 +206,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     labels = [anns[i].score >= c.threshold for i in ids]
     n_pos = sum(labels)
     base: dict[str, Any] = {
+        "source": "teacher",
         "threshold": c.threshold,
         "n_labels": len(ids),
         "n_positive": n_pos,
@@ -116,25 +230,247 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
             "note": note,
             "summary": {"labels": len(ids), "positive": n_pos, "model": "none"},
         }
-    model_path = folder / MODEL
     console.print(f"train_classifier: {len(ids)} labels ({n_pos} positive), training fastText")
-    metrics = train_classifier(texts, labels, model_path, c, cfg.seed)
-    held = metrics.get("heldout") or {}
-    applied, why = usefulness(n_pos, len(ids) - n_pos, held, c.min_labels_per_class)
-    if not applied:
-        console.print(f"[yellow]train_classifier: model scores only, no keep decision: {why}[/]")
+    out, summary = _trained(cfg, folder, texts, labels, console)
+    return {**base, **out, "summary": {"labels": len(ids), "positive": n_pos, **summary}}
+
+
+# --------------------------------------------------------------------------- reference
+def _pool_sources(cfg: PipelineConfig) -> list[Any]:
+    """The negative pool's input files (web.inputs, or classifier.negatives checked here so
+    that a bad path names that key)."""
+    from pipeline.web.readers import resolve_inputs
+
+    items = pool_inputs(cfg)
+    if cfg.classifier.negatives:
+        for item in items:
+            if item.startswith("hf:") or any(ch in item for ch in "*?["):
+                continue
+            if not cfg.project_path(item).exists():
+                raise DatagenError(f"classifier.negatives: {item}: no such file or folder")
+    return resolve_inputs(items, cfg.web.format)
+
+
+def _page_text(rec: Any, extractor: Any) -> str:
+    """A web record's main text as the web stage extracts it ('' when there is none)."""
+    from pipeline.web.extract import decode_html, is_binary, is_html, nonblank_lines
+
+    if rec.text is not None:  # WET, JSONL, parquet: already text (lone surrogates replaced)
+        return nonblank_lines(rec.text.encode("utf-8", "replace").decode("utf-8"))
+    payload = rec.payload or b""
+    if rec.http_status is not None and not 200 <= rec.http_status < 300:
+        return ""
+    if not payload.strip() or is_binary(payload) or not is_html(rec.content_type, payload):
+        return ""
+    try:
+        return extractor(decode_html(payload, rec.charset).text, rec.url)
+    # lxml and trafilatura raise assorted errors on pathological markup (as in the web stage)
+    except (ValueError, TypeError, RecursionError, AttributeError, KeyError, IndexError):
+        return ""
+
+
+def _pool_tools(cfg: PipelineConfig) -> tuple[Any, Any]:
+    from filters.lid import LanguageIdFilter
+    from pipeline.web.extract import Extractor
+
+    w = cfg.web
+    lid_path = cfg.project_path(w.lid_model) if w.lid_model else ""
+    return (
+        Extractor(w.extractor, include_tables=w.include_tables, fast=w.trafilatura_fast),
+        LanguageIdFilter(w.languages, w.lang_min_score, lid_path),
+    )
+
+
+def negatives_shard(job: ShardJob) -> Stats:
+    """One pool file: read its records, keep a seeded ``classifier.negative_fraction`` of
+    them, extract, keep the pages in ``web.languages``; write them as web Documents."""
+    from pipeline.web.readers import InputSource, ReadStats, iter_source
+
+    p = job.payload
+    cfg = PipelineConfig.model_validate(p["config"])
+    w, c = cfg.web, cfg.classifier
+    extractor, lid = worker_cached(f"train_classifier:{p['key']}", lambda: _pool_tools(cfg))
+    src = InputSource(**p["source"])
+    read = ReadStats()
+    stats = Stats()
+    name = "/".join(Path(src.path).parts[-3:])
+    out = Path(job.stage_dir) / f"part-{job.name}.jsonl.zst"
+    with RecordWriter(out) as writer:
+        for rec in iter_source(
+            src, read, w.text_field, w.url_field, w.date_field, w.hf_split, w.hf_config or None
+        ):
+            stats.add("records")
+            if unit_hash(cfg.seed, "pool", name, rec.offset, rec.record_id) >= c.negative_fraction:
+                continue
+            stats.add("sampled")
+            text = _page_text(rec, extractor)
+            if not text:
+                stats.add("no_text")
+                continue
+            if lid.keep(lid.score(text)) is not None:
+                stats.add("other_language")
+                continue
+            stats.add("pages")
+            writer.write(
+                Document(
+                    id=stable_id(name, rec.offset, rec.record_id, rec.url, prefix="web-"),
+                    text=text,
+                    source="web",
+                    url=rec.url,
+                    source_file=rec.source_file,
+                    warc_record_id=rec.record_id,
+                    offset=rec.offset,
+                    fetch_date=rec.fetch_date,
+                )
+            )
+    for kind, n in read.errors.items():
+        stats.add(f"read_errors.{kind}", n)
+    return stats
+
+
+def _negatives(
+    cfg: PipelineConfig, folder: Path, console: Console
+) -> tuple[list[Document], dict[str, Any]]:
+    sources = _pool_sources(cfg)
+    pool = {
+        "inputs": pool_inputs(cfg),
+        "from": "classifier.negatives" if cfg.classifier.negatives else "web.inputs",
+        "files": len(sources),
+    }
+    if not sources:
+        return [], pool
+    stage_dir = folder / NEGATIVES
+    config = cfg.model_dump(mode="json")
+    key = cfg.section_hash(*CONFIG_KEYS, *POOL_KEYS)
+    jobs = [
+        ShardJob(
+            index=i,
+            stage_dir=str(stage_dir),
+            payload={"config": config, "source": vars(s), "key": key},
+        )
+        for i, s in enumerate(sources)
+    ]
+    with contextlib.closing(make_executor(cfg.executor)) as ex:
+        result = run_shards(
+            ex, negatives_shard, jobs, console, "train_classifier: negatives", "records", "records"
+        )
+    counts = result.stats.counts
+    pool.update(
+        {
+            k: int(counts.get(k, 0))
+            for k in ("records", "sampled", "no_text", "other_language", "pages")
+        }
+    )
+    pool["read_errors"] = {
+        k.removeprefix("read_errors."): int(v)
+        for k, v in sorted(counts.items())
+        if k.startswith("read_errors.")
+    }
+    pool["shards_total"], pool["shards_run"] = len(jobs), result.ran
+    return list(read_shards(stage_dir, Document)), pool
+
+
+def _reference(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
+    folder = run.stage_dir("train_classifier")
+    c = cfg.classifier
+    # reference documents, split whole; the eval ones are written out and never used here
+    splits: dict[str, int] = {}
+    positives: list[tuple[str, str, str]] = []
+    eval_words = 0
+    with RecordWriter(folder / REFERENCE_EVAL) as eval_out:
+        seen: set[str] = set()
+        for doc in read_reference(cfg):
+            if doc.id in seen:
+                raise DatagenError(
+                    f"classifier.reference: document id '{doc.id}' appears twice; ids must "
+                    "be unique (they decide the held-out split)"
+                )
+            seen.add(doc.id)
+            split = reference_split(doc.id, cfg.seed, c.eval_fraction, c.test_fraction)
+            splits[split] = splits.get(split, 0) + 1
+            if split == EVAL:
+                eval_out.write(RefDoc(id=doc.id, text=doc.text, attribution=doc.attribution))
+                eval_words += len(doc.text.split())
+            else:
+                positives.append((doc.id, split, doc.text))
+    if not positives:
+        raise DatagenError(
+            f"classifier.reference: {', '.join(c.reference)}: no reference documents outside "
+            "the eval split"
+        )
+    pages, pool = _negatives(cfg, folder, console)
+    base: dict[str, Any] = {
+        "source": "reference",
+        "positive_label": "__label__hq",
+        "reference": {
+            "paths": c.reference,
+            "documents": sum(splits.values()),
+            "documents_per_split": dict(sorted(splits.items())),
+            "eval_file": REFERENCE_EVAL,
+            "eval_words": eval_words,
+        },
+        "negative_pool": pool,
+    }
+    if not pages:
+        note = (
+            f"no negative pages ({pool['from']} gave none); no model trained, the filter "
+            "skips the classifier decision"
+        )
+        console.print(f"[yellow]train_classifier: {note}[/]")
+        return {
+            **base,
+            "model_path": None,
+            "trained": False,
+            "note": note,
+            "summary": {"negatives": 0, "model": "none"},
+        }
+    negatives = [(d.id, page_split(d.id, cfg.seed, c.test_fraction), d.text) for d in pages]
+    examples = cut_examples(positives, True, c.chunk_words, c.min_chunk_words)
+    examples += cut_examples(negatives, False, c.chunk_words, c.min_chunk_words)
+    cut = {
+        "positive": sum(e.label for e in examples),
+        "negative": sum(not e.label for e in examples),
+    }
+    examples, dups = deduplicate(examples, cfg)
+    examples = pair(examples, c.max_examples, cfg.seed)
+    with RecordWriter(folder / EXAMPLES) as out:
+        for e in examples:
+            out.write(e)
+    train_idx = [i for i, e in enumerate(examples) if e.split == TRAIN]
+    test_idx = [i for i, e in enumerate(examples) if e.split != TRAIN]
+    base["examples"] = {
+        "file": EXAMPLES,
+        "pieces_cut": cut,
+        "duplicates_removed": dict(sorted(dups.items())),
+        "train": len(train_idx),
+        "test": len(test_idx),
+        "lengths": length_summary(examples),
+        "chunk_words": c.chunk_words,
+        "min_chunk_words": c.min_chunk_words,
+    }
+    n_pos = sum(e.label for e in examples)
+    base.update({"n_labels": len(examples), "n_positive": n_pos, "n_negative": n_pos})
+    if not examples:
+        note = "no example pairs after cutting and dedup; no model trained"
+        console.print(f"[yellow]train_classifier: {note}[/]")
+        return {**base, "model_path": None, "trained": False, "note": note, "summary": {}}
+    console.print(
+        f"train_classifier: {len(train_idx)} train / {len(test_idx)} test examples "
+        f"(reference vs {pool['pages']} web pages), training fastText"
+    )
+    out_part, summary = _trained(
+        cfg,
+        folder,
+        [e.text for e in examples],
+        [e.label for e in examples],
+        console,
+        split=(train_idx, test_idx),
+    )
     return {
         **base,
-        **metrics,
-        "model_path": str(model_path.resolve()),
-        "trained": True,
-        "applied": applied,
-        "note": None if applied else f"score only: {why}",
-        "summary": {
-            "labels": len(ids),
-            "positive": n_pos,
-            "f1": held.get("f1", "n/a"),
-            "model": MODEL,
-            "applied": applied,
-        },
+        **out_part,
+        "summary": {"examples": len(examples), "pages": pool["pages"], **summary},
     }
+
+
+__all__ = ["Example", "negatives_shard", "run"]
