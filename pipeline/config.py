@@ -484,6 +484,63 @@ class ExecutorConfig(Section):
     max_attempts: int = Field(3, ge=1)  # a shard whose worker dies this often fails the stage
 
 
+# --------------------------------------------------------------------------- issue 13
+class ProxyModelConfig(Section):
+    """The proxy model (``pipeline.proxy_train``: scripts/train_smoke.py's tiny GPT) and how it
+    trains; the same for every corpus an ablation compares."""
+
+    steps: int = Field(200, ge=1)
+    seq_len: int = Field(64, ge=2)
+    batch: int = Field(16, ge=1)
+    d_model: int = Field(64, ge=4)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _heads(self) -> ProxyModelConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of heads {self.heads}")
+        return self
+
+
+ABLATION_CORPORA = ("raw", "heuristics", "classifier", "synthetic", "synthetic+web")
+
+
+class AblateConfig(ProxyModelConfig):
+    """``datagen ablate``: one proxy model per corpus and seed, all at the same token budget,
+    evaluated on held-out clean text and on the emitted val split."""
+
+    corpora: list[str] = ["raw", "heuristics", "classifier", "synthetic+web"]
+    tokens: int = Field(0, ge=0)  # every corpus's token budget; 0 = the smallest corpus's size
+    seeds: list[int] = [1, 2, 3]  # one model per corpus and seed (init and batch order)
+    # clean eval text: files or folders of JSONL / parquet / text (field eval_text_field);
+    # empty = the run's held-out reference documents (train_classifier/reference_eval.jsonl.zst)
+    eval: list[str] = []
+    eval_text_field: str = "text"
+    eval_windows: int = Field(256, ge=1)  # windows of seq_len tokens per eval set, spread evenly
+    threads: int = Field(1, ge=0)  # torch threads per model (executor.workers models at once)
+
+    @field_validator("corpora")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in ABLATION_CORPORA]
+        if bad or not v or len(set(v)) != len(v):
+            raise PydanticCustomError(
+                "ablate_corpora",
+                "corpora must be distinct names from {allowed} (got {got})",
+                {"allowed": ", ".join(ABLATION_CORPORA), "got": ", ".join(v) or "none"},
+            )
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise PydanticCustomError("ablate_seeds", "seeds must be distinct (at least one)")
+        return v
+
+
 # --------------------------------------------------------------------------- root
 class PipelineConfig(Section):
     run: RunConfig = RunConfig()
@@ -502,6 +559,7 @@ class PipelineConfig(Section):
     emit: EmitConfig = EmitConfig()
     review: ReviewConfig = ReviewConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    ablate: AblateConfig = AblateConfig()
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

@@ -1,0 +1,196 @@
+"""A tiny GPT trained on CPU: the proxy model of the training smoke job and of ``datagen ablate``.
+
+``build_model`` is a causal transformer (pre-LayerNorm blocks, tied input/output embedding;
+d_model 64, 2 layers, 4 heads by default: about 3.2M parameters with SmolLM2's 49,152-token
+vocabulary, most of them the embedding). ``train_model`` samples random windows from token
+arrays, trains with AdamW (linear warm-up over the first 10% of steps, then cosine decay to
+10%, gradient clipping at 1.0) and reports the loss on fixed eval windows before and after.
+torch is the optional extra ``train`` (``pip install -e '.[train]'``, CPU build).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ProxyModelConfig
+from pipeline.errors import DatagenError
+
+
+def require_torch(what: str) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise DatagenError(
+            f"{what} needs torch: pip install -e '.[train]' (the CPU build, torch==2.13.0)"
+        ) from None
+    return torch
+
+
+class Windows:
+    """Random (input, target) windows of ``seq_len`` tokens drawn across token arrays, each
+    array in proportion to its length."""
+
+    def __init__(self, shards: list[np.ndarray], seq_len: int, rng: np.random.Generator) -> None:
+        self.shards = [s for s in shards if len(s) > seq_len + 1]
+        if not self.shards:
+            raise DatagenError(f"no token array is longer than seq_len+1 = {seq_len + 1} tokens")
+        sizes = np.array([len(s) - seq_len - 1 for s in self.shards], dtype=np.float64)
+        self.p = sizes / sizes.sum()
+        self.seq_len = seq_len
+        self.rng = rng
+
+    def batch(self, n: int) -> np.ndarray:
+        which = self.rng.choice(len(self.shards), size=n, p=self.p)
+        out = np.empty((n, self.seq_len + 1), dtype=np.int64)
+        for row, k in enumerate(which):
+            s = self.shards[k]
+            start = int(self.rng.integers(0, len(s) - self.seq_len - 1))
+            out[row] = s[start : start + self.seq_len + 1]
+        return out
+
+
+def fixed_windows(shards: Sequence[np.ndarray], seq_len: int, limit: int) -> np.ndarray:
+    """Consecutive non-overlapping windows from the start of each array (deterministic)."""
+    rows = []
+    for s in shards:
+        for start in range(0, len(s) - seq_len - 1, seq_len):
+            rows.append(np.asarray(s[start : start + seq_len + 1], dtype=np.int64))
+            if len(rows) >= limit:
+                return np.stack(rows)
+    return np.stack(rows) if rows else np.zeros((0, seq_len + 1), np.int64)
+
+
+def spread_windows(tokens: np.ndarray, seq_len: int, limit: int) -> np.ndarray:
+    """At most ``limit`` non-overlapping windows spread evenly over one array (so a large eval
+    set is sampled throughout, not only its first documents)."""
+    n_all = max(0, (len(tokens) - 1) // seq_len)
+    if n_all == 0:
+        return np.zeros((0, seq_len + 1), np.int64)
+    picks = np.unique(np.linspace(0, n_all - 1, num=min(limit, n_all)).astype(np.int64))
+    return np.stack(
+        [np.asarray(tokens[i * seq_len : i * seq_len + seq_len + 1], np.int64) for i in picks]
+    )
+
+
+def build_model(vocab: int, d_model: int, n_layers: int, n_heads: int, seq_len: int) -> Any:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln1 = nn.LayerNorm(d_model)
+            self.qkv = nn.Linear(d_model, 3 * d_model)
+            self.proj = nn.Linear(d_model, d_model)
+            self.ln2 = nn.LayerNorm(d_model)
+            self.mlp = nn.Sequential(
+                nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, t, c = x.shape
+            q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
+            q, k, v = (z.view(b, t, n_heads, c // n_heads).transpose(1, 2) for z in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+            return x + self.mlp(self.ln2(x))
+
+    class GPT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok = nn.Embedding(vocab, d_model)
+            self.pos = nn.Embedding(seq_len, d_model)
+            self.blocks = nn.ModuleList(Block() for _ in range(n_layers))
+            self.ln = nn.LayerNorm(d_model)
+            nn.init.normal_(self.tok.weight, std=0.02)
+
+        def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+            for blk in self.blocks:
+                x = blk(x)
+            logits = self.ln(x) @ self.tok.weight.T  # tied input/output embedding
+            return F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+
+    return GPT()
+
+
+def train_model(
+    train: list[np.ndarray],
+    evals: Mapping[str, np.ndarray],
+    vocab: int,
+    hp: ProxyModelConfig,
+    seed: int,
+    threads: int = 0,
+    log_every: int = 0,
+) -> dict[str, Any]:
+    """Train the proxy model on random windows of ``train``; ``evals`` maps a name to fixed
+    (n, seq_len + 1) windows whose mean loss is reported before and after training."""
+    torch = require_torch("training the proxy model")
+    torch.manual_seed(seed)
+    if threads > 0:  # on a busy machine one thread beats two contending ones
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    windows = Windows(train, hp.seq_len, rng)
+    model = build_model(vocab, hp.d_model, hp.layers, hp.heads, hp.seq_len)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=0.01)
+
+    def eval_loss(w: np.ndarray) -> float | None:
+        if not len(w):
+            return None
+        model.eval()
+        with torch.no_grad():
+            losses = [
+                float(model(torch.from_numpy(v[:, :-1]), torch.from_numpy(v[:, 1:]))) * len(v)
+                for v in np.array_split(w, max(1, math.ceil(len(w) / hp.batch)))
+            ]
+        model.train()
+        return float(np.sum(losses) / len(w))
+
+    before = {k: eval_loss(w) for k, w in evals.items()}
+    losses = []
+    t0 = time.perf_counter()
+    warm = max(1, hp.steps // 10)
+    for step in range(hp.steps):
+        frac = (
+            (step + 1) / warm
+            if step < warm
+            else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / max(1, hp.steps - warm)))
+        )
+        for g in opt.param_groups:
+            g["lr"] = hp.lr * frac
+        xy = torch.from_numpy(windows.batch(hp.batch))
+        loss = model(xy[:, :-1], xy[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == hp.steps - 1):
+            print(f"step {step:5d}  loss {losses[-1]:.3f}", file=sys.stderr, flush=True)
+    elapsed = time.perf_counter() - t0
+    k = max(1, min(10, hp.steps // 5))
+    tokens = hp.steps * hp.batch * hp.seq_len
+    return {
+        "params": n_params,
+        "vocab_size": vocab,
+        "steps": hp.steps,
+        "seq_len": hp.seq_len,
+        "batch": hp.batch,
+        "tokens_seen": tokens,
+        "train_loss_start": float(np.mean(losses[:k])),
+        "train_loss_end": float(np.mean(losses[-k:])),
+        "eval_before": before,
+        "eval_after": {k2: eval_loss(w) for k2, w in evals.items()},
+        "eval_windows": {k2: len(w) for k2, w in evals.items()},
+        "uniform_loss": math.log(vocab),
+        "seconds": round(elapsed, 2),
+        "tokens_per_s": round(tokens / elapsed) if elapsed > 0 else None,
+    }
