@@ -134,6 +134,25 @@ def review(args: Args = None) -> None:
     print(write_review(cfg, stage))
 
 
+@app.command()
+def ablate(args: Args = None) -> None:
+    """Train the same tiny GPT on corpora built from one run (raw web, after heuristics, after
+    the quality classifier, the emitted mix) at the same token budget, several seeds each;
+    print the eval-loss table and the paths of the manifest and the plot.
+
+    Keys: ablate.corpora, ablate.tokens, ablate.seeds, ablate.steps, ablate.eval, ...
+    (see: datagen config show). Runs on the executor (executor.workers models at once)."""
+    from pipeline.ablate import FOLDER, ablate, print_table
+
+    _, overrides = _split_stage(args or [])
+    cfg = load_config(overrides)
+    m = ablate(cfg, Console(stderr=True))
+    print_table(Console(), m)
+    folder = f"{cfg.run.root}/{cfg.run.name}/{FOLDER}"
+    print(f"{folder}/manifest.json")
+    print(f"{folder}/{m['plot']}")
+
+
 @config_app.command("show")
 def config_show(args: Args = None) -> None:
     """Print the resolved config (defaults + overrides) as YAML."""

@@ -419,7 +419,9 @@ class WebConfig(Section):
     min_quality: float = Field(0.5, ge=0.0, le=1.0)
     dedup: bool = True  # exact + MinHash against the filter stage's index (cfg.dedup)
     decontam: bool = True  # benchmark n-grams (cfg.decontam)
-    keep_dropped: bool = False  # write dropped documents (reason + scores) to web/dropped/
+    # write dropped documents (reason + scores) to web/dropped/: the review page shows them and
+    # `datagen ablate` builds its raw and heuristics corpora from them
+    keep_dropped: bool = True
 
 
 # --------------------------------------------------------------------------- issue 5
