@@ -199,3 +199,45 @@ def test_no_negative_pool_means_no_model_and_a_note(tmp_path):
     _, m = _train(tmp_path, "web.inputs=[]")
     assert m["trained"] is False and m["model_path"] is None
     assert "no negative pages" in m["note"]
+
+
+def test_the_pool_and_the_reference_files_are_part_of_the_stage_identity(tmp_path):
+    """A new negative pool or reference set redoes train_classifier (and so filter, web and
+    emit); with the teacher source the web inputs do not matter to it."""
+    run = Run(tmp_path, "t")
+    spec = BY_NAME["train_classifier"]
+
+    def h(*o: str) -> str:
+        return stage_hash(load_config(list(o)), run, spec)
+
+    other_web = "web.inputs=[../shared/data/web/ccnet_text]"
+    assert h() != h(other_web)
+    assert h("web.workers=1") == h()  # how the web stage runs is not what the pool holds
+    assert h("classifier.source=teacher") == h("classifier.source=teacher", other_web)
+    ref = tmp_path / "ref.jsonl"
+    ref.write_text(json.dumps({"text": shipped()[0]["text"]}) + "\n")
+    before = h(f"classifier.reference=[{ref}]")
+    ref.write_text(json.dumps({"text": shipped()[1]["text"]}) + "\n")
+    assert h(f"classifier.reference=[{ref}]") != before
+
+
+DOLMA_CC = (
+    ROOT.parent
+    / "shared/data/web_large/cc_samples/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
+)
+
+
+def test_a_configured_pool_is_sampled_by_record_with_a_seed(tmp_path):
+    pool = [f"classifier.negatives=[{DOLMA_CC}]", "classifier.negative_fraction=0.3"]
+    _, m = _train(tmp_path / "a", *pool)
+    p = m["negative_pool"]
+    assert p["from"] == "classifier.negatives" and p["records"] == 697
+    assert 0.2 * 697 < p["sampled"] < 0.4 * 697
+    assert m["trained"] and 0 < p["pages"] < p["sampled"]
+    run_b, m_b = _train(tmp_path / "b", *pool)
+    assert m_b["negative_pool"] == {**p, "shards_run": [0]}
+    assert m_b["heldout"] == m["heldout"]  # the same pages, examples and model
+    with pytest.raises(DatagenError, match="classifier.negatives: nope.warc.gz: no such file"):
+        from pipeline.stages.train_classifier import preflight
+
+        preflight(load_config(["classifier.negatives=[nope.warc.gz]"]))
