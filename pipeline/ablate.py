@@ -13,13 +13,15 @@ smallest corpus's size), from the run's stage outputs:
 - ``synthetic``: the filter stage's kept synthetic documents;
 - ``synthetic+web``: the emitted mix (``emit/tokens/train``, repeats as emitted).
 
-Documents of the emitted val split are left out of every corpus. Each corpus is the same
-number of tokens (documents in a seeded order, the last one cut). The same tiny GPT
-(``pipeline.proxy_train``) trains on each for the same steps with each of ``ablate.seeds``
-(init and batch order) and is evaluated on held-out clean text no classifier saw (the run's
-held-out reference documents, or ``ablate.eval``) and on the emitted val split. Token ids are
-remapped to the ids that occur in any corpus or eval set: one vocabulary for every model, and a
-smaller output layer on CPU.
+Documents of the emitted val split are left out of every corpus. Documents are cut into pieces
+of at most ``ablate.piece_tokens`` and each corpus sample is the same number of tokens (pieces in
+an order seeded by the model's seed, the last one cut), so every token of a corpus is equally
+likely to be drawn. The same tiny GPT (``pipeline.proxy_train``) trains on each sample for the
+same steps (``ablate.steps``, or ``ablate.epochs`` passes over the budget) with each of
+``ablate.seeds`` (sample, init and batch order) and is evaluated on held-out clean text no
+classifier saw (the run's held-out reference documents, or ``ablate.eval``) and on the emitted
+val split. Token ids are remapped to the ids that occur in any sample or eval set: one
+vocabulary for every model, and a smaller output layer on CPU.
 
 Output in ``<run>/ablate/``: ``manifest.json`` (the table: mean and sample std of the eval loss
 per corpus and eval set, every model's numbers, the corpora's sizes), ``ablation.svg`` (the
@@ -128,17 +130,32 @@ def _emitted_docs(emit: Path, split: str, dtype: str) -> list[np.ndarray]:
     return out
 
 
-def _budgeted(docs: list[np.ndarray], budget: int, seed: int, name: str) -> tuple[np.ndarray, int]:
-    """``budget`` tokens of whole documents in a seeded order, the last one cut: (tokens, docs)."""
-    order = np.random.default_rng([seed, *name.encode()]).permutation(len(docs))
+def _pieces(docs: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """Documents cut into consecutive pieces of at most ``size`` tokens."""
+    return [d[i : i + size] for d in docs for i in range(0, len(d), size)]
+
+
+def _budgeted(pieces: list[np.ndarray], budget: int, *seed: object) -> tuple[np.ndarray, int]:
+    """``budget`` tokens of pieces in a seeded order, the last one cut: (tokens, pieces)."""
+    key = [
+        int(x) if isinstance(x, int) else int.from_bytes(str(x).encode(), "little") for x in seed
+    ]
+    order = np.random.default_rng(key).permutation(len(pieces))
     parts, n = [], 0
     for i in order:
         if n >= budget:
             break
-        d = docs[i][: budget - n]
+        d = pieces[i][: budget - n]
         parts.append(d)
         n += len(d)
     return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), len(parts)
+
+
+def resolve_steps(a: Any, budget: int) -> int:
+    """ablate.steps, or (0) ``epochs`` passes over the budget, 10 to ``max_steps`` steps."""
+    if a.steps:
+        return int(a.steps)
+    return int(min(a.max_steps, max(10, math.ceil(a.epochs * budget / (a.batch * a.seq_len)))))
 
 
 def _encode(tok: Any, texts: Iterable[str], batch: int = 512) -> list[np.ndarray]:
@@ -183,7 +200,7 @@ def train_job(job: ShardJob) -> Stats:
     p = job.payload
     hp = AblateConfig.model_validate(p["ablate"])
     work = Path(p["work"])
-    train = np.load(work / f"corpus-{p['corpus']}.npy", mmap_mode="r")
+    train = np.load(work / f"corpus-{p['corpus']}-{p['seed']}.npy", mmap_mode="r")
     evals = {name: np.load(work / f"eval-{name}.npy") for name in p["evals"]}
     res = train_model([train], evals, int(p["vocab"]), hp, int(p["seed"]), threads=hp.threads)
     stats = Stats()
@@ -318,11 +335,16 @@ def _work(cfg: PipelineConfig, run: Run, folder: Path, console: Console) -> dict
             + (" (ablate.tokens)" if a.tokens else f" (seq_len + 2 = {a.seq_len + 2})")
             + f"; sizes: {', '.join(f'{k} {v:,}' for k, v in sizes.items())}"
         )
-    arrays: dict[str, np.ndarray] = {}
-    used: dict[str, int] = {}
+    # one sample per corpus and seed: the std over seeds covers the data sample too
+    arrays: dict[tuple[str, int], np.ndarray] = {}
+    used: dict[str, list[int]] = {}
     for c in a.corpora:
-        arrays[c], used[c] = _budgeted(docs[c], budget, cfg.seed, c)
-    tokens_seen = a.steps * a.batch * a.seq_len
+        pieces = _pieces(docs[c], a.piece_tokens)
+        for s in a.seeds:
+            arrays[c, s], n = _budgeted(pieces, budget, cfg.seed, s, c)
+            used.setdefault(c, []).append(n)
+    steps = resolve_steps(a, budget)
+    tokens_seen = steps * a.batch * a.seq_len
     if tokens_seen > 4 * budget:
         notes.append(
             f"each model sees {tokens_seen:,} tokens, {tokens_seen / budget:.1f} passes over its "
@@ -361,13 +383,13 @@ def _work(cfg: PipelineConfig, run: Run, folder: Path, console: Console) -> dict
         eval_info[k].update({"tokens": int(len(eval_tokens[k])), "windows": len(w)})
     work = folder / WORK
     work.mkdir(parents=True, exist_ok=True)
-    for k, v in remap.items():
-        _npy(work / f"corpus-{k}.npy", v.astype(np.int32))
+    for (c, s), v in remap.items():
+        _npy(work / f"corpus-{c}-{s}.npy", v.astype(np.int32))
     for k, w in windows.items():
         _npy(work / f"eval-{k}.npy", w)
 
     # --- train: one shard job per (corpus, seed), on the executor
-    hp = a.model_dump(mode="json")
+    hp = {**a.model_dump(mode="json"), "steps": steps}
     jobs = [
         ShardJob(
             index=i * len(a.seeds) + j,
@@ -386,7 +408,7 @@ def _work(cfg: PipelineConfig, run: Run, folder: Path, console: Console) -> dict
     ]
     console.print(
         f"ablate: {len(a.corpora)} corpora x {len(a.seeds)} seeds, {budget:,} tokens each, "
-        f"{a.steps} steps of {a.batch}x{a.seq_len} tokens, vocabulary {len(ids):,}"
+        f"{steps} steps of {a.batch}x{a.seq_len} tokens, vocabulary {len(ids):,}"
     )
     with contextlib.closing(make_executor(cfg.executor)) as ex:
         result = run_shards(ex, train_job, jobs, console, "ablate", "models", "models")
@@ -419,12 +441,13 @@ def _work(cfg: PipelineConfig, run: Run, folder: Path, console: Console) -> dict
                 "about": ABOUT[c],
                 "documents": len(docs[c]),
                 "tokens_available": sizes[c],
-                "documents_used": used[c],
-                "tokens": int(len(arrays[c])),
+                "pieces_used": used[c],
+                "tokens": int(len(arrays[c, a.seeds[0]])),
             }
             for c in a.corpora
         },
         "token_budget": budget,
+        "piece_tokens": a.piece_tokens,
         "tokens_seen_per_model": tokens_seen,
         "passes_over_corpus": round(tokens_seen / budget, 2),
         "seeds": a.seeds,
@@ -436,7 +459,10 @@ def _work(cfg: PipelineConfig, run: Run, folder: Path, console: Console) -> dict
             "heads": a.heads,
             "seq_len": a.seq_len,
             "batch": a.batch,
-            "steps": a.steps,
+            "steps": steps,
+            "steps_rule": f"ablate.steps={a.steps}"
+            if a.steps
+            else f"{a.epochs:g} passes over the budget (ablate.epochs), at most ablate.max_steps",
             "lr": a.lr,
             "uniform_loss": round(math.log(len(ids)), 4),
         },
