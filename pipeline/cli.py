@@ -136,12 +136,12 @@ def review(args: Args = None) -> None:
 
 @app.command()
 def ablate(args: Args = None) -> None:
-    """Train the same tiny GPT on corpora built from one run (raw web, after heuristics, after
-    the quality classifier, the emitted mix) at the same token budget, several seeds each;
-    print the eval-loss table and the paths of the manifest and the plot.
+    """Proxy models on one run's corpora: what each filter buys, in eval loss.
 
-    Keys: ablate.corpora, ablate.tokens, ablate.seeds, ablate.steps, ablate.eval, ...
-    (see: datagen config show). Runs on the executor (executor.workers models at once)."""
+    The same tiny GPT trains on raw web text, after the heuristics, after the quality
+    classifier and on the emitted mix, at one token budget with several seeds; prints the
+    table, then the paths of <run>/ablate/manifest.json and its plot. Keys: ablate.* (see:
+    datagen config show); executor.workers models train at once."""
     from pipeline.ablate import FOLDER, ablate, print_table
 
     _, overrides = _split_stage(args or [])

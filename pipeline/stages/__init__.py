@@ -52,7 +52,11 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("plan", about="seeded requests: topic x audience x format x words"),
     StageSpec("generate", ("plan",), "the teacher writes each request (resumable, cached)"),
     StageSpec("annotate", ("generate",), "the teacher rates a sample for educational value"),
-    StageSpec("train_classifier", ("annotate",), "a fastText quality model on the ratings"),
+    StageSpec(
+        "train_classifier",
+        ("annotate",),
+        "a fastText quality model: reference text vs web pages",
+    ),
     StageSpec(
         "filter",
         ("generate", "train_classifier"),
