@@ -209,6 +209,26 @@ class FilterConfig(Section):
     min_constraint_coverage: float = Field(0.0, ge=0.0, le=1.0)
     gopher_quality: GopherQualityConfig = GopherQualityConfig()
     gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    # code exercises: keep only those whose tests passed in the sandbox (drop code.tests_failed,
+    # code.timeout, code.error, code.unverified, code.unparsed)
+    require_verified: bool = True
+
+
+class SandboxConfig(Section):
+    """Limits for running an exercise's tests against its solution (pipeline.sandbox)."""
+
+    # auto = namespaces where the kernel allows them, else rlimits (no network/file-system
+    # isolation: see the README); namespaces = refuse to run without them
+    isolation: str = Field("auto", pattern="^(auto|namespaces|rlimits)$")
+    timeout_s: float = Field(10.0, gt=0)  # wall clock, interpreter start-up included
+    cpu_s: int = Field(5, ge=1)  # RLIMIT_CPU
+    memory_mb: int = Field(1024, ge=64)  # RLIMIT_AS (address space)
+    file_size_mb: int = Field(16, ge=1)  # RLIMIT_FSIZE: any file, stdout and stderr included
+    workdir_mb: int = Field(64, ge=1)  # the writable tmpfs /work (namespaces)
+    max_processes: int = Field(16, ge=1)  # RLIMIT_NPROC
+    max_open_files: int = Field(64, ge=16)  # RLIMIT_NOFILE
+    error_chars: int = Field(2000, ge=100)  # error text kept on the record (its tail)
+    workers: int = Field(0, ge=0)  # sandboxes at once; 0 = one per core
 
 
 class DedupConfig(Section):
@@ -447,6 +467,7 @@ class PipelineConfig(Section):
     annotate: AnnotateConfig = AnnotateConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     filter: FilterConfig = FilterConfig()
+    sandbox: SandboxConfig = SandboxConfig()
     dedup: DedupConfig = DedupConfig()
     decontam: DecontamConfig = DecontamConfig()
     web: WebConfig = WebConfig()
