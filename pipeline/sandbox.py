@@ -38,16 +38,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel
 
 from pipeline.config import SandboxConfig
 from pipeline.errors import DatagenError
+from pipeline.records import Isolation, Verdict
 from pipeline.secrets import redact
-
-Verdict = Literal["passed", "failed", "timeout", "error"]
-Isolation = Literal["namespaces", "rlimits"]
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 # root runs each sandbox as UID_BASE + the launching thread's id: thread ids are unique among
