@@ -24,7 +24,7 @@ outside the working directory; it is defence in depth, not a boundary (see the R
 from __future__ import annotations
 
 import contextlib
-import json
+import marshal
 import os
 import secrets as tokens
 import select
@@ -165,7 +165,7 @@ class Sandbox:
             ),
             "program": {"solution": solution, "tests": tests},
         }
-        (host / "spec.json").write_text(json.dumps(spec))
+        (host / "spec").write_bytes(marshal.dumps(spec))
         try:
             out, status, runtime, timed_out = self._execute(
                 host, work if mode == "rlimits" else host
@@ -178,10 +178,11 @@ class Sandbox:
 
     def _execute(self, host: Path, cwd: Path) -> tuple[dict[str, str], int, float, bool]:
         """Start the child, wait up to the wall limit, kill its process group (always: nothing
-        it started outlives it), reap. Returns (outputs, wait status, seconds, timed out)."""
+        it started outlives it), reap. Returns (outputs and CPU seconds, wait status, wall
+        seconds, timed out)."""
         names = ("stdout", "stderr", "verdict")
         fds = {n: os.open(host / n, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for n in names}
-        spec_path = host / "spec.json"
+        spec_path = host / "spec"
         args = [self.python, "-I", "-S", "-B", str(CHILD), str(spec_path), str(fds["verdict"])]
         started = time.perf_counter()
         try:
@@ -207,11 +208,12 @@ class Sandbox:
             # the child is alive or a zombie, so its pid still names only its group
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            _, status, _ = os.wait4(proc.pid, 0)
+            _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
         finally:
             os.close(pidfd)
         out = {n: _read_tail(host / n, 64_000) for n in names}
+        out["cpu_s"] = str(usage.ru_utime + usage.ru_stime)  # the child and what it reaped
         return out, status, runtime, timed_out
 
     def _result(
@@ -225,23 +227,14 @@ class Sandbox:
         out: dict[str, str],
     ) -> SandboxResult:
         cfg = self.cfg
-        lines = []
-        for line in out["verdict"].splitlines():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                lines.append(obj)
-        setup = next((x["setup_error"] for x in lines if "setup_error" in x), None)
-        verdict = next((x for x in lines if x.get("nonce") == nonce and "status" in x), None)
-        ended = next((x["runner"] for x in lines if isinstance(x.get("runner"), dict)), None)
+        setup, verdict, ended = _parse_verdicts(out["verdict"], nonce)
         if ended is None:  # rlimits: the launcher was the runner
             ended = {
                 "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
                 "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                "cpu_s": float(out["cpu_s"]),
             }
-        sig = ended.get("signal")
+        sig = None if ended["signal"] is None else int(ended["signal"])
         state: Verdict
         if timed_out:
             state, text = "timeout", f"wall-clock limit of {cfg.timeout_s:g} s exceeded"
@@ -250,13 +243,13 @@ class Sandbox:
         elif verdict is not None:
             state, text = verdict["status"], str(verdict.get("error", ""))
         elif sig == signal.SIGXCPU or (
-            sig == signal.SIGKILL and float(ended.get("cpu_s") or 0) >= cfg.cpu_s
+            sig == signal.SIGKILL and (ended["cpu_s"] or 0) >= cfg.cpu_s
         ):
             state, text = "timeout", f"CPU-time limit of {cfg.cpu_s} s exceeded"
         elif sig is not None:
-            state, text = "error", f"killed by {signal.Signals(sig).name}"
+            state, text = "error", f"killed by signal {_signal_name(sig)}"
         else:
-            code = ended.get("exit")
+            code = None if ended["exit"] is None else int(ended["exit"])
             state, text = "error", f"exited with code {code} before the tests finished"
         if state != "passed" and verdict is None:
             for name in ("stderr", "stdout"):
@@ -268,6 +261,41 @@ class Sandbox:
             error=_tail(redact(text), cfg.error_chars),
             isolation=mode,
         )
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return str(n)
+
+
+def _parse_verdicts(
+    text: str, nonce: str
+) -> tuple[str | None, dict[str, str] | None, dict[str, float | None] | None]:
+    """(setup error, harness verdict, how the runner ended) from the child's fd-3 lines
+    (see pipeline/sandbox_child.py); lines that do not parse are ignored."""
+    setup = verdict = ended = None
+
+    def unhex(h: str) -> str:
+        return "" if h == "-" else bytes.fromhex(h).decode("utf-8", errors="replace")
+
+    def num(x: str) -> float | None:
+        return None if x == "-" else float(x)
+
+    for line in text.splitlines():
+        f = line.split(" ")
+        try:
+            if f[0] == "setup_error" and len(f) == 2 and setup is None:
+                setup = unhex(f[1])
+            elif f[0] == "verdict" and len(f) == 5 and f[1] == nonce and verdict is None:
+                if f[2] in ("passed", "failed", "error"):
+                    verdict = {"status": f[2], "error": unhex(f[4])}
+            elif f[0] == "runner" and len(f) == 4:
+                ended = {"exit": num(f[1]), "signal": num(f[2]), "cpu_s": num(f[3])}
+        except ValueError:
+            continue
+    return setup, verdict, ended
 
 
 def host_root() -> bool:

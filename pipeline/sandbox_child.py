@@ -14,23 +14,24 @@ Processes (``namespaces`` mode)::
 
 In ``rlimits`` mode (no namespaces) the launcher itself is the runner.
 
-Protocol: JSON lines on fd 3. The runner writes ``{"nonce", "status", "error"}`` when the
-tests finish (status passed, failed = an AssertionError, error = anything else); init adds
-``{"runner": {"exit", "signal", "cpu_s"}}``; a setup failure is ``{"setup_error": ...}`` with
-exit code 125. stdout and stderr are files the parent opened (capped by RLIMIT_FSIZE).
+Protocol: the spec is a ``marshal`` dump (written by the parent, so trusted). Lines on fd 3,
+texts hex-encoded: ``verdict NONCE STATUS EXEC_S TEXT`` when the tests finish (passed,
+failed = an AssertionError, error = anything else), ``runner EXIT SIGNAL CPU_S`` from init,
+``setup_error TEXT`` (exit code 125). stdout and stderr are files the parent opened (capped
+by RLIMIT_FSIZE). Neither json nor traceback is imported: with ``re`` and ``enum`` under
+them they would double the start-up time of a passing exercise.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import json
+import marshal
 import os
 import resource
 import signal
 import sys
 import time
-import traceback
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -84,8 +85,12 @@ def _syscall(name: str, *args: object) -> int:
     return _check(_libc.syscall(table[name], *args), name)
 
 
-def _emit(record: dict) -> None:
-    os.write(3, (json.dumps(record) + "\n").encode())
+def _emit(*fields: object) -> None:
+    os.write(3, (" ".join(map(str, fields)) + "\n").encode())
+
+
+def _hex(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").hex() or "-"
 
 
 # --------------------------------------------------------------------------- launcher
@@ -181,7 +186,7 @@ def init(spec: dict) -> None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         build_root(spec)
     except OSError as e:
-        _emit({"setup_error": str(e)})
+        _emit("setup_error", _hex(str(e)))
         os._exit(SETUP_FAILED)
     pid = os.fork()
     if pid == 0:
@@ -193,16 +198,10 @@ def init(spec: dict) -> None:
             os._exit(SETUP_FAILED)
         if got == pid:
             break
-    _emit({"runner": _ended(status, usage)})
-    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-
-
-def _ended(status: int, usage: resource.struct_rusage) -> dict:
-    return {
-        "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-        "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-    }
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else "-"
+    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else "-"
+    _emit("runner", code, sig, round(usage.ru_utime + usage.ru_stime, 3))
+    os._exit(code if isinstance(code, int) else 128 + sig)
 
 
 # --------------------------------------------------------------------------- runner
@@ -349,47 +348,75 @@ def install_audit_hook(workdir: str) -> None:
     sys.addaudithook(hook)
 
 
-def _describe(e: BaseException) -> str:
-    """The traceback from the exercise's first frame on, without this file's frames (the
-    audit hook's), then the exception."""
-    tb = e.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename not in ("<solution>", "<tests>"):
+def _frames(e: BaseException) -> list[tuple[str, int, str]]:
+    """(file, line, function) from the exercise's first frame on, without this file's
+    frames (the audit hook's)."""
+    out, tb, started = [], e.__traceback__, False
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        started = started or code.co_filename in ("<solution>", "<tests>")
+        if started and code.co_filename != __file__:
+            out.append((code.co_filename, tb.tb_lineno, code.co_name))
         tb = tb.tb_next
-    frames = [f for f in traceback.extract_tb(tb) if f.filename != __file__]
-    head = "Traceback (most recent call last):\n" if frames else ""
-    body = "".join(traceback.format_list(frames))
-    return head + body + "".join(traceback.format_exception_only(type(e), e))
+    return out
+
+
+def _describe(frames: list[tuple[str, int, str]], exc: str, sources: dict[str, str]) -> str:
+    """A traceback as Python prints it (frames with their source lines, then the exception)."""
+    lines = ["Traceback (most recent call last):"] if frames else []
+    for file, n, name in frames:
+        lines.append(f'  File "{file}", line {n}, in {name}')
+        try:
+            if file in sources:
+                src = sources[file].splitlines()
+            else:
+                with open(file, encoding="utf-8", errors="replace") as f:
+                    src = f.read().splitlines()
+            if 0 < n <= len(src) and src[n - 1].strip():
+                lines.append(f"    {src[n - 1].strip()}")
+        except (OSError, ValueError):
+            pass
+    return "\n".join([*lines, exc]) + "\n"
+
+
+def _exception_line(e: BaseException) -> str:
+    name, module = type(e).__qualname__, type(e).__module__
+    if module not in ("builtins", "__main__"):
+        name = f"{module}.{name}"
+    try:
+        msg = str(e)
+    except Exception:  # noqa: BLE001 - an exercise's exception may refuse str()
+        msg = "<exception str() failed>"
+    return f"{name}: {msg}" if msg else name
 
 
 def harness(spec: dict) -> None:
     """Exec the solution, then the tests, in one namespace; write the verdict; exit."""
-    import linecache
     import types
 
     program = spec["program"]
     sources = {"<solution>": program["solution"], "<tests>": program["tests"]}
-    for name, src in sources.items():  # so tracebacks show the exercise's lines
-        linecache.cache[name] = (len(src), None, src.splitlines(True), name)
-    nonce, emit, exit_now = spec["nonce"], _emit, os._exit
-    describe, mb = _describe, spec["limits"]["memory_mb"]
+    nonce, emit, hexed, exit_now = spec["nonce"], _emit, _hex, os._exit
+    mb = spec["limits"]["memory_mb"]
+    main = types.ModuleType("__main__")  # the exercise's module, not this script
     started = time.perf_counter()
     try:
         codes = [compile(src, name, "exec") for name, src in sources.items()]
-        main = types.ModuleType("__main__")  # the exercise's module, not this script
         sys.modules["__main__"] = main
         for code in codes:
             exec(code, main.__dict__)  # noqa: S102 - this is the sandbox
-    except AssertionError as e:
-        verdict, text = "failed", describe(e)
     except BaseException as e:  # noqa: BLE001 - every way the exercise can end is a verdict
-        text = describe(e)
+        verdict = "failed" if isinstance(e, AssertionError) else "error"
+        frames, exc = _frames(e), _exception_line(e)
         if isinstance(e, MemoryError):
-            text += f"(the address-space limit is {mb} MB)\n"
-        verdict = "error"
+            exc += f" (the address-space limit is {mb} MB)"
+        del e
+        main.__dict__.clear()  # free what the exercise allocated before formatting
+        text = _describe(frames, exc, sources)
     else:
         verdict, text = "passed", ""
-    elapsed = time.perf_counter() - started
-    emit({"nonce": nonce, "status": verdict, "error": text[-20_000:], "exec_s": elapsed})
+    elapsed = round(time.perf_counter() - started, 4)
+    emit("verdict", nonce, verdict, elapsed, hexed(text[-20_000:]))
     exit_now(0 if verdict == "passed" else 1)
 
 
@@ -402,14 +429,14 @@ def runner(spec: dict) -> None:
             install_audit_hook(os.getcwd())
         set_limits(spec["limits"])
     except OSError as e:
-        _emit({"setup_error": str(e)})
+        _emit("setup_error", _hex(str(e)))
         os._exit(SETUP_FAILED)
     harness(spec)
 
 
 def main() -> None:
-    with open(sys.argv[1]) as f:
-        spec = json.load(f)
+    with open(sys.argv[1], "rb") as f:
+        spec = marshal.loads(f.read())
     verdict_fd = int(sys.argv[2])
     if verdict_fd != 3:
         os.dup2(verdict_fd, 3)
@@ -422,7 +449,7 @@ def main() -> None:
     try:
         enter_namespaces(spec)
     except OSError as e:
-        _emit({"setup_error": str(e)})
+        _emit("setup_error", _hex(str(e)))
         os._exit(SETUP_FAILED)
     pid = os.fork()
     if pid == 0:
