@@ -120,7 +120,7 @@ def test_filter_stage_keeps_and_drops_with_reasons_and_scores_every_record(tmp_p
     assert m["classifier_model"] == str(model)
     assert m["constraints"]["satisfaction"] < 1.0  # "zebra" is in none of the texts
     steps = [row["step"] for row in m["funnel"]]
-    assert steps == ["scores", "decontam", "heuristics", "constraints", "quality"]
+    assert steps == ["scores", "decontam", "code", "heuristics", "constraints", "quality"]
     assert m["funnel"][-1]["documents"] == m["kept"]
 
     kept = list(read_shards(run.path / "filter", Document))
