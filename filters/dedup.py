@@ -34,7 +34,7 @@ import functools
 import io
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -72,10 +72,10 @@ def exact_hash(text: str) -> str:
 def exact_keys(texts: Sequence[str], lowered: Sequence[str] | None = None) -> np.ndarray:
     """The exact hash of each text as (hi, lo) uint64 halves of xxh3-128, shape (n, 2).
     ``lowered`` (the texts in lower case, when the caller has them) saves NFKC and lower()
-    for ASCII texts, which NFKC leaves as they are."""
+    for texts NFKC leaves as they are (ASCII, most text)."""
     out = np.zeros((len(texts), 2), dtype=np.uint64)
     for i, t in enumerate(texts):
-        if lowered is not None and t.isascii():
+        if lowered is not None and unicodedata.is_normalized("NFKC", t):
             norm = " ".join(lowered[i].split())
         else:
             norm = normalize_text(t)
@@ -176,7 +176,32 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> _U64(33))
 
 
-class _WordHashes(dict[str, int]):
+# ASCII bytes that are not \w (so never inside a word) -> space; bytes of non-ASCII characters
+# (all >= 0x80 in UTF-8) stay for the regex to judge
+_ASCII_NON_WORD = bytes(
+    c if c >= 0x80 or chr(c).isalnum() or c == 0x5F else 0x20 for c in range(256)
+)
+
+
+def words(lowered: str) -> list[bytes]:
+    """The ``\\w+`` runs of a text (UTF-8), as ``re.findall(r"\\w+", lowered)`` finds them,
+    2x faster: ASCII non-word bytes split the text, and only a piece holding a non-ASCII
+    character goes through the regex."""
+    raw = lowered.encode("utf-8", "surrogatepass")
+    pieces = raw.translate(_ASCII_NON_WORD).split()
+    if lowered.isascii():
+        return pieces
+    out: list[bytes] = []
+    for piece in pieces:
+        if piece.isascii():
+            out.append(piece)
+        else:
+            text = piece.decode("utf-8", "surrogatepass")
+            out.extend(w.encode("utf-8", "surrogatepass") for w in _TOKEN.findall(text))
+    return out
+
+
+class _WordHashes(dict[bytes, int]):
     """xxh3-64 of each word, memoised (word frequencies are Zipfian; the cache is bounded).
     A dict whose ``__missing__`` hashes: ``map(self.__getitem__, words)`` runs in C for hits."""
 
@@ -184,8 +209,8 @@ class _WordHashes(dict[str, int]):
         super().__init__()
         self.max_size = max_size
 
-    def __missing__(self, w: str) -> int:
-        h = xxhash.xxh3_64_intdigest(w.encode("utf-8"))
+    def __missing__(self, w: bytes) -> int:
+        h = xxhash.xxh3_64_intdigest(w)
         if len(self) >= self.max_size:
             self.clear()
         self[w] = h
@@ -193,8 +218,8 @@ class _WordHashes(dict[str, int]):
 
     def of(self, lowered: str) -> np.ndarray:
         """The hashes of the words of a text already in lower case."""
-        words = _TOKEN.findall(lowered)
-        return np.fromiter(map(self.__getitem__, words), dtype=np.uint64, count=len(words))
+        ws = words(lowered)
+        return np.fromiter(map(self.__getitem__, ws), dtype=np.uint64, count=len(ws))
 
 
 def _unique(x: np.ndarray) -> np.ndarray:
@@ -374,12 +399,17 @@ def bucket_pairs(
         return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
     a, b = np.concatenate(a_parts).astype(np.int64), np.concatenate(b_parts).astype(np.int64)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    packed = _unique((lo.astype(np.uint64) << _U64(32)) | hi.astype(np.uint64))
-    return (
-        (packed >> _U64(32)).astype(np.int64),
-        (packed & _U64(0xFFFFFFFF)).astype(np.int64),
-        capped,
-    )
+    return (*distinct_pairs([(lo, hi)]), capped)
+
+
+def distinct_pairs(
+    parts: Iterable[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (a, b) pairs of several lists (document numbers < 2^32), sorted by a then
+    b: the candidates of all bands, each verified once."""
+    packed = [(a.astype(np.uint64) << _U64(32)) | b.astype(np.uint64) for a, b in parts]
+    u = _unique(np.concatenate(packed)) if packed else np.zeros(0, np.uint64)
+    return (u >> _U64(32)).astype(np.int64), (u & _U64(0xFFFFFFFF)).astype(np.int64)
 
 
 def exact_groups(hi: np.ndarray, lo: np.ndarray, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -391,6 +421,20 @@ def exact_groups(hi: np.ndarray, lo: np.ndarray, gids: np.ndarray) -> tuple[np.n
     same[1:] = (h[1:] == h[:-1]) & (low[1:] == low[:-1])
     head = np.maximum.accumulate(np.where(~same, np.arange(len(h)), 0))
     return d[same].astype(np.int64), d[head[same]].astype(np.int64)
+
+
+def pair_jaccards(
+    a: np.ndarray, b: np.ndarray, shingles_of: Callable[[int], np.ndarray]
+) -> np.ndarray:
+    """Exact Jaccard of each pair (a[i], b[i]); ``shingles_of(doc)`` gives a document's
+    sorted shingle set (pairs sorted by a: each a is fetched once per run of pairs)."""
+    out = np.zeros(len(a), dtype=np.float64)
+    last, set_a = -1, np.zeros(0, np.uint32)
+    for n, (x, y) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
+        if x != last:
+            last, set_a = x, shingles_of(x)
+        out[n] = jaccard(set_a, shingles_of(y))
+    return out
 
 
 def jaccard(x: np.ndarray, y: np.ndarray) -> float:
@@ -529,23 +573,23 @@ def find_duplicates(
         if exact
         else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     )
-    pairs: list[tuple[int, int, float]] = []
+    pa = pb = np.zeros(0, np.int64)
+    js = np.zeros(0, np.float64)
     n_cand = capped = 0
     if near:
         alive = ~s.empty
         group = s.exact[:, 0] if exact else gids.astype(np.uint64)
-        cand: set[tuple[int, int]] = set()
+        parts = []
         for band in range(signer.bands):
             a, b, c = bucket_pairs(s.band_keys[band][alive], group[alive], gids[alive])
             capped += c
-            cand.update(zip(a.tolist(), b.tolist(), strict=True))
-        n_cand = len(cand)
-        for i, j in sorted(cand):
-            jv = jaccard(s.shingle_set(i), s.shingle_set(j))
-            if jv >= params.threshold:
-                pairs.append((i, j, jv))
-    pa = np.array([p[0] for p in pairs], dtype=np.int64)
-    pb = np.array([p[1] for p in pairs], dtype=np.int64)
+            parts.append((a, b))
+        ca, cb = distinct_pairs(parts)
+        n_cand = len(ca)
+        cj = pair_jaccards(ca, cb, s.shingle_set)
+        ok = cj >= params.threshold
+        pa, pb, js = ca[ok], cb[ok], cj[ok]
+    pairs = list(zip(pa.tolist(), pb.tolist(), js.tolist(), strict=True))
     nodes, labels = components(np.concatenate([ea, pa]), np.concatenate([eb, pb]))
     ids = ids if ids is not None else [f"{i:08d}" for i in range(n)]
     quality = quality if quality is not None else [0.0] * n
