@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from datasketch import MinHash
-from filters_testdata import ccnet_docs, openstax_modules, wikitext_articles
+from filters_testdata import ccnet_docs, openstax_modules, web_pages, wikitext_articles
 
 from filters.dedup import (
     BUCKET_ANCHORS,
@@ -21,8 +21,11 @@ from filters.dedup import (
     candidate_probability,
     decision_curve,
     derive_bands_rows,
+    exact_hash,
+    exact_keys,
     find_duplicates,
     jaccard,
+    words,
 )
 from pipeline.errors import DatagenError
 
@@ -80,6 +83,23 @@ def test_signatures_are_datasketch_affine32_minhash_of_the_shingle_sets():
     ref = MinHash(num_perm=112, seed=99, hashfunc=lambda x: x)
     ref.update_batch([int(x) for x in s.shingle_set(1)])
     assert np.array_equal(ref.hashvalues, full[1])
+
+
+def test_words_are_the_regex_word_runs_on_multilingual_web_text():
+    texts = web_pages() + ccnet_docs() + wikitext_articles()
+    assert sum(not t.isascii() for t in texts) > 50
+    for t in texts:
+        low = t.lower()
+        assert words(low) == [w.encode("utf-8") for w in TOKEN.findall(low)]
+
+
+def test_exact_keys_normalise_like_normalize_text():
+    texts = web_pages()[:40] + ["\ufb01ne  Caf\u00e9", "fine caf\u00e9", "ＡＢＣ abc"]
+    lowered = [t.lower() for t in texts]
+    fast, plain = exact_keys(texts, lowered), exact_keys(texts)
+    assert np.array_equal(fast, plain)
+    assert np.array_equal(fast[-3], fast[-2])  # NFKC: the ligature is "fi"
+    assert exact_hash(texts[-1]) == exact_hash("abc abc")
 
 
 def test_shingle_sets_give_the_exact_jaccard_of_the_word_ngrams(corpus):
