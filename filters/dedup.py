@@ -12,15 +12,18 @@ One rule for every document, synthetic or web:
 - **clusters**: connected components of the verified pairs and the exact groups; each cluster
   keeps its highest-quality member (``classifier.prob``, missing = 0; ties by id).
 
-API (in memory; the stage runs the same functions shard by shard)::
+API (the stage runs these per shard and per band; ``find_duplicates`` runs them in memory)::
 
     params = MinHashParams(num_perm=112, ngram=5, threshold=0.8, bands=0, seed=cfg.seed)
     signer = Signer(params)
     s = signer.sign(texts)      # Signed: shingle sets, signatures, band keys, exact keys
-    a, b, capped = bucket_pairs(keys, groups, gids)   # candidate pairs within band buckets
-    jaccard(set_a, set_b)       # exact Jaccard of two sorted shingle-hash arrays
-    found = find_duplicates(texts, params)            # pairs, exact groups, candidates
-    clusters = resolve(nodes, a, b, members)          # components + the keep rule
+    copy, first = exact_groups(hi, lo, gids)          # edges joining exact copies
+    a, b, capped = bucket_pairs(keys, groups, gids)   # candidate pairs of one band's buckets
+    a, b = distinct_pairs([(a1, b1), (a2, b2)])       # over bands: each pair once
+    js = pair_jaccards(a, b, shingles_of)             # exact Jaccard of each pair
+    nodes, labels = components(a, b)                  # connected components (scipy)
+    clusters = resolve(labels, members)               # the keep rule and drop reasons
+    found = find_duplicates(texts, params)            # all of it, in memory
     candidate_curve(params) / decision_curve(params)  # {"0.8": P(... | exact J = 0.8)}
 
 Shingles are hashed once per word (xxh3, memoised) and combined per n-gram in numpy; a
