@@ -491,11 +491,12 @@ def _rank(m: Member) -> tuple[float, str, int]:
     return (-m.quality, m.id, m.gid)
 
 
-def resolve(labels: np.ndarray, members: Sequence[Member]) -> list[Cluster]:
+def resolve(labels: np.ndarray, members: Sequence[Member], exact: bool = True) -> list[Cluster]:
     """Clusters from component labels (members[i] has labels[i]): each keeps its highest
     quality member (ties by id, then input order). A dropped member is ``exact`` when it is
     not the best of its exact-hash copies in the cluster (a copy of a document that stays or
-    of one dropped as a near duplicate), else ``near``; every one points at the kept member."""
+    of one dropped as a near duplicate), else ``near`` (always, without exact dedup); every
+    one points at the kept member."""
     by_label: dict[int, list[Member]] = {}
     for lab, m in zip(labels.tolist(), members, strict=True):
         by_label.setdefault(lab, []).append(m)
@@ -509,7 +510,7 @@ def resolve(labels: np.ndarray, members: Sequence[Member]) -> list[Cluster]:
             if m.exact not in best_copy or _rank(m) < _rank(best_copy[m.exact]):
                 best_copy[m.exact] = m
         reasons = {
-            m.gid: ("exact" if best_copy[m.exact] is not m else "near")
+            m.gid: ("exact" if exact and best_copy[m.exact] is not m else "near")
             for m in group
             if m is not kept
         }
@@ -605,7 +606,7 @@ def find_duplicates(
         pairs=pairs,
         exact=list(zip(ea.tolist(), eb.tolist(), strict=True)),
         capped_buckets=capped,
-        clusters=resolve(labels, members),
+        clusters=resolve(labels, members, exact),
     )
 
 

@@ -214,6 +214,16 @@ def test_exact_copies_and_a_copy_of_a_near_duplicate_point_at_the_kept_document(
     assert (0, 1) in found.judged_pairs() and (2, 4) in found.judged_pairs()
 
 
+def test_without_exact_dedup_exact_copies_are_near_duplicates_at_jaccard_one():
+    mods = [m["text"] for m in openstax_modules() if len(m["text"]) > 1500][:3]
+    texts = [mods[0], mods[0].upper(), mods[1], "  " + mods[1] + "\n", mods[2]]
+    found = find_duplicates(texts, MinHashParams(), exact=False)
+    assert found.exact == []
+    assert [(a, b) for a, b, _ in found.pairs] == [(0, 1), (2, 3)]
+    assert all(j == 1.0 for _, _, j in found.pairs)
+    assert [c.reasons for c in found.clusters] == [{1: "near"}, {3: "near"}]
+
+
 def test_a_bucket_larger_than_the_anchor_cap_stays_one_cluster():
     """A real article copied 300 times, each copy with one word of its own changed (a template
     page crawled many times): the shared bands form buckets over the cap, each copy is paired

@@ -239,6 +239,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def ray_address():
+    pytest.importorskip("ray")
     with RayCluster() as address:
         yield address
 
@@ -252,27 +253,53 @@ def reference(template, tmp_path_factory) -> Path:
     return root / "runs/default/dedup"
 
 
-def test_local_1_local_2_and_ray_write_the_same_bytes(template, reference, tmp_path, ray_address):
+def _same_as_reference(template: Path, reference: Path, root: Path, *args: str) -> dict:
+    _copy(template, root)
+    r = datagen("run", "stage=dedup", *_args(root), *args, cwd=root)
+    assert r.returncode == 0, r.stderr
+    out = root / "runs/default/dedup"
+    assert _files(out) == _files(reference)
+    m, ref = _manifest(out), _manifest(reference)
+    assert {k: m[k] for k in COUNTS} == {k: ref[k] for k in COUNTS}
+    return m
+
+
+def test_local_1_and_2_workers_and_more_reduce_tasks_write_the_same_bytes(
+    template, reference, tmp_path
+):
     ref = _manifest(reference)
     assert ref["shards_total"] > 10 and len(ref["shards_run"]) == ref["shards_total"]
     assert ref["exact_dropped"] > 0 and ref["near_dropped"] > 0 and ref["kept"] > 0
     assert ref["by_source"]["web"]["input"] > 0 and ref["by_source"]["synthetic"]["input"] > 0
-    for name, args in {
-        "local2": ["executor.workers=2"],
-        # several key ranges per band and several verify tasks: the same result
-        "local2-ranges": ["executor.workers=2", "dedup.reduce_docs=300"],
-        "ray": ["executor.kind=ray", f"executor.address={ray_address}"],
-    }.items():
-        root = _copy(template, tmp_path / name)
-        r = datagen("run", "stage=dedup", *_args(root), *args, cwd=root)
-        assert r.returncode == 0, r.stderr
-        out = root / "runs/default/dedup"
-        assert _files(out) == _files(reference), name
-        m = _manifest(out)
-        assert {k: m[k] for k in COUNTS} == {k: ref[k] for k in COUNTS}, name
-        if name == "local2-ranges":
-            assert m["rounds"]["verify"]["tasks"] > 1
-            assert m["rounds"]["buckets"]["tasks"] > ref["rounds"]["buckets"]["tasks"]
+    _same_as_reference(template, reference, tmp_path / "local2", "executor.workers=2")
+    # several key ranges per band and several verify tasks: the same result
+    m = _same_as_reference(
+        template, reference, tmp_path / "ranges", "executor.workers=2", "dedup.reduce_docs=300"
+    )
+    assert m["rounds"]["verify"]["tasks"] > 1
+    assert m["rounds"]["buckets"]["tasks"] > ref["rounds"]["buckets"]["tasks"]
+
+
+def test_without_exact_dedup_the_copies_are_near_duplicates_of_the_same_clusters(
+    template, reference, tmp_path
+):
+    root = _copy(template, tmp_path)
+    r = datagen("run", "stage=dedup", *_args(root), "dedup.exact=false", cwd=root)
+    assert r.returncode == 0, r.stderr
+    out, ref = root / "runs/default/dedup", _manifest(reference)
+    m = _manifest(out)
+    assert m["exact_dropped"] == 0 and m["near_dropped"] == ref["dropped"]
+    assert m["clusters"] == ref["clusters"]
+    kept = {k: v for k, v in _files(out).items() if not k.startswith("dropped")}
+    assert kept == {k: v for k, v in _files(reference).items() if not k.startswith("dropped")}
+    dropped = {d.id: d for d in read_shards(out / "dropped", Document)}
+    for d in read_shards(reference / "dropped", Document):
+        assert dropped[d.id].kept_id == d.kept_id and dropped[d.id].drop_reason == "dedup.near"
+
+
+def test_ray_writes_the_same_bytes_as_local(template, reference, tmp_path, ray_address):
+    args = ("executor.kind=ray", f"executor.address={ray_address}")
+    _same_as_reference(template, reference, tmp_path / "ray", *args)
 
 
 def _start(root: Path, *args: str) -> subprocess.Popen[str]:

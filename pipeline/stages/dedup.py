@@ -224,7 +224,9 @@ def buckets_task(job: ShardJob) -> Stats:
         a, b = exact_groups(cols[0], cols[1], gids)  # (copy, first copy)
         stats.add("exact_copies", len(a))
     else:
-        a, b, capped = bucket_pairs(cols[0], cols[1], gids)
+        # exact copies stand in for each other only when exact edges join them
+        groups = cols[1] if p["exact"] else cols[2]
+        a, b, capped = bucket_pairs(cols[0], groups, gids)
         stats.add("bucket_pairs", len(a))
         stats.add("capped_buckets", capped)
     _save_npy(Path(job.stage_dir) / f"{job.name}.npy", np.stack([a, b]).astype(np.int64))
@@ -316,7 +318,11 @@ def _members(sign: Path, starts: np.ndarray, nodes: np.ndarray) -> list[Member]:
 
 
 def reduce_clusters(
-    work: Path, starts: np.ndarray, exact_files: list[Path], verify_files: list[Path]
+    work: Path,
+    starts: np.ndarray,
+    exact_files: list[Path],
+    verify_files: list[Path],
+    exact: bool,
 ) -> dict[str, Any]:
     """Clusters over exact edges and verified pairs; writes each shard's drop list to
     ``.work/drops/NNNNN.json`` ({local number: [reason, cluster_id, kept_id]}) and returns the
@@ -327,7 +333,7 @@ def reduce_clusters(
     a = np.concatenate([e[0] for e in ea] + [v["a"] for v in va] + none).astype(np.int64)
     b = np.concatenate([e[1] for e in ea] + [v["b"] for v in va] + none).astype(np.int64)
     nodes, labels = components(a, b)
-    clusters = resolve(labels, _members(work / "sign", starts, nodes))
+    clusters = resolve(labels, _members(work / "sign", starts, nodes), exact)
     drops: dict[int, dict[int, list[str]]] = {}
     by_source: Counter[str] = Counter()
     cross: Counter[str] = Counter()
@@ -450,7 +456,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         raise DatagenError(f"dedup: {n_docs:,} documents; at most {_MAX_GID - 1:,} per run")
     n_ranges = max(1, math.ceil(n_docs / cfg.dedup.reduce_docs))
     sign_dir, bucket_dir, verify_dir = work / "sign", work / "buckets", work / "verify"
-    common = {"sign": str(sign_dir), "starts": starts}
+    common = {"sign": str(sign_dir), "starts": starts, "exact": cfg.dedup.exact}
     config = cfg.model_dump(mode="json")
     key = cfg.section_hash(*CONFIG_KEYS)
     # buckets: the exact hash, then each band, each over n_ranges ranges of its keys
@@ -480,7 +486,9 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         bucket_st = rounds("buckets", buckets_task, bucket_dir, buckets, "keys", "keys")
         verify_st = rounds("verify", verify_task, verify_dir, verify, "candidate_pairs", "pairs")
         verified = [verify_dir / f"{i:05d}.npy" for i in range(len(verify))]
-        red = reduce_clusters(work, np.array(starts, dtype=np.int64), exact_out, verified)
+        red = reduce_clusters(
+            work, np.array(starts, dtype=np.int64), exact_out, verified, cfg.dedup.exact
+        )
         drops = work / "drops"
         apply_st = rounds(
             "apply",
