@@ -364,3 +364,42 @@ def test_a_killed_stage_reruns_only_its_unfinished_tasks(
         assert {k: after[k] for k in before} == before  # finished shards were not rewritten
     assert _files(stage) == _files(reference)
     assert {k: m[k] for k in COUNTS} == {k: _manifest(reference)[k] for k in COUNTS}
+
+
+STAGE_ONLY = (
+    "import json, sys; from rich.console import Console; from pipeline.config import load_config;"
+    "from pipeline.runs import Run; from pipeline.stages import dedup;"
+    "cfg = load_config(sys.argv[1:]);"
+    "m = dedup.run(cfg, Run(cfg.run.root, cfg.run.name), Console(quiet=True));"
+    "print(json.dumps(m))"
+)
+
+
+def test_a_rerun_with_another_reduce_split_after_a_kill_equals_an_uninterrupted_run(
+    template, reference, tmp_path
+):
+    """dedup.reduce_docs shapes the reduce tasks, not the output (it is not part of the
+    stage's identity): a killed stage resumed with another value must not take the finished
+    tasks of one split for those of the other. (The stage alone, without the driver: the
+    web stage's identity still holds every dedup key.)"""
+    root = _copy(template, tmp_path)
+    stage = root / "runs/default/dedup"
+    cmd = [sys.executable, "-c", STAGE_ONLY, *_args(root), "executor.workers=2"]
+    proc = subprocess.Popen(
+        [*cmd, "dedup.reduce_docs=300"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _wait_markers(stage, 2, proc)  # the apply round: buckets and verify have finished
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    assert m["rounds"]["sign"]["ran"] == []  # the shards' artefacts do not depend on the split
+    assert m["rounds"]["buckets"]["ran"] == list(range(m["rounds"]["buckets"]["tasks"]))
+    assert _files(stage) == _files(reference)
+    assert {k: m[k] for k in COUNTS} == {k: _manifest(reference)[k] for k in COUNTS}

@@ -455,7 +455,11 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     if n_docs >= _MAX_GID:
         raise DatagenError(f"dedup: {n_docs:,} documents; at most {_MAX_GID - 1:,} per run")
     n_ranges = max(1, math.ceil(n_docs / cfg.dedup.reduce_docs))
-    sign_dir, bucket_dir, verify_dir = work / "sign", work / "buckets", work / "verify"
+    # the reduce rounds' tasks depend on n_ranges (dedup.reduce_docs, not part of the stage's
+    # identity): their folders (completion markers) are named after it, so a rerun with
+    # another value does not take a task of one split for a task of the other
+    sign_dir = work / "sign"
+    bucket_dir, verify_dir = work / f"buckets-{n_ranges}", work / f"verify-{n_ranges}"
     common = {"sign": str(sign_dir), "starts": starts, "exact": cfg.dedup.exact}
     config = cfg.model_dump(mode="json")
     key = cfg.section_hash(*CONFIG_KEYS)
