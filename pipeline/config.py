@@ -232,15 +232,21 @@ class SandboxConfig(Section):
 
 
 class DedupConfig(Section):
-    exact: bool = True
-    near: bool = True
+    """The dedup stage (and the batch size filter scores in)."""
+
+    exact: bool = True  # drop copies with the same normalised text
+    near: bool = True  # drop near copies (MinHash LSH candidates, verified by exact Jaccard)
     # FineWeb MinHash: 112 permutations as 14 bands x 8 rows (set dedup.bands=14 for that);
-    # the default bands=0 derives 15 bands x 7 rows from threshold 0.8
+    # the default bands=0 derives 17 bands x 6 rows from threshold 0.8 (P(candidate) >= 0.99
+    # at the threshold; candidates are verified exactly, so extra ones cost only a check)
     num_perm: int = Field(112, ge=8)
     ngram: int = Field(5, ge=1)  # word n-gram shingles (FineWeb: 5)
-    threshold: float = Field(0.8, gt=0.0, le=1.0)  # pairs verified at estimated Jaccard >= this
+    threshold: float = Field(0.8, gt=0.0, le=1.0)  # duplicates: EXACT shingle Jaccard >= this
     bands: int = Field(0, ge=0)  # 0: derive bands x rows from threshold, else rows=num_perm//bands
     batch_size: int = Field(256, ge=1)  # documents per batch (signatures, classifier scoring)
+    # documents per reduce task (a band's key range, a range of candidate pairs): bounds a
+    # task's memory (~24 bytes per document); the output does not depend on it
+    reduce_docs: int = Field(2_000_000, ge=1)
 
 
 class BenchmarkSource(Section):

@@ -9,9 +9,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from rich.console import Console
+
 from filters.base import apply_filters
+from pipeline.config import load_config
 from pipeline.records import Document
 from pipeline.runs import Run, write_shards
+from pipeline.stages import BY_NAME, _run_one
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OPENSTAX = DATA / "text" / "openstax_python" / "introduction-python-programming.modules_text.jsonl"
@@ -102,7 +106,8 @@ def build_run(
     n_synth: int | None = None,
     n_web: int | None = None,
 ) -> Run:
-    """Write finished filter (and web) stages with kept and dropped documents."""
+    """Write finished filter (and web) stages with kept and dropped documents, then run the
+    real dedup stage over them (emit reads dedup's kept documents)."""
     run = Run(root, name)
     clf = FastTextQuality(root)
     clf.threshold = 0.9  # the stricter bar for synthetic text, so some are dropped by score
@@ -160,4 +165,6 @@ def build_run(
                 "drops": dict(wcounts),
             },
         )
+    cfg = load_config([f"run.root={root}", f"run.name={name}", "executor.workers=1"])
+    _run_one(cfg, run, BY_NAME["dedup"], "test", Console(quiet=True))
     return run

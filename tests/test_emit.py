@@ -33,7 +33,7 @@ QUIET = Console(quiet=True)
 def run_emit(root: Path, *overrides: str, name: str = "t") -> dict:
     """Run the emit stage through the stage driver (so its manifest is written)."""
     cfg = load_config([f"run.root={root}", f"run.name={name}", *overrides])
-    return _run_one(cfg, Run(root, name), StageSpec("emit", needs=("filter",)), "test", QUIET)
+    return _run_one(cfg, Run(root, name), StageSpec("emit", needs=("dedup",)), "test", QUIET)
 
 
 @pytest.fixture(scope="module")
@@ -226,9 +226,9 @@ def test_no_kept_documents_fails_before_writing(tmp_path):
     assert not (run.path / "emit").exists()
 
 
-def test_unfinished_filter_stage_is_an_error(tmp_path):
+def test_unfinished_dedup_stage_is_an_error(tmp_path):
     run = Run(tmp_path, "t")
-    with pytest.raises(DatagenError, match="stage 'filter' has not finished"):
+    with pytest.raises(DatagenError, match="stage 'dedup' has not finished"):
         emit_stage.run(_cfg(tmp_path), run, QUIET)
 
 

@@ -79,7 +79,7 @@ def reviewed(tmp_path_factory):
     root = tmp_path_factory.mktemp("review")
     run = build_run(root)
     cfg = load_config([f"run.root={root}", "run.name=t", "review.n=6"])
-    _run_one(cfg, run, StageSpec("emit", needs=("filter",)), "test", Console(quiet=True))
+    _run_one(cfg, run, StageSpec("emit", needs=("dedup",)), "test", Console(quiet=True))
     return cfg, run, write_review(cfg, None)
 
 

@@ -28,7 +28,7 @@ def test_tiny_gpt_trains_on_emitted_shards_and_loss_falls(tmp_path):
     _torch_or_skip()
     run = build_run(tmp_path, n_web=30)
     cfg = load_config([f"run.root={tmp_path}", "run.name=t", "emit.val_fraction=0.1"])
-    _run_one(cfg, run, StageSpec("emit", needs=("filter",)), "test", Console(quiet=True))
+    _run_one(cfg, run, StageSpec("emit", needs=("dedup",)), "test", Console(quiet=True))
     spec = importlib.util.spec_from_file_location("train_smoke", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

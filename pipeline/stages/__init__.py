@@ -56,10 +56,11 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "filter",
         ("generate", "train_classifier"),
-        "heuristics, classifier, dedup, decontamination",
+        "heuristics, classifier, decontamination",
     ),
     StageSpec("web", ("filter",), "read, extract and filter web data (WARC, HTML, JSONL)"),
-    StageSpec("emit", ("filter", "web"), "mix, split, tokenize: the corpus (parquet + tokens)"),
+    StageSpec("dedup", ("filter", "web"), "exact + MinHash near-dup removal, synthetic and web"),
+    StageSpec("emit", ("dedup",), "mix, split, tokenize: the corpus (parquet + tokens)"),
 )
 BY_NAME = {s.name: s for s in STAGES}
 SUPERSEDED = ".superseded"  # earlier outputs of redone stages: <run>/.superseded/<stage>-<hash>
