@@ -194,7 +194,8 @@ def test_a_fork_loop_is_capped_and_leaves_no_process(mode):
     ids=["10GB_at_once", "64MB_chunks"],
 )
 def test_allocating_10_gb_hits_the_memory_limit(mode, code):
-    r = sandbox(mode).run(code, "assert True\n")
+    # generous time limits: on a loaded machine filling 512 MB must not hit them first
+    r = sandbox(mode, timeout_s=60, cpu_s=20).run(code, "assert True\n")
     assert r.status == "error" and "MemoryError" in r.error, r
     assert "address-space limit is 512 MB" in r.error
 
