@@ -41,6 +41,7 @@ from pipeline.runs import (
     repair_jsonl_tail,
 )
 from pipeline.secrets import safe_url
+from pipeline.stages import DRY_RUN
 from pipeline.stages.plan import iter_plan, planned_count
 from pipeline.teacher import (
     BatchStats,
@@ -56,7 +57,6 @@ from pipeline.teacher import (
 CONFIG_KEYS = ("teacher.model", "teacher.max_tokens", "teacher.temperature", "teacher.top_p")
 OUTPUTS = "outputs.jsonl"
 FAILURES = "failures.jsonl"
-DRY_RUN = "dry_run"  # the status of a stage that only estimated: not finished
 _OUTPUT_NAME = re.compile(r"outputs(?:-(\d{5,}))?\.jsonl")
 
 
@@ -109,6 +109,7 @@ class OutputLog:
         self.shard_items = shard_items
         self.done: set[int] = set()
         self.tokens_in = self.tokens_out = 0
+        self.latency_s = 0.0
         self.finish: Counter[str] = Counter()
         self.files = output_files(folder)
         self._lines = 0  # records in the last file (the one appended to)
@@ -133,6 +134,7 @@ class OutputLog:
         self.done.add(k)
         self.tokens_in += d.prompt_tokens or 0
         self.tokens_out += d.completion_tokens or 0
+        self.latency_s += d.latency_s or 0.0
         self.finish[d.finish_reason or "unknown"] += 1
 
     def write(self, d: Document) -> None:
@@ -250,12 +252,19 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     if cfg.dry_run:
         from pipeline.teacher.estimate import estimate, print_estimate
 
-        earlier = {"answers": len(outputs), "completion_tokens": outputs.tokens_out}
-        est = estimate(cfg, run, "generate", jobs, n_todo, earlier)
+        earlier = {
+            "answers": len(outputs),
+            "completion_tokens": outputs.tokens_out,
+            "latency_s": outputs.latency_s,
+        }
+        items = _todo(run, outputs, failed, cfg.retry_failed)
+        est = estimate(
+            cfg, run, "generate", items, lambda it: make_job(it, prompts), n_todo, earlier
+        )
         print_estimate(est, console)
         return {
             "status": DRY_RUN,
-            "summary": est["summary"],
+            "summary": est.pop("summary"),
             "estimate": est,
             "planned": planned,
             "items": len(outputs),
