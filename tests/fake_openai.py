@@ -129,6 +129,13 @@ class FakeOpenAI:
             return web.Response(status=200)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        answer = self.completion(body, key, fault)
+        if fault == "trickle":
+            return await self._trickle(request, json.dumps(answer).encode())
+        return web.json_response(answer)
+
+    def completion(self, body: dict, key: str, fault: str) -> dict:
+        """The chat completion for ``body``; counts it as a success when it is one."""
         text = "" if fault == "empty" else self._text(body["messages"])
         if fault == "surrogate":
             text += " \ud800 (a lone surrogate)"
@@ -144,7 +151,7 @@ class FakeOpenAI:
         }
         if fault == "badusage":
             usage["prompt_tokens"] = "lots"
-        answer = {
+        return {
             "id": f"chatcmpl-{key}",
             "object": "chat.completion",
             "created": 0,
@@ -158,9 +165,6 @@ class FakeOpenAI:
             ],
             "usage": usage,
         }
-        if fault == "trickle":
-            return await self._trickle(request, json.dumps(answer).encode())
-        return web.json_response(answer)
 
     async def _trickle(self, request: web.Request, data: bytes) -> web.StreamResponse:
         """The whole answer, in 8-byte pieces ``trickle_s`` apart."""

@@ -41,7 +41,7 @@ from pipeline.runs import (
     repair_jsonl_tail,
 )
 from pipeline.secrets import safe_url
-from pipeline.stages import DRY_RUN
+from pipeline.stages import DRY_RUN, WAITING
 from pipeline.stages.plan import iter_plan, planned_count
 from pipeline.teacher import (
     BatchStats,
@@ -189,7 +189,7 @@ def make_job(it: PlanItem, prompts: PromptLibrary) -> Job:
     return Job(
         id=it.id,
         template=prompts.template_name(it.format),
-        meta={"item": it},
+        meta={"item": it.model_dump()},  # JSON: batch mode stores it beside the request
         messages=prompts.render(
             it.format,
             topic=it.topic,
@@ -213,7 +213,7 @@ def _todo(
 
 
 def document(job: Job, c: Completion) -> Document:
-    it: PlanItem = job.meta["item"]
+    it = PlanItem.model_validate(job.meta["item"])
     return Document(
         id=it.id,
         text=c.text,
@@ -294,7 +294,9 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                         )
                     )
 
-                stats = asyncio.run(_generate(cfg, run, console, jobs, n_todo, ok, bad))
+                stats = asyncio.run(
+                    _generate(cfg, run, console, jobs, n_todo, ok, bad, outputs.__contains__)
+                )
         finally:
             outputs.close()
     failed = _failures(fail_path, outputs)
@@ -323,11 +325,12 @@ async def _generate(
     total: int,
     ok: Callable[[Job, Completion], bool],
     bad: Callable[[Job, str, int], None],
+    done: Callable[[str], bool],
 ) -> BatchStats:
     if cfg.teacher.mode == "batch":
         from pipeline.teacher.batchapi import run_batch_api
 
-        return await run_batch_api(cfg, run, console, "generate", jobs, total, ok, bad)
+        return await run_batch_api(cfg, run, console, "generate", jobs, ok, bad, done)
     async with open_teacher(cfg, run, console, stage="generate") as teacher:
         return await run_batch(teacher, jobs, ok, bad, console, label="generate", total=total)
 
@@ -355,8 +358,16 @@ def _manifest(
     stopped = stats.stopped_by_budget
     spend = spend_report(run.path, "generate", cfg.budget.max_cost_usd)
     urls = cfg.teacher.urls()
+    status = WAITING if stats.waiting else STOPPED_BUDGET if stopped else "finished"
+    nxt = budget_note(spend, pending) if stopped else ""
+    if stats.waiting:
+        nxt = (
+            f"{pending} items wait for offline results; run, where the model is served, "
+            + "; ".join(stats.waiting)
+            + "; then run the same datagen command again"
+        )
     return {
-        "status": STOPPED_BUDGET if stopped else "finished",
+        "status": status,
         "summary": {
             "items": items,
             "failed": len(failed),
@@ -365,7 +376,7 @@ def _manifest(
             "cost_usd": "unknown" if cost is None else cost,
             **({"spent_usd": spend["spent_usd"]} if cfg.budget.max_cost_usd is not None else {}),
         },
-        **({"next": budget_note(spend, pending)} if stopped else {}),
+        **({"next": nxt} if nxt else {}),
         "planned": planned,
         "items": items,
         "failed": len(failed),

@@ -46,6 +46,7 @@ class BatchStats:
     skipped_by_budget: int = 0
     endpoints: list[dict[str, Any]] = field(default_factory=list)  # requests/failures per URL
     batches: list[dict[str, Any]] = field(default_factory=list)  # teacher.mode=batch
+    waiting: list[str] = field(default_factory=list)  # offline: the vllm run-batch commands
 
     @property
     def cost_usd(self) -> float | None:
