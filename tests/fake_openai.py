@@ -14,6 +14,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -49,9 +50,11 @@ class FakeOpenAI:
         script: Callable[[str], list[str]] | None = None,
         completion_tokens: int = 50,
         prompt_tokens: int | None = 100,
+        rate_window: tuple[int, float] | None = None,
     ) -> None:
         """``prompt_tokens=None``: bill one prompt token per UTF-8 byte of the messages (what a
-        byte-level tokenizer does at worst)."""
+        byte-level tokenizer does at worst). ``rate_window=(n, s)``: at most n requests per
+        window of s seconds, announced in x-ratelimit-* headers; more get a 429."""
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.script = script or (lambda key: [])
@@ -63,6 +66,13 @@ class FakeOpenAI:
         self.after_success: Counter[str] = Counter()
         self.auth_headers: set[str] = set()
         self.total = 0
+        # a 429 with Retry-After asks for quiet until then: requests arriving earlier
+        self.quiet_until = 0.0
+        self.early = 0
+        self.rate_window = rate_window
+        self.window_start = 0.0
+        self.window_count = 0
+        self.rate_limited = 0  # 429s sent for the rate window
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -73,11 +83,44 @@ class FakeOpenAI:
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
+    def _window(self) -> tuple[bool, dict[str, str]]:
+        """(over the limit, the x-ratelimit headers) for a request arriving now."""
+        n, seconds = self.rate_window or (0, 0.0)
+        now = time.monotonic()
+        if now - self.window_start >= seconds:
+            self.window_start, self.window_count = now, 0
+        self.window_count += 1
+        left = max(0, n - self.window_count)
+        reset = self.window_start + seconds - now
+        headers = {
+            "x-ratelimit-limit-requests": str(n),
+            "x-ratelimit-remaining-requests": str(left),
+            "x-ratelimit-reset-requests": f"{reset:.3f}s",
+        }
+        return self.window_count > n, headers
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.auth_headers.add(request.headers.get("Authorization", ""))
         key = request_key(body["messages"])
         self.total += 1
+        if time.monotonic() < self.quiet_until:
+            self.early += 1
+        if self.rate_window:
+            over, headers = self._window()
+            if over:
+                self.rate_limited += 1
+                return web.json_response(
+                    {"error": {"message": "rate limited", "type": "rate"}},
+                    status=429,
+                    headers=headers,
+                )
+            response = await self._chat(request, body, key)
+            response.headers.update(headers)
+            return response
+        return await self._chat(request, body, key)
+
+    async def _chat(self, request: web.Request, body: dict, key: str) -> web.StreamResponse:
         if self.successes[key]:
             self.after_success[key] += 1
         self.attempts[key] += 1
@@ -85,6 +128,7 @@ class FakeOpenAI:
         faults = self.script(key)
         fault = faults[n - 1] if n - 1 < len(faults) else "ok"
         if fault == "429":
+            self.quiet_until = max(self.quiet_until, time.monotonic() + 1.0)
             return web.json_response(
                 {"error": {"message": "rate limited", "type": "rate"}},
                 status=429,
