@@ -266,3 +266,78 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+class FastFakeOpenAI(asyncio.Protocol):
+    """The fast fake server, for throughput and memory benchmarks only: a bare asyncio protocol
+    (HTTP/1.1 keep-alive) that answers every chat request with one fixed completion after
+    ``latency_s``, at a few microseconds of CPU per request, so the client is what is measured.
+    No faults, no counters (use FakeOpenAI for those)."""
+
+    def __init__(self, latency_s: float, completion_tokens: int = 50) -> None:
+        self.latency_s = latency_s
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        answer = {
+            "id": "chatcmpl-fast",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "fake-model",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "A fake answer, always the same."},
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 100,
+                "completion_tokens": completion_tokens,
+                "total_tokens": 100 + completion_tokens,
+            },
+        }
+        models = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
+        self.chat = self._response(json.dumps(answer).encode())
+        self.models = self._response(json.dumps(models).encode())
+
+    @staticmethod
+    def _response(body: bytes) -> bytes:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        return head.encode() + b"\r\nConnection: keep-alive\r\n\r\n" + body
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            head = self.buf[:end].lower()
+            at = head.find(b"content-length:")
+            stop = head.find(b"\r\n", at)
+            length = int(head[at + 15 : stop if stop >= 0 else None]) if at >= 0 else 0
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length :]
+            reply = self.models if head.startswith(b"get") else self.chat
+            asyncio.get_running_loop().call_later(self.latency_s, self._send, reply)
+
+    def _send(self, reply: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply)
+
+
+def serve_fast(port: int, latency_s: float, cpu: int | None = None) -> None:
+    """Run a FastFakeOpenAI on 127.0.0.1:port until killed (a benchmark's server process)."""
+    import os
+
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: FastFakeOpenAI(latency_s), "127.0.0.1", port, backlog=4096
+        )
+        await server.serve_forever()
+
+    asyncio.run(main())
