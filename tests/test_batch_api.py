@@ -255,7 +255,7 @@ def test_offline_vllm_run_batch_files_are_written_then_imported(tmp_path):
     m = manifest(tmp_path)
     assert m["status"] == "waiting: batch" and m["pending"] == 15
     assert "vllm run-batch -i" in m["next"] and "results-00000.jsonl" in m["next"]
-    requests = sorted(local.glob("requests-*.jsonl"))
+    requests = sorted((local / "default").glob("requests-*.jsonl"))  # a folder per run
     assert [p.name for p in requests] == ["requests-00000.jsonl", "requests-00001.jsonl"]
     for p in requests:  # what vllm run-batch writes for each
         out = p.with_name(p.name.replace("requests-", "results-"))

@@ -1,5 +1,7 @@
-"""The teacher: an async OpenAI-compatible client with retries, limits, cache and cost, plus
-the embedded llama.cpp server used when ``teacher.base_url`` is empty.
+"""The teacher: an async OpenAI-compatible client with retries, limits, cache and cost over one
+endpoint or many (``teacher.base_url``: a URL or a list), plus the embedded llama.cpp server
+used when ``teacher.base_url`` is empty. ``teacher.mode=batch`` is :mod:`.batchapi`,
+``dry_run`` is :mod:`.estimate`.
 
     async with open_teacher(cfg, run, console, stage="generate") as teacher:
         stats = await run_batch(teacher, jobs, on_success, on_failure, console, label="generate")

@@ -26,9 +26,10 @@ times. Each batch's cost goes through the spend ledger at the batch price: admit
 worst case before it is created (a batch whose worst case does not fit the budget is not
 submitted: files are cut to what fits), paid at its usage when its results are processed.
 
-Offline (``teacher.batch.local_dir``): request files are written to that folder and nothing
-is uploaded; run ``vllm run-batch -i requests-NNNNN.jsonl -o results-NNNNN.jsonl --model M``
-there (on a GPU box), put the results beside them, and run datagen again to import them.
+Offline (``teacher.batch.local_dir``): request files are written to ``<local_dir>/<run.name>/``
+and nothing is uploaded; run ``vllm run-batch -i requests-NNNNN.jsonl -o results-NNNNN.jsonl
+--model M`` there (on a GPU box), put the results beside them, and run datagen again to import
+them.
 """
 
 from __future__ import annotations
@@ -233,8 +234,10 @@ class BatchRunner:
         self.console, self.stage = console, stage
         self.ok, self.bad, self.done = ok, bad, done
         self.folder = run.stage_dir(stage) / "batch"
-        self.local = Path(t.batch.local_dir).expanduser() if t.batch.local_dir else None
-        self.files_dir = self.local or self.folder
+        # offline: a folder per run, so runs sharing teacher.batch.local_dir never mix files
+        local = Path(t.batch.local_dir).expanduser() / run.name if t.batch.local_dir else None
+        self.local = local
+        self.files_dir = local or self.folder
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.folder, self.files_dir)
         price = t.prices.get(t.model)
