@@ -66,11 +66,29 @@ class PlanConfig(Section):
     # optional JSONL of web extracts ({"text": ...}) to ground requests on, Cosmopedia-style
     seed_texts: str = ""
     seed_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # items per file of the plan and of generate's outputs (both are read lazily, file by file)
+    shard_items: int = Field(100_000, ge=1)
 
 
 class Price(Section):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    # teacher.mode=batch; unset: half the online price (OpenAI's Batch API discount)
+    batch_input_per_mtok: float | None = Field(None, ge=0)
+    batch_output_per_mtok: float | None = Field(None, ge=0)
+
+    def for_mode(self, mode: str) -> Price:
+        """The price that applies to requests sent in ``mode`` (online or batch)."""
+        if mode != "batch":
+            return self
+        return Price(
+            input_per_mtok=_or(self.batch_input_per_mtok, self.input_per_mtok / 2),
+            output_per_mtok=_or(self.batch_output_per_mtok, self.output_per_mtok / 2),
+        )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 class LocalServerConfig(Section):
@@ -88,8 +106,25 @@ class LocalServerConfig(Section):
     startup_timeout_s: float = 180.0
 
 
+class BatchConfig(Section):
+    """``teacher.mode=batch``: requests as Batch API JSONL files, submitted as batches."""
+
+    # OpenAI's limits per batch input file: 50,000 requests and 200 MB
+    max_requests_per_file: int = Field(50_000, ge=1)
+    max_bytes_per_file: int = Field(200_000_000, ge=10_000)
+    completion_window: str = "24h"
+    poll_initial_s: float = Field(10.0, gt=0)  # first status check; then doubled up to poll_max_s
+    poll_max_s: float = Field(300.0, gt=0)
+    # offline (vllm run-batch): write request files here and read results-NNNNN.jsonl from
+    # here, instead of uploading; empty: the Batch API at teacher.base_url
+    local_dir: str = ""
+
+
 class TeacherConfig(Section):
-    base_url: str = ""  # empty: start the embedded local teacher
+    # empty: start the embedded local teacher; one URL, or a list of replicas
+    base_url: str | list[str] = ""
+    mode: str = Field("online", pattern="^(online|batch)$")
+    batch: BatchConfig = BatchConfig()
     model: str = "SmolLM2-135M-Instruct"
     api_key_env: str = "OPENAI_API_KEY"
     # send the key to a non-loopback host over plain http (it travels unencrypted)
@@ -104,7 +139,10 @@ class TeacherConfig(Section):
     tpm: int = Field(0, ge=0)  # tokens per minute, 0 = no client-side limit
     backoff_initial_s: float = Field(1.0, gt=0)  # exponential backoff with jitter
     backoff_max_s: float = Field(60.0, gt=0)
-    transport: str = Field("aiohttp", pattern="^(aiohttp|httpx)$")
+    # an endpoint that fails this many requests in a row (connection refused, 5xx, timeout)
+    # gets no requests for endpoint_cooldown_s; its work goes to the others
+    endpoint_failures: int = Field(3, ge=1)
+    endpoint_cooldown_s: float = Field(30.0, gt=0)
     cache: bool = True
     cache_dir: str = ""  # empty: <run.root>/.cache/teacher (shared by runs)
     # USD per million tokens; an unknown model's cost is reported as unknown, never 0
@@ -116,6 +154,17 @@ class TeacherConfig(Section):
         "gpt-4.1-nano": Price(input_per_mtok=0.10, output_per_mtok=0.40),
     }
     local: LocalServerConfig = LocalServerConfig()
+
+    def urls(self) -> list[str]:
+        """The configured endpoints (empty: the embedded teacher)."""
+        if isinstance(self.base_url, str):
+            return [self.base_url] if self.base_url else []
+        return list(self.base_url)
+
+    def price(self) -> Price | None:
+        """The model's price in the configured mode; None: unknown (not free)."""
+        p = self.prices.get(self.model)
+        return None if p is None else p.for_mode(self.mode)
 
 
 class BudgetConfig(Section):
@@ -467,6 +516,8 @@ class PipelineConfig(Section):
     seed: int = Field(1234, ge=0, lt=2**32)  # numpy's SeedSequence and emit need 0..2**32-1
     force: bool = False  # redo a finished stage
     retry_failed: bool = False  # generate: rerun only the items in failures.jsonl
+    # generate: estimate requests, tokens, cost and time, send nothing (the stage stays unfinished)
+    dry_run: bool = False
     plan: PlanConfig = PlanConfig()
     teacher: TeacherConfig = TeacherConfig()
     budget: BudgetConfig = BudgetConfig()

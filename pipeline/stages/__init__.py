@@ -64,6 +64,8 @@ STAGES: tuple[StageSpec, ...] = (
 )
 BY_NAME = {s.name: s for s in STAGES}
 SUPERSEDED = ".superseded"  # earlier outputs of redone stages: <run>/.superseded/<stage>-<hash>
+DRY_RUN = "dry_run"  # the status of a stage that only estimated (dry_run=true): not finished
+WAITING = "waiting: batch"  # teacher.mode=batch offline: results not there yet, not finished
 
 
 def stage_hash(cfg: PipelineConfig, run: Run, spec: StageSpec) -> str:
@@ -150,6 +152,12 @@ def _run_stages(
             why = "its config or an upstream stage changed" if stale else "force=true"
             _supersede(run, name, (manifest or {}).get("config_hash", "unknown"), why, console)
         results.append(_run_one(cfg, run, spec, h, console))
+        status = results[-1].get("status")
+        if status in (DRY_RUN, WAITING):  # not finished: later stages have no input yet
+            later = order[order.index(name) + 1 :]
+            if later:
+                console.print(f"{status}: stopped after {name}; not run: {', '.join(later)}")
+            break
     return results
 
 

@@ -168,10 +168,12 @@ def _count_constraints(d: Document, stats: Stats) -> None:
 
 def input_files(run: Run) -> list[Path]:
     """generate's output files, in order (the filter's input)."""
-    src = run.path / "generate" / "outputs.jsonl"
-    if not src.exists():
-        raise DatagenError(f"{src}: generate outputs not found")
-    return [src]
+    from pipeline.stages.generate import OUTPUTS, output_files
+
+    files = output_files(run.path / "generate")
+    if not files:
+        raise DatagenError(f"{run.path / 'generate' / OUTPUTS}: generate outputs not found")
+    return files
 
 
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:

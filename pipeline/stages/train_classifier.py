@@ -17,7 +17,6 @@ from rich.console import Console
 from filters.classifier import QualityClassifier, train_classifier
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
-from pipeline.records import Document
 from pipeline.runs import Run, read_jsonl
 from pipeline.stages.annotate import ANNOTATIONS, Annotation
 
@@ -82,12 +81,9 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     ann_dir = run.require_finished("annotate", "train_classifier")
     ann_path = ann_dir / ANNOTATIONS
     anns = {a.id: a for a in read_jsonl(ann_path, Annotation)} if ann_path.exists() else {}
-    gen_path = run.path / "generate" / "outputs.jsonl"
-    docs = (
-        {d.id: d for d in read_jsonl(gen_path, Document) if d.id in anns}
-        if gen_path.exists()
-        else {}
-    )
+    from pipeline.stages.generate import iter_outputs
+
+    docs = {d.id: d for d in iter_outputs(run) if d.id in anns}
     ids = sorted(i for i in anns if i in docs)
     texts = [docs[i].text for i in ids]
     labels = [anns[i].score >= c.threshold for i in ids]
