@@ -23,7 +23,10 @@ the signatures' estimated Jaccard >= threshold, clusters joined transitively)::
     md.query(text) / md.query_signature(sig)   # [(indexed_id, est_jaccard)], verified, best first
     md.save(folder); MinHashDeduper.load(folder)   # signatures.npy, ids.json, quality.npy,
                                                    # params.json; the LSH is rebuilt on load
-    md.s_curve()                           # {"0.5": P(candidate | J=0.5), ..., "0.9": ...}
+    md.s_curve()                           # {"0.8": P(judged duplicate | exact J=0.8), ...}:
+                                           # candidate AND verified (the whole decision)
+    md.candidate_curve()                   # {"0.8": P(LSH candidate | J=0.8), ...}: before
+                                           # verification, so higher near the threshold
 
 Signatures are datasketch ``affine32`` MinHash values (the same permutations as
 ``datasketch.MinHash(num_perm, seed)``), computed in numpy for whole batches: each word is
@@ -33,6 +36,7 @@ hashed once with xxh3 and n-gram shingle hashes are combined from word hashes.
 from __future__ import annotations
 
 import io
+import math
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -49,6 +53,7 @@ from pipeline.runs import atomic_write_bytes, atomic_write_json, read_json
 
 _WS = re.compile(r"\s+")
 _TOKEN = re.compile(r"\w+")
+CURVE_JACCARDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)  # where the manifest reports curves
 SHINGLE_VERSION = 1  # bump when the shingle hashing changes (saved indexes must match)
 
 
@@ -133,8 +138,39 @@ class MinHashParams:
 
 
 def candidate_probability(j: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:
-    """LSH S-curve: probability that a pair with Jaccard j shares at least one band."""
+    """LSH S-curve: probability that a pair with Jaccard j shares at least one band (it becomes
+    a candidate; it is a duplicate only if verification passes too, see decision_probability)."""
     return 1.0 - (1.0 - np.power(j, rows)) ** bands
+
+
+def min_agreements(threshold: float, num_perm: int) -> int:
+    """The fewest agreeing signature positions k with k / num_perm >= threshold (the float
+    comparison verification makes)."""
+    return next(k for k in range(num_perm + 1) if k / num_perm >= threshold)
+
+
+def _binom_pmf(n: int, p: float) -> np.ndarray:
+    return np.array([math.comb(n, k) * p**k * (1.0 - p) ** (n - k) for k in range(n + 1)])
+
+
+def decision_probability(j: float, num_perm: int, bands: int, rows: int, threshold: float) -> float:
+    """Probability that a pair with exact Jaccard ``j`` is judged a duplicate: an LSH candidate
+    (some band agrees in all its rows) AND estimated Jaccard (agreeing positions / num_perm)
+    >= ``threshold``. Each of the num_perm positions agrees independently with probability j
+    (the MinHash property); exact, by a DP over bands tracking the number of agreements so far
+    and whether a band has matched. Positions outside the bands count toward the estimate."""
+    band = _binom_pmf(rows, j)  # agreements within one band
+    no_match = np.zeros(num_perm + 1)  # [k]: P(k agreements so far, no band matched yet)
+    matched = np.zeros(num_perm + 1)  # [k]: P(k agreements so far, some band matched)
+    no_match[0] = 1.0
+    for _ in range(bands):
+        full = np.zeros(num_perm + 1)
+        full[rows:] = no_match[: num_perm + 1 - rows] * band[rows]
+        matched = np.convolve(matched, band)[: num_perm + 1] + full
+        no_match = np.convolve(no_match, band[:rows])[: num_perm + 1]
+    rest = num_perm - bands * rows
+    matched = np.convolve(matched, _binom_pmf(rest, j))[: num_perm + 1]
+    return float(matched[min_agreements(threshold, num_perm) :].sum())
 
 
 def derive_bands_rows(threshold: float, num_perm: int, min_recall: float = 0.97) -> tuple[int, int]:
@@ -429,9 +465,21 @@ class MinHashDeduper:
                     out[i] = (c.cluster_id, c.kept_id)
         return out
 
-    def s_curve(self, js: Iterable[float] = (0.5, 0.6, 0.7, 0.8, 0.9)) -> dict[str, float]:
+    def candidate_curve(self, js: Iterable[float] = CURVE_JACCARDS) -> dict[str, float]:
+        """{J: P(a pair at exact Jaccard J becomes an LSH candidate)}, before verification."""
         return {
-            f"{j:.1f}": round(float(candidate_probability(j, self.bands, self.rows)), 4) for j in js
+            f"{j:g}": round(float(candidate_probability(j, self.bands, self.rows)), 4) for j in js
+        }
+
+    def s_curve(self, js: Iterable[float] = CURVE_JACCARDS) -> dict[str, float]:
+        """{J: P(a pair at exact Jaccard J is judged a duplicate)}: the whole decision, LSH
+        candidate and verified estimated Jaccard >= threshold."""
+        p = self.params
+        return {
+            f"{j:g}": round(
+                decision_probability(j, p.num_perm, self.bands, self.rows, p.threshold), 4
+            )
+            for j in js
         }
 
     # ---- persistence

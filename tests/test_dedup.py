@@ -16,6 +16,7 @@ from filters.dedup import (
     MinHashDeduper,
     MinHashParams,
     candidate_probability,
+    decision_probability,
     derive_bands_rows,
 )
 from pipeline.errors import DatagenError
@@ -140,6 +141,50 @@ def test_bands_rows_derived_from_threshold_or_given():
     assert candidate_probability(0.5, b, r) < 0.2
     md = MinHashDeduper(MinHashParams(num_perm=112, bands=14))
     assert (md.bands, md.rows) == (14, 8)
-    curve = md.s_curve()
-    assert list(curve) == ["0.5", "0.6", "0.7", "0.8", "0.9"]
-    assert all(x < y for x, y in zip(list(curve.values()), list(curve.values())[1:], strict=False))
+    for curve in (md.s_curve(), md.candidate_curve()):
+        assert list(curve) == ["0.5", "0.6", "0.7", "0.75", "0.8", "0.85", "0.9", "0.95"]
+        values = list(curve.values())
+        assert all(x <= y for x, y in zip(values, values[1:], strict=False))
+
+
+def test_curve_keys_keep_the_jaccard_given():
+    md = MinHashDeduper(MinHashParams())
+    assert list(md.s_curve((0.75, 0.8, 0.85))) == ["0.75", "0.8", "0.85"]
+    assert list(md.candidate_curve((0.801, 0.8))) == ["0.801", "0.8"]
+
+
+def shifted_pair(text: str, shift: int, n: int = 500) -> tuple[str, str, float]:
+    """Two overlapping windows of ``n`` words of a real article, ``shift`` words apart, and
+    their exact Jaccard on word 5-gram shingles (the deduper's tokens)."""
+    w = TOKEN.findall(text.lower())
+    a, b = w[:n], w[shift : n + shift]
+    return " ".join(a), " ".join(b), jaccard(" ".join(a), " ".join(b))
+
+
+def test_s_curve_is_the_whole_decision_checked_by_monte_carlo():
+    """Real text pairs at known exact Jaccard near the threshold, MinHash signatures under 500
+    seeds (500 sets of permutations): the share judged duplicates (LSH candidate AND
+    verified estimated J >= 0.8) matches s_curve; the candidate curve overstates it."""
+    arts = [t for t in wikitext_articles() if len(TOKEN.findall(t)) > 700]
+    pairs = [shifted_pair(t, s) for t, s in zip(arts, (64, 52, 43), strict=False)]
+    js = [j for _, _, j in pairs]
+    assert js[0] < 0.8 < js[1] < js[2] < 0.85  # about 0.78, 0.81, 0.84 (exact)
+    trials = 500
+    found = [0] * len(pairs)
+    for seed in range(trials):
+        md = MinHashDeduper(MinHashParams(num_perm=112, threshold=0.8, seed=seed))
+        md.add_batch([str(i) for i in range(len(pairs))], [a for a, _, _ in pairs])
+        for i, sig in enumerate(md.signatures([b for _, b, _ in pairs])):
+            found[i] += any(k == str(i) for k, _ in md.query_signature(sig))
+    md = MinHashDeduper(MinHashParams(num_perm=112, threshold=0.8))
+    decision, candidate = md.s_curve(js), md.candidate_curve(js)
+    for i, j in enumerate(js):
+        share = found[i] / trials
+        p = decision_probability(j, 112, md.bands, md.rows, 0.8)
+        assert decision[f"{j:g}"] == round(p, 4)
+        tol = 4.5 * max(p * (1 - p), 0.01) ** 0.5 / trials**0.5
+        assert abs(share - p) < tol, (j, share, p)
+        assert candidate[f"{j:g}"] >= p
+    # the candidate curve (what the manifest used to call the S-curve) is far off near J=0.8
+    assert candidate[f"{js[0]:g}"] - found[0] / trials > 0.5
+    assert candidate[f"{js[1]:g}"] - found[1] / trials > 0.3

@@ -127,7 +127,11 @@ def test_filter_stage_keeps_drops_with_reasons_dedups_and_exports_the_index(tmp_
     assert m["decontam"]["benchmarks"]["gsm8k"]["docs_dropped"] == 1
     assert m["classifier_model"] == str(model)
     assert m["constraints"]["satisfaction"] < 1.0  # "zebra" is in none of the texts
-    assert set(m["dedup"]["s_curve"]) == {"0.5", "0.6", "0.7", "0.8", "0.9"}
+    curves = m["dedup"]["decision_curve"], m["dedup"]["candidate_curve"]
+    assert all(
+        set(c) == {"0.5", "0.6", "0.7", "0.75", "0.8", "0.85", "0.9", "0.95"} for c in curves
+    )
+    assert curves[0]["0.8"] < 0.6 < 0.97 < curves[1]["0.8"]  # verification halves it at J = 0.8
 
     kept = list(read_shards(run.path / "filter", Document))
     dropped = {d.id: d for d in read_shards(run.path / "filter/dropped", Document)}

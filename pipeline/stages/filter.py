@@ -349,7 +349,10 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
             "threshold": d.threshold,
             "bands": mh.bands,
             "rows": mh.rows,
-            "s_curve": mh.s_curve(),
+            # P(a pair at exact Jaccard J is dropped as a near duplicate): LSH candidate AND
+            # verified estimated J >= threshold; the candidate curve alone overstates recall
+            "decision_curve": mh.s_curve(),
+            "candidate_curve": mh.candidate_curve(),
             "index": "dedup_index",
         },
         "decontam": {
