@@ -397,13 +397,19 @@ def _forms(word: str) -> set[str]:
 
 
 def highlight(text: str, words: list[str]) -> Markup:
-    """HTML-escaped text with every form of each required word wrapped in <mark>."""
-    escaped = html.escape(text)
+    """HTML-escaped text with every form of each required word wrapped in <mark>. Words are
+    found in the raw text and each piece is escaped afterwards, so a required word such as
+    ``lt`` or ``amp`` never matches inside an entity (``&lt;``, ``&amp;``)."""
     forms = sorted({f for w in words for f in _forms(w.lower())}, key=len, reverse=True)
     if not forms:
-        return Markup(escaped)
+        return Markup(html.escape(text))
     pat = re.compile(r"\b(" + "|".join(re.escape(f) for f in forms) + r")\b", re.IGNORECASE)
-    return Markup(pat.sub(r"<mark>\1</mark>", escaped))
+    pieces, last = [], 0
+    for m in pat.finditer(text):
+        pieces += [html.escape(text[last : m.start()]), f"<mark>{html.escape(m.group(0))}</mark>"]
+        last = m.end()
+    pieces.append(html.escape(text[last:]))
+    return Markup("".join(pieces))
 
 
 # --------------------------------------------------------------------------- page

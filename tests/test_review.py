@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -140,6 +141,19 @@ def test_required_words_are_highlighted_in_inflected_forms():
     assert len(expected) >= 5 and marked == expected
     assert {m.lower() for m in marked} > {"print", "variables"}
     assert "<" not in re.sub(r"</?mark>", "", out)  # the text itself is escaped
+
+
+def test_highlight_never_breaks_entities_for_words_like_lt_amp_quot():
+    """A required word that is also an entity name (lt, amp, quot) is matched in the raw text,
+    not inside the &lt; &amp; &quot; of the escaped text."""
+    text = next(m["text"] for m in openstax_modules() if all(c in m["text"] for c in '<>&"'))
+    out = str(highlight(text, ["lt", "amp", "quot", "string"]))
+    assert html.unescape(re.sub(r"</?mark>", "", out)) == text  # every entity whole
+    marked = re.findall(r"<mark>(.*?)</mark>", out)
+    expected = re.findall(r"\b(strings?|lt|amp|quot)\b", text, flags=re.I)
+    assert marked == expected and len(marked) >= 3
+    assert "&lt;" in out and "&amp;" in out and "&quot;" in out
+    assert not re.search(r"&<mark>|</mark>;", out)
 
 
 def test_distinct_n_and_near_dup_rate_on_real_text():
