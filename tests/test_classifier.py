@@ -51,6 +51,29 @@ def test_fasttext_beats_the_majority_baseline_on_held_out_text(trained, labeled)
     assert c["tp"] + c["fp"] + c["fn"] + c["tn"] == held["n"]
 
 
+def test_model_is_quantized_to_a_few_mb_at_the_same_f1(trained):
+    """fastText's defaults (2,000,000 hash buckets x dim 64, float) wrote 515 MB for these few
+    hundred labels; the quantized model (.ftz) is a few MB and as good on the held-out split
+    (docs/benchmarks.md)."""
+    path, m = trained
+    assert m["quantized"] and m["bucket"] == 2_000_000
+    assert path.stat().st_size == m["model_bytes"] < 8_000_000
+    assert m["heldout"]["f1"] >= 0.95
+    assert QualityClassifier(path).model.is_quantized()
+
+
+def test_bucket_can_be_set_and_quantization_turned_off(labeled, tmp_path):
+    texts, labels = labeled
+    cfg = ClassifierConfig(test_fraction=0.3, bucket=50_000, quantize=False)
+    m = train_classifier(texts, labels, tmp_path / "m.bin", cfg, seed=1)
+    assert m["bucket"] == 50_000 and not m["quantized"]
+    clf = QualityClassifier(tmp_path / "m.bin")
+    rows, dim = clf.model.get_input_matrix().shape
+    assert not clf.model.is_quantized() and rows == len(clf.model.get_words()) + 50_000
+    # the float input matrix, (words + buckets) x dim x 4 bytes, is nearly all of the file
+    assert rows * dim * 4 < m["model_bytes"] < 1.05 * rows * dim * 4
+
+
 def test_quality_classifier_returns_positive_probability_per_text(trained):
     path, _ = trained
     clf = QualityClassifier(path, "hq")  # the __label__ prefix is optional

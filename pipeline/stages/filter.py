@@ -48,6 +48,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.records import Document
 from pipeline.runs import Run, ShardWriter, read_jsonl, read_shards, shard_paths
+from pipeline.stages.train_classifier import MODEL
 
 CONFIG_KEYS = ("filter", "dedup", "decontam", "classifier.min_score", "seed")
 
@@ -91,7 +92,8 @@ def load_classifier(
     that is not demonstrably useful only scores), and the note saying why not."""
     m = run.read_manifest("train_classifier") or {}
     if m.get("trained"):
-        path = run.path / "train_classifier" / "model.bin"
+        # by name inside the run (a moved run still loads); model.bin before the .ftz default
+        path = run.path / "train_classifier" / m.get("model_file", MODEL)
     elif m.get("model_path"):
         path = Path(m["model_path"])
     else:
