@@ -49,22 +49,29 @@ def _stage_order(run: Run) -> list[str]:
     return [n for n in names if n in present] + [n for n in present if n not in names]
 
 
-def _count_dicts(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """Per-reason counts a stage reported: dicts of ints under keys naming drops or a funnel."""
-    out = {}
-    for k, v in manifest.items():
-        if (
-            ("drop" in k or "funnel" in k or "reason" in k)
-            and isinstance(v, dict)
-            and v
-            and all(isinstance(x, int | float) for x in v.values())
-        ):
-            out[k] = {str(a): b for a, b in v.items()}
-    return out
+# the per-reason counts the stages write: filter and web drop_reasons (every dropped document
+# once), generate and annotate failure_reasons (requests lost), generate finish_reasons
+COUNT_KEYS = ("drop_reasons", "failure_reasons", "finish_reasons")
+STEP_KEYS = ("step", "documents", "tokens", "dropped")  # pipeline.web.funnel.Funnel.as_list()
+
+
+def _counts(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """The stage's per-reason counts (an empty dict: the stage reported none of that kind)."""
+    return {k: dict(manifest[k]) for k in COUNT_KEYS if isinstance(manifest.get(k), dict)}
+
+
+def _steps(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stage's step funnel (the web stage's ``funnel``): documents and tokens left after each
+    step and the documents it dropped per reason; [] when the stage has none."""
+    steps = manifest.get("funnel")
+    if not isinstance(steps, list):
+        return []
+    return [s for s in steps if isinstance(s, dict) and all(k in s for k in STEP_KEYS)]
 
 
 def funnel(run: Run) -> list[dict[str, Any]]:
-    """One row per stage that wrote a manifest: status, summary numbers and drop counts."""
+    """One row per stage that wrote a manifest: status, summary numbers, per-reason counts and
+    its step funnel (web)."""
     rows = []
     for name in _stage_order(run):
         m = run.read_manifest(name) or {}
@@ -74,11 +81,16 @@ def funnel(run: Run) -> list[dict[str, Any]]:
                 "stage": name,
                 "status": m.get("status", "?"),
                 "summary": summary,
-                "counts": _count_dicts(m),
+                "counts": _counts(m),
+                "steps": _steps(m),
                 "elapsed_s": m.get("elapsed_s"),
             }
         )
     return rows
+
+
+def _reasons(d: dict[str, int]) -> str:
+    return ", ".join(f"{a}={b}" for a, b in d.items()) or "none"
 
 
 def dataset_card(cfg: PipelineConfig, run: Run, emit: dict[str, Any]) -> str:
@@ -150,16 +162,33 @@ def dataset_card(cfg: PipelineConfig, run: Run, emit: dict[str, Any]) -> str:
         "| stage | status | result | drops |",
         "|---|---|---|---|",
     ]
-    for row in funnel(run) + [
-        {"stage": "emit", "status": "finished", "summary": emit["summary"], "counts": {}}
-    ]:
-        if row["stage"] == "emit" and row["status"] != "finished":
-            continue
+    rows = [r for r in funnel(run) if r["stage"] != "emit"]
+    rows.append(
+        {
+            "stage": "emit",
+            "status": "finished",
+            "summary": emit["summary"],
+            "counts": {},
+            "steps": [],
+        }
+    )
+    for row in rows:
         res = ", ".join(f"{k}={v}" for k, v in row["summary"].items())
-        drops = "; ".join(
-            f"{k}: " + ", ".join(f"{a}={b}" for a, b in d.items()) for k, d in row["counts"].items()
-        )
+        drops = "; ".join(f"{k}: {_reasons(d)}" for k, d in row["counts"].items())
         lines.append(f"| {row['stage']} | {row['status']} | {res} | {drops} |")
+    for row in rows:
+        if row["steps"]:
+            lines += [
+                "",
+                f"### {row['stage']} funnel (documents and words left after each step)",
+                "",
+                "| step | documents | tokens | dropped here |",
+                "|---|---:|---:|---|",
+            ]
+            lines += [
+                f"| {s['step']} | {s['documents']:,} | {s['tokens']:,} | {_reasons(s['dropped'])} |"
+                for s in row["steps"]
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -439,13 +468,20 @@ in the stage output; statistics over {{ n_stats_kept }} kept / {{ n_stats_droppe
 (sampled with seed {{ seed }}).</p>
 
 <h2 id="funnel">Funnel</h2>
-<table><tr><th>stage</th><th>status</th><th>result</th><th>counts per reason</th></tr>
+<table id="funnel-stages"><tr><th>stage</th><th>status</th><th>result</th>
+<th>counts per reason</th></tr>
 {% for row in funnel %}<tr><td>{{ row.stage }}</td><td>{{ row.status }}</td>
 <td>{% for k, v in row.summary.items() %}{{ k }}={{ v }}<br>{% endfor %}</td>
-<td>{% for k, d in row.counts.items() %}<b>{{ k }}</b>:
-{% for a, b in d.items() %}{{ a }}={{ b }}{% if not loop.last %}, {% endif %}{% endfor %}
-<br>{% endfor %}</td></tr>
+<td>{% for k, d in row.counts.items() %}<b>{{ k }}</b>: {{ reasons(d) }}<br>{% endfor %}</td></tr>
 {% endfor %}</table>
+{% for row in funnel if row.steps %}
+<h3>{{ row.stage }} funnel: documents and words left after each step</h3>
+<table id="funnel-{{ row.stage }}"><tr><th>step</th><th>documents</th><th>tokens</th>
+<th>dropped here (per reason)</th></tr>
+{% for s in row.steps %}<tr><td>{{ s.step }}</td>
+<td class="num">{{ "{:,}".format(s.documents) }}</td>
+<td class="num">{{ "{:,}".format(s.tokens) }}</td><td>{{ reasons(s.dropped) }}</td></tr>
+{% endfor %}</table>{% endfor %}
 {% if drop_reasons %}<table><tr><th>drop reason (in this sample)</th><th>documents</th></tr>
 {% for r, c in drop_reasons %}<tr><td>{{ r }}</td><td class="num">{{ c }}</td></tr>{% endfor %}
 </table>{% endif %}
@@ -558,6 +594,7 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
             n_stats_kept=len(kept),
             n_stats_dropped=len(dropped),
             funnel=funnel(run),
+            reasons=_reasons,
             drop_reasons=Counter(d["drop_reason"] or "?" for d in dropped).most_common(),
             hist_len=histogram_svg(lengths, "length (words, log scale)", log_x=True),
             hist_q=histogram_svg(quality, "quality score"),
