@@ -68,7 +68,10 @@ class QualityClassifier:
         """P(positive label) for each text."""
         if not texts:
             return np.zeros(0)
-        labels, probs = self.model.predict([clean_text(t) for t in texts], k=len(self.labels))
+        try:
+            labels, probs = self.model.predict([clean_text(t) for t in texts], k=len(self.labels))
+        except RuntimeError as e:  # fastText's "Encountered NaN." from a diverged model
+            raise DatagenError(f"{self.model_path}: fastText could not score ({e})") from None
         pos = self.positive_label
         out = np.fromiter(
             (

@@ -59,19 +59,23 @@ def test_model_is_quantized_to_a_few_mb_at_the_same_f1(trained):
     assert m["quantized"] and m["bucket"] == 2_000_000
     assert path.stat().st_size == m["model_bytes"] < 8_000_000
     assert m["heldout"]["f1"] >= 0.95
-    assert QualityClassifier(path).model.is_quantized()
+    model = QualityClassifier(path).model
+    assert model.is_quantized() and model.f.getArgs().bucket == 2_000_000  # classifier.bucket
 
 
-def test_bucket_can_be_set_and_quantization_turned_off(labeled, tmp_path):
+def test_quantization_can_be_turned_off(labeled, tmp_path):
+    """classifier.quantize=false saves fastText's float model, the 515 MB of before: its input
+    matrix (words + 2,000,000 hash buckets) x dim 64 x 4 bytes is nearly all of the file."""
     texts, labels = labeled
-    cfg = ClassifierConfig(test_fraction=0.3, bucket=50_000, quantize=False)
+    cfg = ClassifierConfig(test_fraction=0.3, quantize=False)
     m = train_classifier(texts, labels, tmp_path / "m.bin", cfg, seed=1)
-    assert m["bucket"] == 50_000 and not m["quantized"]
     clf = QualityClassifier(tmp_path / "m.bin")
-    rows, dim = clf.model.get_input_matrix().shape
-    assert not clf.model.is_quantized() and rows == len(clf.model.get_words()) + 50_000
-    # the float input matrix, (words + buckets) x dim x 4 bytes, is nearly all of the file
-    assert rows * dim * 4 < m["model_bytes"] < 1.05 * rows * dim * 4
+    assert not m["quantized"] and not clf.model.is_quantized()
+    rows = len(clf.model.get_words()) + clf.model.f.getArgs().bucket
+    assert clf.model.f.getArgs().bucket == 2_000_000
+    assert rows * 64 * 4 < m["model_bytes"] < 1.01 * rows * 64 * 4
+    assert m["heldout"]["f1"] >= 0.95
+    (tmp_path / "m.bin").unlink()
 
 
 def test_quality_classifier_returns_positive_probability_per_text(trained):

@@ -8,7 +8,8 @@ main text of real Common Crawl / dolma WARC pages (negative), 2:1; and 100-label
 what the annotate stage gives). Each configuration is trained through
 ``filters.classifier.train_classifier`` (the train_classifier stage's code) on seeds 1..N, each
 with its own shuffle of the data and its stratified 30% held-out split; F1 at P(positive) >=
-0.5. A run that diverges (fastText "Encountered NaN") is counted, not averaged.
+0.5. A run that diverges (fastText "Encountered NaN", training or scoring) is counted, not
+averaged.
 
 Run:  flock /work/bench.lock .venv/bin/python scripts/bench/classifier_size.py
 """
@@ -87,7 +88,8 @@ def main() -> None:
                     t0 = time.perf_counter()
                     try:
                         m = train_classifier(texts, labels, Path(d) / "m", cfg, seed=seed)
-                    except DatagenError:  # fastText diverged ("Encountered NaN")
+                    except DatagenError:  # fastText diverged ("Encountered NaN") training or
+                        # scoring the held-out split
                         failed += 1
                         continue
                     secs.append(time.perf_counter() - t0)
