@@ -156,8 +156,9 @@ class ClassifierConfig(Section):
     epoch: int = Field(25, ge=1)
     lr: float = Field(0.5, gt=0)
     dim: int = Field(64, ge=2)
-    # hash buckets for word n-grams (fastText's default). Fewer save training memory, but sized
-    # to 100 labels (4 per distinct bigram) training diverged (NaN) 6 times in 12 at lr 0.5
+    # hash buckets for word n-grams (fastText's default). Fewer save memory, but small float
+    # models hit fastText's intermittent "Encountered NaN" (7 of 8 runs sized to 100 labels,
+    # docs/benchmarks.md); quantization makes the saved file small instead
     bucket: int = Field(2_000_000, ge=1)
     # product-quantize the saved model (fastText .ftz, -qnorm -retrain -cutoff 100000): about
     # 4 MB instead of 512 MB at dim 64, held-out F1 as good (docs/benchmarks.md)
