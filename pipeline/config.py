@@ -66,11 +66,29 @@ class PlanConfig(Section):
     # optional JSONL of web extracts ({"text": ...}) to ground requests on, Cosmopedia-style
     seed_texts: str = ""
     seed_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # items per file of the plan and of generate's outputs (both are read lazily, file by file)
+    shard_items: int = Field(100_000, ge=1)
 
 
 class Price(Section):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    # teacher.mode=batch; unset: half the online price (OpenAI's Batch API discount)
+    batch_input_per_mtok: float | None = Field(None, ge=0)
+    batch_output_per_mtok: float | None = Field(None, ge=0)
+
+    def for_mode(self, mode: str) -> Price:
+        """The price that applies to requests sent in ``mode`` (online or batch)."""
+        if mode != "batch":
+            return self
+        return Price(
+            input_per_mtok=_or(self.batch_input_per_mtok, self.input_per_mtok / 2),
+            output_per_mtok=_or(self.batch_output_per_mtok, self.output_per_mtok / 2),
+        )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 class LocalServerConfig(Section):
@@ -88,8 +106,25 @@ class LocalServerConfig(Section):
     startup_timeout_s: float = 180.0
 
 
+class BatchConfig(Section):
+    """``teacher.mode=batch``: requests as Batch API JSONL files, submitted as batches."""
+
+    # OpenAI's limits per batch input file: 50,000 requests and 200 MB
+    max_requests_per_file: int = Field(50_000, ge=1)
+    max_bytes_per_file: int = Field(200_000_000, ge=10_000)
+    completion_window: str = "24h"
+    poll_initial_s: float = Field(10.0, gt=0)  # first status check; then doubled up to poll_max_s
+    poll_max_s: float = Field(300.0, gt=0)
+    # offline (vllm run-batch): write request files here and read results-NNNNN.jsonl from
+    # here, instead of uploading; empty: the Batch API at teacher.base_url
+    local_dir: str = ""
+
+
 class TeacherConfig(Section):
-    base_url: str = ""  # empty: start the embedded local teacher
+    # empty: start the embedded local teacher; one URL, or a list of replicas
+    base_url: str | list[str] = ""
+    mode: str = Field("online", pattern="^(online|batch)$")
+    batch: BatchConfig = BatchConfig()
     model: str = "SmolLM2-135M-Instruct"
     api_key_env: str = "OPENAI_API_KEY"
     # send the key to a non-loopback host over plain http (it travels unencrypted)
@@ -104,7 +139,10 @@ class TeacherConfig(Section):
     tpm: int = Field(0, ge=0)  # tokens per minute, 0 = no client-side limit
     backoff_initial_s: float = Field(1.0, gt=0)  # exponential backoff with jitter
     backoff_max_s: float = Field(60.0, gt=0)
-    transport: str = Field("aiohttp", pattern="^(aiohttp|httpx)$")
+    # an endpoint that fails this many requests in a row (connection refused, 5xx, timeout)
+    # gets no requests for endpoint_cooldown_s; its work goes to the others
+    endpoint_failures: int = Field(3, ge=1)
+    endpoint_cooldown_s: float = Field(30.0, gt=0)
     cache: bool = True
     cache_dir: str = ""  # empty: <run.root>/.cache/teacher (shared by runs)
     # USD per million tokens; an unknown model's cost is reported as unknown, never 0
@@ -116,6 +154,17 @@ class TeacherConfig(Section):
         "gpt-4.1-nano": Price(input_per_mtok=0.10, output_per_mtok=0.40),
     }
     local: LocalServerConfig = LocalServerConfig()
+
+    def urls(self) -> list[str]:
+        """The configured endpoints (empty: the embedded teacher)."""
+        if isinstance(self.base_url, str):
+            return [self.base_url] if self.base_url else []
+        return list(self.base_url)
+
+    def price(self) -> Price | None:
+        """The model's price in the configured mode; None: unknown (not free)."""
+        p = self.prices.get(self.model)
+        return None if p is None else p.for_mode(self.mode)
 
 
 class BudgetConfig(Section):
@@ -199,6 +248,13 @@ class ClassifierConfig(Section):
     epoch: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     dim: int | None = Field(None, ge=2)
+    # hash buckets for word n-grams (fastText's default). Fewer save memory, but small float
+    # models hit fastText's intermittent "Encountered NaN" (7 of 8 runs sized to 100 labels,
+    # docs/benchmarks.md); quantization makes the saved file small instead
+    bucket: int = Field(2_000_000, ge=1)
+    # product-quantize the saved model (fastText .ftz, -qnorm -retrain -cutoff 100000): about
+    # 4 MB instead of 512 MB at dim 64, held-out F1 as good (docs/benchmarks.md)
+    quantize: bool = True
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     # a model trained here filters only if it is demonstrably useful: each class has at least
     # this many labels and, on the held-out split, it beats the majority-class baseline with
@@ -258,18 +314,44 @@ class FilterConfig(Section):
     min_constraint_coverage: float = Field(0.0, ge=0.0, le=1.0)
     gopher_quality: GopherQualityConfig = GopherQualityConfig()
     gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    # code exercises: keep only those whose tests passed in the sandbox (drop code.tests_failed,
+    # code.timeout, code.error, code.unverified, code.unparsed)
+    require_verified: bool = True
+
+
+class SandboxConfig(Section):
+    """Limits for running an exercise's tests against its solution (pipeline.sandbox)."""
+
+    # auto = namespaces where the kernel allows them, else rlimits (no network/file-system
+    # isolation: see the README); namespaces = refuse to run without them
+    isolation: str = Field("auto", pattern="^(auto|namespaces|rlimits)$")
+    timeout_s: float = Field(10.0, gt=0)  # wall clock, interpreter start-up included
+    cpu_s: int = Field(5, ge=1)  # RLIMIT_CPU
+    memory_mb: int = Field(1024, ge=64)  # RLIMIT_AS (address space)
+    file_size_mb: int = Field(16, ge=1)  # RLIMIT_FSIZE: any file, stdout and stderr included
+    workdir_mb: int = Field(64, ge=1)  # the writable tmpfs /work (namespaces)
+    max_processes: int = Field(16, ge=1)  # RLIMIT_NPROC
+    max_open_files: int = Field(64, ge=16)  # RLIMIT_NOFILE
+    error_chars: int = Field(2000, ge=100)  # error text kept on the record (its tail)
+    workers: int = Field(0, ge=0)  # sandboxes at once; 0 = one per core
 
 
 class DedupConfig(Section):
-    exact: bool = True
-    near: bool = True
+    """The dedup stage (and the batch size filter scores in)."""
+
+    exact: bool = True  # drop copies with the same normalised text
+    near: bool = True  # drop near copies (MinHash LSH candidates, verified by exact Jaccard)
     # FineWeb MinHash: 112 permutations as 14 bands x 8 rows (set dedup.bands=14 for that);
-    # the default bands=0 derives 15 bands x 7 rows from threshold 0.8
+    # the default bands=0 derives 17 bands x 6 rows from threshold 0.8 (P(candidate) >= 0.99
+    # at the threshold; candidates are verified exactly, so extra ones cost only a check)
     num_perm: int = Field(112, ge=8)
     ngram: int = Field(5, ge=1)  # word n-gram shingles (FineWeb: 5)
-    threshold: float = Field(0.8, gt=0.0, le=1.0)  # pairs verified at estimated Jaccard >= this
+    threshold: float = Field(0.8, gt=0.0, le=1.0)  # duplicates: EXACT shingle Jaccard >= this
     bands: int = Field(0, ge=0)  # 0: derive bands x rows from threshold, else rows=num_perm//bands
     batch_size: int = Field(256, ge=1)  # documents per batch (signatures, classifier scoring)
+    # documents per reduce task (a band's key range, a range of candidate pairs): bounds a
+    # task's memory (~24 bytes per document); the output does not depend on it
+    reduce_docs: int = Field(2_000_000, ge=1)
 
 
 class BenchmarkSource(Section):
@@ -561,12 +643,15 @@ class PipelineConfig(Section):
     seed: int = Field(1234, ge=0, lt=2**32)  # numpy's SeedSequence and emit need 0..2**32-1
     force: bool = False  # redo a finished stage
     retry_failed: bool = False  # generate: rerun only the items in failures.jsonl
+    # generate: estimate requests, tokens, cost and time, send nothing (the stage stays unfinished)
+    dry_run: bool = False
     plan: PlanConfig = PlanConfig()
     teacher: TeacherConfig = TeacherConfig()
     budget: BudgetConfig = BudgetConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     filter: FilterConfig = FilterConfig()
+    sandbox: SandboxConfig = SandboxConfig()
     dedup: DedupConfig = DedupConfig()
     decontam: DecontamConfig = DecontamConfig()
     web: WebConfig = WebConfig()

@@ -33,6 +33,28 @@ class PlanItem(BaseModel):
     seed_text: str | None = None  # optional web extract the request is grounded on
 
 
+# a code exercise's tests run against its solution in the sandbox (pipeline.sandbox): passed,
+# failed (an assert failed), timeout (wall-clock or CPU limit), error (anything else)
+Verdict = Literal["passed", "failed", "timeout", "error"]
+Isolation = Literal["namespaces", "rlimits"]  # pipeline.sandbox: with or without namespaces
+
+
+class CodeExercise(BaseModel):
+    """A code exercise (format ``code_exercises``), phi-1 CodeExercises style: a function's
+    signature and docstring, its solution, and assert tests (pipeline.code_exercises)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str  # the signature + docstring, as the student reads it
+    solution: str  # the complete function(s)
+    tests: str  # Python asserts that call entry_point
+    entry_point: str  # the function the instruction asks for
+    verified: Verdict | None = None  # None: not run in the sandbox yet
+    runtime_s: float | None = None  # sandbox wall clock, interpreter start-up included
+    error: str | None = None  # the traceback or limit hit (redacted, its tail)
+    isolation: Isolation | None = None  # how the sandbox ran it
+
+
 class Document(BaseModel):
     """A text document, synthetic or web; the same type flows through filter, web and emit."""
 
@@ -56,6 +78,7 @@ class Document(BaseModel):
     completion_tokens: int | None = None
     latency_s: float | None = None
     created_at: str | None = None
+    code: CodeExercise | None = None  # format code_exercises: the exercise and its verdict
     # web provenance
     url: str | None = None
     source_file: str | None = None

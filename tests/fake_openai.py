@@ -14,6 +14,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -49,9 +50,11 @@ class FakeOpenAI:
         script: Callable[[str], list[str]] | None = None,
         completion_tokens: int = 50,
         prompt_tokens: int | None = 100,
+        rate_window: tuple[int, float] | None = None,
     ) -> None:
         """``prompt_tokens=None``: bill one prompt token per UTF-8 byte of the messages (what a
-        byte-level tokenizer does at worst)."""
+        byte-level tokenizer does at worst). ``rate_window=(n, s)``: at most n requests per
+        window of s seconds, announced in x-ratelimit-* headers; more get a 429."""
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.script = script or (lambda key: [])
@@ -63,6 +66,13 @@ class FakeOpenAI:
         self.after_success: Counter[str] = Counter()
         self.auth_headers: set[str] = set()
         self.total = 0
+        # a 429 with Retry-After asks for quiet until then: requests arriving earlier
+        self.quiet_until = 0.0
+        self.early = 0
+        self.rate_window = rate_window
+        self.window_start = 0.0
+        self.window_count = 0
+        self.rate_limited = 0  # 429s sent for the rate window
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -73,11 +83,44 @@ class FakeOpenAI:
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
+    def _window(self) -> tuple[bool, dict[str, str]]:
+        """(over the limit, the x-ratelimit headers) for a request arriving now."""
+        n, seconds = self.rate_window or (0, 0.0)
+        now = time.monotonic()
+        if now - self.window_start >= seconds:
+            self.window_start, self.window_count = now, 0
+        self.window_count += 1
+        left = max(0, n - self.window_count)
+        reset = self.window_start + seconds - now
+        headers = {
+            "x-ratelimit-limit-requests": str(n),
+            "x-ratelimit-remaining-requests": str(left),
+            "x-ratelimit-reset-requests": f"{reset:.3f}s",
+        }
+        return self.window_count > n, headers
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.auth_headers.add(request.headers.get("Authorization", ""))
         key = request_key(body["messages"])
         self.total += 1
+        if time.monotonic() < self.quiet_until:
+            self.early += 1
+        if self.rate_window:
+            over, headers = self._window()
+            if over:
+                self.rate_limited += 1
+                return web.json_response(
+                    {"error": {"message": "rate limited", "type": "rate"}},
+                    status=429,
+                    headers=headers,
+                )
+            response = await self._chat(request, body, key)
+            response.headers.update(headers)
+            return response
+        return await self._chat(request, body, key)
+
+    async def _chat(self, request: web.Request, body: dict, key: str) -> web.StreamResponse:
         if self.successes[key]:
             self.after_success[key] += 1
         self.attempts[key] += 1
@@ -85,6 +128,7 @@ class FakeOpenAI:
         faults = self.script(key)
         fault = faults[n - 1] if n - 1 < len(faults) else "ok"
         if fault == "429":
+            self.quiet_until = max(self.quiet_until, time.monotonic() + 1.0)
             return web.json_response(
                 {"error": {"message": "rate limited", "type": "rate"}},
                 status=429,
@@ -129,6 +173,13 @@ class FakeOpenAI:
             return web.Response(status=200)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        answer = self.completion(body, key, fault)
+        if fault == "trickle":
+            return await self._trickle(request, json.dumps(answer).encode())
+        return web.json_response(answer)
+
+    def completion(self, body: dict, key: str, fault: str) -> dict:
+        """The chat completion for ``body``; counts it as a success when it is one."""
         text = "" if fault == "empty" else self._text(body["messages"])
         if fault == "surrogate":
             text += " \ud800 (a lone surrogate)"
@@ -144,7 +195,7 @@ class FakeOpenAI:
         }
         if fault == "badusage":
             usage["prompt_tokens"] = "lots"
-        answer = {
+        return {
             "id": f"chatcmpl-{key}",
             "object": "chat.completion",
             "created": 0,
@@ -158,9 +209,6 @@ class FakeOpenAI:
             ],
             "usage": usage,
         }
-        if fault == "trickle":
-            return await self._trickle(request, json.dumps(answer).encode())
-        return web.json_response(answer)
 
     async def _trickle(self, request: web.Request, data: bytes) -> web.StreamResponse:
         """The whole answer, in 8-byte pieces ``trickle_s`` apart."""
@@ -218,3 +266,78 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+class FastFakeOpenAI(asyncio.Protocol):
+    """The fast fake server, for throughput and memory benchmarks only: a bare asyncio protocol
+    (HTTP/1.1 keep-alive) that answers every chat request with one fixed completion after
+    ``latency_s``, at a few microseconds of CPU per request, so the client is what is measured.
+    No faults, no counters (use FakeOpenAI for those)."""
+
+    def __init__(self, latency_s: float, completion_tokens: int = 50) -> None:
+        self.latency_s = latency_s
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        answer = {
+            "id": "chatcmpl-fast",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "fake-model",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "A fake answer, always the same."},
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 100,
+                "completion_tokens": completion_tokens,
+                "total_tokens": 100 + completion_tokens,
+            },
+        }
+        models = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
+        self.chat = self._response(json.dumps(answer).encode())
+        self.models = self._response(json.dumps(models).encode())
+
+    @staticmethod
+    def _response(body: bytes) -> bytes:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        return head.encode() + b"\r\nConnection: keep-alive\r\n\r\n" + body
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            head = self.buf[:end].lower()
+            at = head.find(b"content-length:")
+            stop = head.find(b"\r\n", at)
+            length = int(head[at + 15 : stop if stop >= 0 else None]) if at >= 0 else 0
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length :]
+            reply = self.models if head.startswith(b"get") else self.chat
+            asyncio.get_running_loop().call_later(self.latency_s, self._send, reply)
+
+    def _send(self, reply: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply)
+
+
+def serve_fast(port: int, latency_s: float, cpu: int | None = None) -> None:
+    """Run a FastFakeOpenAI on 127.0.0.1:port until killed (a benchmark's server process)."""
+    import os
+
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: FastFakeOpenAI(latency_s), "127.0.0.1", port, backlog=4096
+        )
+        await server.serve_forever()
+
+    asyncio.run(main())

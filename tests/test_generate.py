@@ -408,3 +408,42 @@ def test_a_cut_last_line_in_failures_jsonl_is_repaired_and_that_item_asked_again
         fail_ids = {f["id"] for f in read_jsonl(gen / "failures.jsonl")}
         assert failures[-1]["id"] in out_ids and not out_ids & fail_ids
         assert len(out_ids | fail_ids) == 30
+
+
+# --------------------------------------------------------------------------- plans of millions
+def output_lines(gen: Path) -> list[dict]:
+    from pipeline.stages.generate import output_files
+
+    return [o for p in output_files(gen) for o in read_jsonl(p)]
+
+
+def test_plan_and_outputs_roll_into_numbered_files_read_in_order_by_later_stages(tmp_path):
+    fake = FakeOpenAI(latency_s=0.05)
+    with ServerThread(fake) as srv:
+        args = gen_args(srv.url, "plan.n=25", "plan.shard_items=7", "teacher.concurrency=2")
+        gen = tmp_path / "runs/default/generate"
+        kill_midway(args, tmp_path, gen / "outputs-00001.jsonl", min_lines=2)
+        r = datagen(*args, "stage=filter", "decontam.enabled=false", "annotate.n=9", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    plan = tmp_path / "runs/default/plan"
+    assert sorted(p.name for p in plan.glob("plan*.jsonl")) == [
+        "plan-00001.jsonl",
+        "plan-00002.jsonl",
+        "plan-00003.jsonl",
+        "plan.jsonl",
+    ]
+    names = sorted(p.name for p in gen.glob("outputs*.jsonl"))
+    assert names == ["outputs-00001.jsonl", "outputs-00002.jsonl", "outputs-00003.jsonl"] + [
+        "outputs.jsonl"
+    ]
+    sizes = [len(read_jsonl(gen / n)) for n in ("outputs.jsonl", *names[:3])]
+    assert sizes == [7, 7, 7, 4]  # the killed run's last file was continued, not restarted
+    ids = [o["id"] for o in output_lines(gen)]
+    assert len(ids) == len(set(ids)) == 25
+    m = json.loads((gen / "manifest.json").read_text())
+    assert m["outputs"] == ["outputs.jsonl", *names[:3]] and m["items"] == 25
+    # the later stages read every file: annotate's sample, the filter's input
+    ann = json.loads((tmp_path / "runs/default/annotate/manifest.json").read_text())
+    assert (ann["available"], ann["sampled"]) == (25, 9)
+    flt = json.loads((tmp_path / "runs/default/filter/manifest.json").read_text())
+    assert flt["input"] == 25

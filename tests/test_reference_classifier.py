@@ -171,7 +171,8 @@ def test_reference_classifier_reaches_f1_0_8_on_its_held_out_split(trained):
         == pool["sampled"]
         == pool["no_text"] + pool["other_language"] + pool["pages"]
     )
-    assert (run.path / "train_classifier" / "model.bin").exists()
+    assert (run.path / "train_classifier" / m["model_file"]).exists()
+    assert m["model_file"] == "model.ftz" and m["quantized"]
 
 
 def test_the_ablation_eval_documents_are_never_used_by_the_classifier(trained):

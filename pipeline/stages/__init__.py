@@ -60,13 +60,16 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "filter",
         ("generate", "train_classifier"),
-        "heuristics, classifier, dedup, decontamination",
+        "heuristics, classifier, decontamination",
     ),
     StageSpec("web", ("filter",), "read, extract and filter web data (WARC, HTML, JSONL)"),
-    StageSpec("emit", ("filter", "web"), "mix, split, tokenize: the corpus (parquet + tokens)"),
+    StageSpec("dedup", ("filter", "web"), "exact + MinHash near-dup removal, synthetic and web"),
+    StageSpec("emit", ("dedup",), "mix, split, tokenize: the corpus (parquet + tokens)"),
 )
 BY_NAME = {s.name: s for s in STAGES}
 SUPERSEDED = ".superseded"  # earlier outputs of redone stages: <run>/.superseded/<stage>-<hash>
+DRY_RUN = "dry_run"  # the status of a stage that only estimated (dry_run=true): not finished
+WAITING = "waiting: batch"  # teacher.mode=batch offline: results not there yet, not finished
 
 
 def stage_hash(cfg: PipelineConfig, run: Run, spec: StageSpec) -> str:
@@ -153,6 +156,12 @@ def _run_stages(
             why = "its config or an upstream stage changed" if stale else "force=true"
             _supersede(run, name, (manifest or {}).get("config_hash", "unknown"), why, console)
         results.append(_run_one(cfg, run, spec, h, console))
+        status = results[-1].get("status")
+        if status in (DRY_RUN, WAITING):  # not finished: later stages have no input yet
+            later = order[order.index(name) + 1 :]
+            if later:
+                console.print(f"{status}: stopped after {name}; not run: {', '.join(later)}")
+            break
     return results
 
 

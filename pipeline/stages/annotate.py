@@ -11,10 +11,12 @@ the budget did not allow stay pending (``stopped: budget``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import heapq
 import json
-import random
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +116,29 @@ def justification(text: str) -> str:
     return (text[: m[-1].start()] if m else text).strip()
 
 
-def sample_documents(docs: list[Document], n: int, seed: int) -> list[Document]:
-    """A seeded sample of n documents (order independent of how generate wrote them)."""
-    ordered = sorted(docs, key=lambda d: d.id)
-    if n >= len(ordered):
-        return ordered
-    return sorted(random.Random(seed).sample(ordered, n), key=lambda d: d.id)
+def sample_documents(docs: Iterable[Document], n: int, seed: int) -> list[Document]:
+    """A seeded sample of ``n`` documents in one pass over any number of them: those with the
+    smallest hash of (seed, id), so the sample depends neither on the order generate wrote them
+    in nor on how many runs it took; returned sorted by id. Memory holds the sample only."""
+    heap: list[tuple[int, str, Document]] = []  # a max-heap on the hash (negated)
+    in_heap: set[int] = set()
+    for d in docs:
+        h = _sample_hash(seed, d.id)
+        if h in in_heap:  # the same id twice
+            continue
+        if len(heap) < n:
+            heapq.heappush(heap, (-h, d.id, d))
+            in_heap.add(h)
+        elif heap and -heap[0][0] > h:
+            old, _, _ = heapq.heapreplace(heap, (-h, d.id, d))
+            in_heap.discard(-old)
+            in_heap.add(h)
+    return sorted((d for _, _, d in heap), key=lambda d: d.id)
+
+
+def _sample_hash(seed: int, doc_id: str) -> int:
+    data = f"{seed}\x1f{doc_id}".encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 def _ids(path: Path, model: type[BaseModel]) -> set[str]:
@@ -161,10 +180,18 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     if cfg.classifier.model_path:
         console.print("annotate: classifier.model_path is set; nothing to label")
         return {"skipped": "classifier.model_path is set", "summary": {"skipped": "model_path"}}
-    gen = run.require_finished("generate", "annotate")
-    gen_path = gen / "outputs.jsonl"
-    docs = list(read_jsonl(gen_path, Document)) if gen_path.exists() else []
-    sample = sample_documents(docs, cfg.annotate.n, cfg.seed)
+    run.require_finished("generate", "annotate")
+    from pipeline.stages.generate import iter_outputs
+
+    read = Counter[str]()
+
+    def counted() -> Iterator[Document]:
+        for d in iter_outputs(run):
+            read["docs"] += 1
+            yield d
+
+    sample = sample_documents(counted(), cfg.annotate.n, cfg.seed)
+    available = read["docs"]
     out_path, fail_path = folder / ANNOTATIONS, folder / FAILURES
     done = _ids(out_path, Annotation) | _ids(fail_path, Failure)
     todo = [d for d in sample if d.id not in done]
@@ -177,7 +204,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     if fmt := response_format(mode):
         params["response_format"] = fmt
     console.print(
-        f"annotate: {len(sample)} sampled of {len(docs)}, {len(sample) - len(todo)} "
+        f"annotate: {len(sample)} sampled of {available}, {len(sample) - len(todo)} "
         f"done earlier, {len(todo)} to request; {describe(prompts.folder)}"
     )
     stopped = False
@@ -243,7 +270,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                 )
 
             stopped = asyncio.run(_annotate(cfg, run, console, jobs, ok, bad)).stopped_by_budget
-    manifest = _manifest(cfg, run, out_path, fail_path, sample, len(docs), mode, stopped)
+    manifest = _manifest(cfg, run, out_path, fail_path, sample, available, mode, stopped)
     request_failures = manifest["failed"] - manifest["failure_reasons"].get("unparseable", 0)
     if manifest["rated"] == 0 and request_failures == manifest["failed"] > 0:
         reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failure_reasons"].items())

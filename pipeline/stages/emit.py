@@ -45,7 +45,7 @@ from pipeline.review import quality_of as review_quality
 from pipeline.runs import Run, atomic_write_text, read_shards
 from pipeline.tokenize import LoadedTokenizer, load_tokenizer, write_token_shard
 
-# web's settings reach emit's identity through the driver (emit needs filter and web)
+# filter's and web's settings reach emit's identity through the driver (emit needs dedup)
 CONFIG_KEYS = ("seed", "emit")
 
 WEB = "web"
@@ -101,13 +101,10 @@ def _progress(console: Console) -> Progress:
 
 # --------------------------------------------------------------------------- inputs
 def _input_folders(run: Run) -> tuple[list[tuple[str, Path]], dict[str, Any]]:
-    folders = [("filter", run.require_finished("filter", "emit"))]
-    notes: dict[str, Any] = {}
-    if run.is_finished("web"):
-        folders.append(("web", run.path / "web"))
-    else:
-        notes["web"] = "web stage not finished: synthetic documents only"
-    return folders, notes
+    """The dedup stage's kept documents (synthetic and web); its notes (web not run) too."""
+    folder = run.require_finished("dedup", "emit")
+    notes: dict[str, Any] = dict((run.read_manifest("dedup") or {}).get("notes", {}))
+    return [("dedup", folder)], notes
 
 
 def _known_sources(cfg: PipelineConfig) -> set[str]:

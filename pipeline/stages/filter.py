@@ -5,6 +5,8 @@ Steps, per batch of a shard (the first failing keep decision names the drop reas
   scores       the classifier probability (``classifier.prob``) and the vocabulary-constraint
                coverage of EVERY record, dropped or not (thresholds apply later)
   decontam     benchmark n-gram overlap: drop, or cut with the GPT-3 rule (a modifier)
+  code         code exercises: their tests run in the sandbox (pipeline.sandbox) unless
+               generate verified them; only passing ones are kept (filter.require_verified)
   heuristics   length, truncated generation, stock opener, Gopher quality, Gopher repetition
   constraints  coverage >= filter.min_constraint_coverage
   quality      classifier.prob >= classifier.min_score (when the model is demonstrably useful)
@@ -26,6 +28,7 @@ from typing import Any
 from rich.console import Console
 
 from filters.classifier import ClassifierFilter
+from filters.code_exec import CodeStep
 from filters.constraints import ConstraintFilter
 from filters.decontam import DecontamStep, benchmark_files
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
@@ -38,7 +41,14 @@ from pipeline.runs import Run
 from pipeline.shards import RecordWriter, ShardSpec, batched, plan_shards, read_slices
 from pipeline.steps import FilterStep, KeepStep, Stats, Step, run_steps
 
-CONFIG_KEYS = ("filter", "decontam", "classifier.min_score", "executor.shard_docs", "seed")
+CONFIG_KEYS = (
+    "filter",
+    "decontam",
+    "sandbox",
+    "classifier.min_score",
+    "executor.shard_docs",
+    "seed",
+)
 
 
 def preflight(cfg: PipelineConfig) -> None:
@@ -58,7 +68,8 @@ def classifier_choice(run: Run, cfg: PipelineConfig) -> dict[str, Any]:
     A model that is not demonstrably useful only scores (applied False, note says why)."""
     m = run.read_manifest("train_classifier") or {}
     if m.get("trained"):
-        path: str | None = str(run.path / "train_classifier" / "model.bin")
+        # by name inside the run (a moved run still loads); model.bin before the .ftz default
+        path: str | None = str(run.path / "train_classifier" / m.get("model_file", "model.bin"))
     else:
         path = m.get("model_path")
     if not path:
@@ -94,6 +105,7 @@ def build_steps(cfg: PipelineConfig, clf: dict[str, Any]) -> list[Step]:
     steps: list[Step] = [
         FilterStep("scores", scorers, drop=False),
         DecontamStep(cfg.decontam),
+        CodeStep(cfg.filter, cfg.sandbox),
         FilterStep("heuristics", heuristics),
         KeepStep("constraints", [scorers[-1]]),
     ]
@@ -157,10 +169,12 @@ def _count_constraints(d: Document, stats: Stats) -> None:
 
 def input_files(run: Run) -> list[Path]:
     """generate's output files, in order (the filter's input)."""
-    src = run.path / "generate" / "outputs.jsonl"
-    if not src.exists():
-        raise DatagenError(f"{src}: generate outputs not found")
-    return [src]
+    from pipeline.stages.generate import OUTPUTS, output_files
+
+    files = output_files(run.path / "generate")
+    if not files:
+        raise DatagenError(f"{run.path / 'generate' / OUTPUTS}: generate outputs not found")
+    return files
 
 
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
@@ -252,6 +266,16 @@ def _manifest(
                 for b, info in decon["loaded"].items()
             },
             "unavailable": decon["unavailable"],
+        },
+        "code": {
+            "require_verified": cfg.filter.require_verified,
+            "verdicts": {
+                k.removeprefix("code."): int(v)
+                for k, v in sorted(c.items())
+                if k.startswith("code.") and k != "code.verified_in_filter"
+            },
+            "verified_in_filter": int(c.get("code.verified_in_filter", 0)),
+            "sandbox": st.info.get("sandbox"),
         },
         "shards_total": n_shards,
         "shards_run": ran,

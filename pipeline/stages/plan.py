@@ -4,11 +4,18 @@ Requests are topic x audience x format x a random vocabulary constraint of k wor
 TinyStories / phi-1 trick for diversity), optionally grounded on a web extract (Cosmopedia).
 The same config and seed give a byte-identical plan; no two requests share
 (topic, audience, format, words).
+
+The plan is drawn and written as a stream, in files of ``plan.shard_items`` requests
+(``plan.jsonl``, ``plan-00001.jsonl``, ...), and generate reads it back lazily: a plan of
+millions never sits in memory (uniqueness is kept as one 64-bit hash per request).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,7 @@ from pipeline.errors import DatagenError
 from pipeline.files import JSONL_SUFFIXES, is_jsonl_name, iter_jsonl, read_text
 from pipeline.prompting import PromptLibrary, describe, prompts_folder
 from pipeline.records import PlanItem, stable_id
-from pipeline.runs import Run, atomic_write_text, read_jsonl
+from pipeline.runs import Run, atomic_write_bytes, read_jsonl
 
 CONFIG_KEYS = ("seed", "plan")
 PLAN_FILE = "plan.jsonl"
@@ -86,7 +93,13 @@ def _read_seed_texts(path: Path) -> list[str]:
 
 
 def build_plan(cfg: PipelineConfig) -> list[PlanItem]:
-    """Draw ``plan.n`` unique requests with a generator seeded from ``cfg.seed``."""
+    """The whole plan as a list (small plans, tests); :func:`plan_items` streams it."""
+    return list(plan_items(cfg))
+
+
+def plan_items(cfg: PipelineConfig) -> Iterator[PlanItem]:
+    """Draw ``plan.n`` unique requests with a generator seeded from ``cfg.seed``. The inputs
+    are read and checked before this returns; the requests are drawn as they are taken."""
     pc = cfg.plan
     PromptLibrary(prompts_folder(cfg)).check(pc.formats)
     topics = _read_tsv(cfg.project_path(pc.topics_file), ("subject", "topic"))
@@ -95,10 +108,6 @@ def build_plan(cfg: PipelineConfig) -> list[PlanItem]:
     if pc.words_per_prompt > len(words):
         raise DatagenError(f"plan.words_per_prompt: {pc.words_per_prompt} > {len(words)} words")
     seeds = _read_seed_texts(cfg.project_path(pc.seed_texts)) if pc.seed_texts else []
-
-    rng = random.Random(cfg.seed)
-    seen: set[tuple[Any, ...]] = set()
-    items: list[PlanItem] = []
     # without words the space is finite: stop (and say so) instead of looping forever
     space = len(topics) * len(audiences) * len(pc.formats)
     if pc.words_per_prompt == 0 and pc.n > space:
@@ -106,51 +115,116 @@ def build_plan(cfg: PipelineConfig) -> list[PlanItem]:
             f"plan.n: {pc.n} unique requests asked but only {space} combinations exist "
             f"without vocabulary words (set plan.words_per_prompt > 0)"
         )
-    while len(items) < pc.n:
+    return _draw(cfg, topics, audiences, words, seeds)
+
+
+def _draw(
+    cfg: PipelineConfig,
+    topics: list[dict[str, str]],
+    audiences: list[str],
+    words: list[str],
+    seeds: list[str],
+) -> Iterator[PlanItem]:
+    pc = cfg.plan
+    rng = random.Random(cfg.seed)
+    seen: set[int] = set()  # a 64-bit hash per combination: 2M requests hold ~130 MB, not GBs
+    made = 0
+    while made < pc.n:
         t = rng.choice(topics)
         audience = rng.choice(audiences)
         fmt = rng.choice(pc.formats)
         chosen = sorted(rng.sample(words, pc.words_per_prompt))
         key = (t["topic"], t["subject"], audience, fmt, tuple(chosen))
-        if key in seen:
+        h = _combination_hash(key)
+        if h in seen:
             continue
-        seen.add(key)
+        seen.add(h)
+        made += 1
         seed_text = rng.choice(seeds) if seeds and rng.random() < pc.seed_fraction else None
-        items.append(
-            PlanItem(
-                id=stable_id(*key, seed_text or "", prefix="p-"),
-                topic=t["topic"],
-                subject=t["subject"],
-                audience=audience,
-                format=fmt,
-                words=chosen,
-                seed_text=seed_text,
-            )
+        yield PlanItem(
+            id=stable_id(*key, seed_text or "", prefix="p-"),
+            topic=t["topic"],
+            subject=t["subject"],
+            audience=audience,
+            format=fmt,
+            words=chosen,
+            seed_text=seed_text,
         )
-    return items
+
+
+def _combination_hash(key: tuple[Any, ...]) -> int:
+    data = "\x1f".join(map(str, key[:4])) + "\x1e" + "\x1f".join(key[4])
+    return int.from_bytes(hashlib.blake2b(data.encode(), digest_size=8).digest(), "little")
+
+
+_PLAN_NAME = re.compile(r"plan(?:-(\d{5,}))?\.jsonl")
+
+
+def plan_file(folder: Path, index: int) -> Path:
+    """The plan's ``index``-th file: ``plan.jsonl``, then ``plan-00001.jsonl``, ..."""
+    return folder / (PLAN_FILE if index == 0 else f"plan-{index:05d}.jsonl")
+
+
+def plan_files(folder: Path) -> list[Path]:
+    """The plan's files, in order."""
+    found = []
+    for p in folder.glob("plan*.jsonl"):
+        if m := _PLAN_NAME.fullmatch(p.name):
+            found.append((int(m.group(1) or 0), p))
+    return [p for _, p in sorted(found)]
 
 
 def plan_path(run: Run) -> Path:
     return run.path / "plan" / PLAN_FILE
 
 
-def load_plan(run: Run) -> list[PlanItem]:
-    path = run.require_finished("plan", "generate") / PLAN_FILE
-    return list(read_jsonl(path, PlanItem))
+def iter_plan(run: Run) -> Iterator[PlanItem]:
+    """The finished plan's requests, read lazily file by file."""
+    folder = run.require_finished("plan", "generate")
+    for path in plan_files(folder):
+        yield from read_jsonl(path, PlanItem)
+
+
+def planned_count(run: Run) -> int:
+    m = run.read_manifest("plan") or {}
+    if isinstance(m.get("requests"), int):
+        return int(m["requests"])
+    return sum(1 for _ in iter_plan(run))
 
 
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
-    items = build_plan(cfg)
-    text = "".join(item.model_dump_json() + "\n" for item in items)
-    atomic_write_text(run.stage_dir("plan") / PLAN_FILE, text)
-    formats = {f: sum(i.format == f for i in items) for f in cfg.plan.formats}
+    folder = run.stage_dir("plan")
+    formats = dict.fromkeys(cfg.plan.formats, 0)
+    n = seeded = 0
+    files: list[str] = []
+    buf: list[bytes] = []
+
+    def flush() -> None:  # one file at a time: memory holds plan.shard_items requests at most
+        path = plan_file(folder, len(files))
+        atomic_write_bytes(path, b"".join(buf))
+        files.append(path.name)
+        buf.clear()
+
+    for item in plan_items(cfg):
+        buf.append(item.model_dump_json().encode() + b"\n")
+        n += 1
+        formats[item.format] += 1
+        seeded += item.seed_text is not None
+        if len(buf) >= cfg.plan.shard_items:
+            flush()
+    if buf or not files:
+        flush()
+    for stale in plan_files(folder)[len(files) :]:  # a longer plan written here before
+        stale.unlink()
     prompts = prompts_folder(cfg)
-    console.print(f"plan: {len(items)} requests -> {plan_path(run)}; {describe(prompts)}")
+    shown = plan_path(run) if len(files) == 1 else f"{len(files)} files in {folder}"
+    console.print(f"plan: {n} requests -> {shown}; {describe(prompts)}")
     return {
-        "summary": {"requests": len(items), **formats},
-        "requests": len(items),
+        "summary": {"requests": n, **formats},
+        "requests": n,
         "formats": formats,
-        "seeded_with_web": sum(i.seed_text is not None for i in items),
+        "seeded_with_web": seeded,
         "output": PLAN_FILE,
+        "files": files,
         "prompts": str(prompts),
     }

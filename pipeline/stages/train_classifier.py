@@ -15,7 +15,8 @@ sources (``classifier.source``):
 - ``model_path``: an existing model (e.g. a published DCLM / FineWeb-Edu classifier), checked.
 
 Precision, recall, F1, the confusion matrix and the held-out score histogram of each class go
-to the manifest, the model to ``<run>/train_classifier/model.bin``. A model that is not
+to the manifest, the model to ``<run>/train_classifier/model.ftz`` (quantized,
+``classifier.quantize``; ``model.bin`` without quantization). A model that is not
 demonstrably useful (too few labels, no held-out split, not beating the majority baseline)
 only scores; when no model can be trained (single-class ratings, no negative pool) the stage
 finishes with a note and no model, and the filter skips the classifier decision.
@@ -57,7 +58,8 @@ from pipeline.stages.annotate import ANNOTATIONS, Annotation
 from pipeline.steps import Stats
 
 CONFIG_KEYS = ("classifier", "seed")
-MODEL = "model.bin"
+MODEL = "model.bin"  # a model trained without quantization (and by datagen before .ftz)
+QUANTIZED_MODEL = "model.ftz"
 EXAMPLES = "examples.jsonl.zst"  # the reference source's train/test examples
 REFERENCE_EVAL = "reference_eval.jsonl.zst"  # held-out reference documents (the ablation's)
 NEGATIVES = "negatives"  # per pool file: the extracted pages (part-NNNNN.jsonl.zst)
@@ -78,6 +80,11 @@ POOL_KEYS = (
     "web.lid_model",
 )
 DEDUP_KEYS = ("dedup.num_perm", "dedup.ngram", "dedup.threshold", "dedup.bands")
+
+
+def model_file(cfg: PipelineConfig) -> str:
+    """The file name of the model this stage trains under ``<run>/train_classifier/``."""
+    return QUANTIZED_MODEL if cfg.classifier.quantize else MODEL
 
 
 def pool_inputs(cfg: PipelineConfig) -> list[str]:
@@ -172,7 +179,7 @@ def _trained(
     """Train, then judge usefulness: (manifest part, summary part)."""
     c = cfg.classifier
     n_pos = sum(labels)
-    model_path = folder / MODEL
+    model_path = folder / model_file(cfg)
     metrics = train_classifier(texts, labels, model_path, c, cfg.seed, split=split)
     held = metrics.get("heldout") or {}
     applied, why = usefulness(n_pos, len(labels) - n_pos, held, c.min_labels_per_class)
@@ -181,11 +188,18 @@ def _trained(
     out = {
         **metrics,
         "model_path": str(model_path.resolve()),
+        "model_file": model_path.name,  # the filter stage loads <run>/train_classifier/<this>
         "trained": True,
         "applied": applied,
         "note": None if applied else f"score only: {why}",
     }
-    return out, {"f1": held.get("f1", "n/a"), "model": MODEL, "applied": applied}
+    summary = {
+        "f1": held.get("f1", "n/a"),
+        "model": model_path.name,
+        "model_mb": round(metrics["model_bytes"] / 1e6, 2),
+        "applied": applied,
+    }
+    return out, summary
 
 
 # --------------------------------------------------------------------------- teacher
@@ -195,12 +209,9 @@ def _teacher(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     ann_dir = run.require_finished("annotate", "train_classifier")
     ann_path = ann_dir / ANNOTATIONS
     anns = {a.id: a for a in read_jsonl(ann_path, Annotation)} if ann_path.exists() else {}
-    gen_path = run.path / "generate" / "outputs.jsonl"
-    docs = (
-        {d.id: d for d in read_jsonl(gen_path, Document) if d.id in anns}
-        if gen_path.exists()
-        else {}
-    )
+    from pipeline.stages.generate import iter_outputs
+
+    docs = {d.id: d for d in iter_outputs(run) if d.id in anns}
     ids = sorted(i for i in anns if i in docs)
     texts = [docs[i].text for i in ids]
     labels = [anns[i].score >= c.threshold for i in ids]

@@ -44,6 +44,9 @@ class BatchStats:
     spent_usd: float = 0.0
     stopped_by_budget: bool = False
     skipped_by_budget: int = 0
+    endpoints: list[dict[str, Any]] = field(default_factory=list)  # requests/failures per URL
+    batches: list[dict[str, Any]] = field(default_factory=list)  # teacher.mode=batch
+    waiting: list[str] = field(default_factory=list)  # offline: the vllm run-batch commands
 
     @property
     def cost_usd(self) -> float | None:
@@ -118,4 +121,5 @@ async def run_batch(
         await asyncio.gather(*(worker() for _ in range(teacher.cfg.concurrency)))
     if teacher.ledger is not None:
         stats.spent_usd = teacher.ledger.session_usd
+    stats.endpoints = teacher.pool.report()
     return stats

@@ -181,6 +181,28 @@ class SpendLedger:
         self._write(SpendEntry(event="sent", key=key, stage=self.stage, id=item_id, worst_usd=need))
         return key
 
+    def try_admit(self, item_id: str, worst: float | None) -> str | None:
+        """Write an attempt (a whole batch: ``worst`` is the sum of its requests' worst cases)
+        as sent and return its key if it fits the cap now, else None; never waits. Batches
+        skip the first-goes-alone rule: they are admitted at their worst case, whole."""
+        if self.cap is not None and self.totals.total() + (worst or 0.0) > self.cap + 1e-9:
+            return None
+        key = uuid.uuid4().hex
+        self.live.add(key)
+        self._worst[key] = worst
+        self._write(
+            SpendEntry(event="sent", key=key, stage=self.stage, id=item_id, worst_usd=worst)
+        )
+        return key
+
+    def room(self) -> float | None:
+        """What may still be admitted under the cap (None: no cap)."""
+        return None if self.cap is None else max(0.0, self.cap - self.totals.total())
+
+    def is_settled(self, key: str) -> bool:
+        """The attempt ``key`` (of this or an earlier invocation) was paid or unbilled."""
+        return key not in self.totals.unsettled
+
     def paid(self, key: str, usage: tuple[int, int] | None, cost: float | None) -> None:
         """An answer arrived: charge what its usage says (``cost``), or, with no readable
         usage, the attempt's worst case (never 0)."""

@@ -1,11 +1,16 @@
 """One place where a chat request becomes an API call; retries, limits, cache and cost around it.
 
-Retries (tenacity): 429, 408/409, 5xx, timeouts, connection errors and malformed bodies, with
-exponential backoff and jitter, honouring ``Retry-After``. Other errors (400, 401, 404) fail at
-once. After the last attempt a :class:`TeacherError` carries the reason: never an empty text,
-never the API key. ``teacher.timeout_s`` is a deadline for a whole attempt (a server that
-trickles its answer cannot hold a worker past it). Each attempt's cost goes to the run's spend
-ledger (:mod:`pipeline.teacher.budget`) the moment its answer arrives.
+The request goes out through one shared aiohttp session (the openai SDK's per-request
+machinery, typed options, httpx-style request objects and response models, costs more CPU than
+the rest of datagen's request path together: docs/benchmarks.md), to the endpoint the
+:class:`EndpointPool` picks. Retries (tenacity): 429, 408/409, 5xx, timeouts, connection errors
+and malformed bodies, with exponential backoff and jitter; a 429's ``Retry-After`` pauses the
+whole endpoint (every request to it waits), other errors (400, 401, 404, redirects) fail at
+once. A connection that cannot be opened costs no attempt while another endpoint is in
+service: the request goes there. After the last attempt a :class:`TeacherError` carries the
+reason: never an empty text, never the API key. ``teacher.timeout_s`` is a deadline for a whole
+attempt (a server that trickles its answer cannot hold a worker past it). Each attempt's cost
+goes to the run's spend ledger (:mod:`pipeline.teacher.budget`) the moment its answer arrives.
 """
 
 from __future__ import annotations
@@ -15,12 +20,11 @@ import email.utils
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import httpx2
-import openai
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -32,8 +36,9 @@ from tenacity.wait import wait_base
 
 from pipeline.config import Price, TeacherConfig
 from pipeline.secrets import redact
-from pipeline.teacher.budget import BudgetExhausted, SpendLedger
+from pipeline.teacher.budget import SpendLedger
 from pipeline.teacher.cache import ResponseCache, cache_key
+from pipeline.teacher.endpoints import Endpoint, EndpointPool
 from pipeline.teacher.limits import RateLimits
 
 RETRY_STATUS = {408, 409, 429}
@@ -63,64 +68,51 @@ class MalformedResponse(Exception):
     """The endpoint answered 200 but the body is not a usable chat completion."""
 
 
+class HTTPStatusError(Exception):
+    """The endpoint answered with an error status."""
+
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(f"http_{status}: {message}")
+        self.status = status
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class ConnectionProblem(Exception):
+    """No answer: the connection could not be opened (``never_sent``), or broke."""
+
+    def __init__(self, detail: str, never_sent: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.never_sent = never_sent
+
+
+class AttemptTimeout(Exception):
+    """No complete answer within ``teacher.timeout_s``."""
+
+
 def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in RETRY_STATUS or exc.status_code >= 500
-    return isinstance(
-        exc,
-        (
-            openai.APITimeoutError,
-            openai.APIConnectionError,
-            openai.APIResponseValidationError,
-            MalformedResponse,
-            json.JSONDecodeError,
-            TimeoutError,  # the per-attempt deadline
-        ),
+    if isinstance(exc, HTTPStatusError):
+        return exc.status in RETRY_STATUS or exc.status >= 500
+    return isinstance(exc, (ConnectionProblem, AttemptTimeout, MalformedResponse))
+
+
+# a connect that failed (refused, no route, TLS handshake): the request was never sent
+_CONNECT_FAILED = (aiohttp.ClientConnectorError, ConnectionRefusedError)
+
+
+def _connection_problem(exc: BaseException) -> ConnectionProblem:
+    detail = " ".join(str(exc).split())[:160]
+    name = type(exc).__name__
+    return ConnectionProblem(
+        f"{name}: {detail}" if detail else name, isinstance(exc, _CONNECT_FAILED)
     )
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what caused it (the SDK wraps httpx errors, which wrap aiohttp's)."""
-    chain: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    return chain
-
-
-# the SDK's aiohttp transport maps every aiohttp.ClientConnectionError (a reset, a closed
-# connection, a refused connect) to httpx.ConnectTimeout, so the SDK reports APITimeoutError;
-# the aiohttp error underneath says what really happened
-_CONNECT_FAILED = (aiohttp.ClientConnectorError, httpx2.ConnectError, ConnectionRefusedError)
-_TIMEOUTS = (TimeoutError, httpx2.TimeoutException)
-
-
-def _connection_problem(exc: BaseException) -> BaseException | None:
-    """The underlying connection error (reset, disconnect, refused), if it was not a timeout."""
-    causes = _causes(exc)
-    for c in causes[1:]:
-        if isinstance(c, (aiohttp.ClientConnectionError, OSError)) and not isinstance(
-            c, TimeoutError
-        ):
-            return c
-    for c in causes[1:]:
-        if isinstance(c, httpx2.TransportError) and not isinstance(c, _TIMEOUTS):
-            return c
-    return None
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """The connection never opened, so the request cannot have been billed."""
-    return any(isinstance(c, _CONNECT_FAILED) for c in _causes(exc))
-
-
-def _retry_after_s(exc: BaseException | None) -> float | None:
-    """Seconds from a Retry-After / retry-after-ms header, if the error carries one."""
-    response = getattr(exc, "response", None)
-    if response is None:
+def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from a Retry-After / retry-after-ms header, if there is a readable one."""
+    if headers is None:
         return None
-    headers = response.headers
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
             seconds = float(ms) / 1000.0
@@ -142,18 +134,17 @@ def _retry_after_s(exc: BaseException | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-class WaitRetryAfter(wait_base):
-    """Wait what the server asked for (capped), else the fallback backoff."""
+class WaitBackoff(wait_base):
+    """No wait after a 429 that said when to come back (its endpoint is paused for everyone,
+    this request included); else the exponential backoff."""
 
-    def __init__(self, fallback: wait_base, cap_s: float) -> None:
+    def __init__(self, fallback: wait_base) -> None:
         self.fallback = fallback
-        self.cap_s = cap_s
 
     def __call__(self, retry_state: Any) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        ra = _retry_after_s(exc)
-        if ra is not None:
-            return min(ra, self.cap_s)
+        if isinstance(exc, HTTPStatusError) and exc.retry_after_s is not None:
+            return 0.0
         return self.fallback(retry_state)
 
 
@@ -164,23 +155,30 @@ def describe_error(exc: BaseException, *secrets: str, timeout_s: float | None = 
 
 
 def _describe(exc: BaseException, timeout_s: float | None) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return f"http_{exc.status_code}: {str(exc.message)[:200]}"
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
-        if (c := _connection_problem(exc)) is not None:
-            detail = " ".join(str(c).split())[:160]
-            return f"connection_error: {type(c).__name__}" + (f": {detail}" if detail else "")
-        if isinstance(exc, openai.APITimeoutError):
-            return "timeout"
-        return "connection_error: closed"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, HTTPStatusError):
+        return f"http_{exc.status}: {exc.message[:200]}"
+    if isinstance(exc, ConnectionProblem):
+        return f"connection_error: {exc.detail}"
+    if isinstance(exc, AttemptTimeout):
         limit = f" within teacher.timeout_s={timeout_s:g}s" if timeout_s else ""
         return f"timeout: no complete answer{limit}"
-    if isinstance(
-        exc, (MalformedResponse, openai.APIResponseValidationError, json.JSONDecodeError)
-    ):
+    if isinstance(exc, MalformedResponse):
         return f"malformed_response: {str(exc)[:200]}"
     return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _error_message(raw: bytes) -> str:
+    """The server's error message: ``error.message`` of a JSON body, else the body's text."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+        if msg:
+            return " ".join(str(msg).split())
+    return " ".join(raw[:400].decode("utf-8", "replace").split()) or "(empty body)"
 
 
 class Teacher:
@@ -195,29 +193,35 @@ class Teacher:
         ledger: SpendLedger | None = None,
     ) -> None:
         """``base_urls``: one endpoint, or several replicas (the embedded teacher runs one
-        llama.cpp server per core); each request goes to the replica with fewest in flight.
+        llama.cpp server per core); each request goes to the least-loaded healthy one.
         ``ledger``: where each attempt's cost is recorded and the budget checked."""
         self.cfg = cfg
         self.api_key = api_key
         self.ledger = ledger
         self.model = cfg.model
-        self.price: Price | None = cfg.prices.get(cfg.model)
+        self.price: Price | None = cfg.price()
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
-        self.clients = [
-            openai.AsyncOpenAI(
-                base_url=url,
-                api_key=api_key,
-                max_retries=0,
-                timeout=cfg.timeout_s,
-                http_client=openai.DefaultAioHttpClient() if cfg.transport == "aiohttp" else None,
-            )
-            for url in urls
-        ]
-        self.in_flight = [0] * len(self.clients)
+        self.pool = EndpointPool(urls, cfg.endpoint_failures, cfg.endpoint_cooldown_s)
+        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self._session: aiohttp.ClientSession | None = None
         self.cache = cache
         self.limits = RateLimits(cfg.rpm, cfg.tpm)
         self.requests_sent = 0
         self.cache_hits = 0
+        self._retry_wait = WaitBackoff(
+            wait_exponential_jitter(
+                initial=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.backoff_initial_s
+            )
+        )
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created in the running event loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=self.cfg.timeout_s),
+                auto_decompress=True,
+            )
+        return self._session
 
     def sampling_params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         params = {
@@ -230,12 +234,7 @@ class Teacher:
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         """None when the model has no price: unknown, not free."""
-        if self.price is None:
-            return None
-        return (
-            prompt_tokens * self.price.input_per_mtok
-            + completion_tokens * self.price.output_per_mtok
-        ) / 1e6
+        return cost_at(self.price, prompt_tokens, completion_tokens)
 
     def estimate_tokens(self, messages: list[dict[str, str]], params: dict[str, Any]) -> int:
         chars = sum(len(m.get("content", "")) for m in messages)
@@ -244,18 +243,11 @@ class Teacher:
     def worst_case_cost(
         self, messages: list[dict[str, str]], params: dict[str, Any]
     ) -> float | None:
-        """The most one attempt can cost if the endpoint keeps to ``max_tokens``: every UTF-8
-        byte of the prompt (and of a response_format schema) as a token (byte-level BPE and
-        byte-fallback tokenizers never do worse) plus per-message overhead, and ``max_tokens``
-        out. None when the model has no price."""
+        """The most one attempt can cost if the endpoint keeps to ``max_tokens`` (see
+        :func:`worst_case_tokens`). None when the model has no price."""
         if self.price is None:
             return None
-        prompt = sum(len(str(m.get("content", "")).encode("utf-8", "replace")) for m in messages)
-        prompt += 8 * len(messages) + 8
-        if (fmt := params.get("response_format")) is not None:
-            prompt += len(json.dumps(fmt).encode())
-        out = int(params.get("max_tokens", self.cfg.max_tokens))
-        return self.cost_usd(prompt, out)
+        return self.cost_usd(*worst_case_tokens(messages, params, self.cfg.max_tokens))
 
     async def complete(
         self,
@@ -273,14 +265,7 @@ class Teacher:
             return Completion(**{**hit, "cached": True})
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.cfg.max_retries + 1),
-            wait=WaitRetryAfter(
-                wait_exponential_jitter(
-                    initial=self.cfg.backoff_initial_s,
-                    max=self.cfg.backoff_max_s,
-                    jitter=self.cfg.backoff_initial_s,
-                ),
-                cap_s=self.cfg.backoff_max_s,
-            ),
+            wait=self._retry_wait,
             retry=retry_if_exception(_retryable),
             reraise=False,
         )
@@ -294,14 +279,10 @@ class Teacher:
             exc = e.last_attempt.exception()
             assert exc is not None
             raise TeacherError(self._reason(exc), attempts) from None
-        except BudgetExhausted:
-            raise
-        except Exception as e:  # non-retryable API error: fail this item with its reason
-            if isinstance(e, (openai.OpenAIError, MalformedResponse, json.JSONDecodeError)):
-                raise TeacherError(self._reason(e), attempts) from None
-            raise
+        except (HTTPStatusError, MalformedResponse) as e:  # not retryable: fail this item
+            raise TeacherError(self._reason(e), attempts) from None
         if self.cache is not None:
-            self.cache.put(key, {k: v for k, v in completion.__dict__.items() if k != "cached"})
+            self.cache.put(key, completion_record(completion))
         return completion
 
     def _reason(self, exc: BaseException) -> str:
@@ -310,47 +291,105 @@ class Teacher:
     async def _call(
         self, messages: list[dict[str, str]], params: dict[str, Any], item_id: str
     ) -> Completion:
-        await self.limits.acquire(self.estimate_tokens(messages, params))
+        tokens = self.estimate_tokens(messages, params)
+        await self.limits.acquire(tokens)
         worst = self.worst_case_cost(messages, params)
-        key = await self.ledger.admit(item_id, worst) if self.ledger else ""
+        data = json.dumps(
+            {"model": self.model, "messages": messages, **params}, ensure_ascii=False
+        ).encode("utf-8")
+        while True:  # a connect that fails goes to another endpoint, at no attempt's cost
+            ep = await self.pool.acquire(tokens)
+            try:
+                key = await self.ledger.admit(item_id, worst) if self.ledger else ""
+            except BaseException:
+                self.pool.release(ep, "none")
+                raise
+            try:
+                return await self._send(ep, data, key, tokens)
+            except ConnectionProblem as e:
+                if not (e.never_sent and self.pool.others_up(ep)):
+                    raise
+
+    async def _send(self, ep: Endpoint, data: bytes, key: str, tokens: int) -> Completion:
         self.requests_sent += 1
         t0 = time.perf_counter()
-        # client.post with cast_to=object: the SDK's own request path (auth, base URL, error
-        # types, timeouts) without its per-request TypedDict transform and pydantic model
-        # construction: 558 vs 514 req/s at 128 in flight (docs/benchmarks.md); the body is
-        # validated below
-        i = min(range(len(self.clients)), key=self.in_flight.__getitem__)
-        self.in_flight[i] += 1
         try:
-            # the SDK's timeout is per read; this one bounds the whole attempt
+            # the session's timeout is per read; this one bounds the whole attempt
             async with asyncio.timeout(self.cfg.timeout_s):
-                body = await self.clients[i].post(
-                    "/chat/completions",
-                    cast_to=object,
-                    body={"model": self.model, "messages": messages, **params},
-                )
-        except BaseException as e:
+                async with self.session().post(
+                    ep.chat_url, data=data, headers=self._headers, allow_redirects=False
+                ) as resp:
+                    raw = await resp.read()
+                    status, headers = resp.status, resp.headers
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            problem = AttemptTimeout() if isinstance(e, TimeoutError) else _connection_problem(e)
+            if self.ledger:  # a connection that never opened cannot be billed
+                never = isinstance(problem, ConnectionProblem) and problem.never_sent
+                (self.ledger.unbilled if never else self.ledger.abandon)(key)
+            self.pool.release(ep, "down")
+            raise problem from None
+        except BaseException:  # cancelled: may have been billed, counted at worst
             if self.ledger:
-                if isinstance(e, openai.APIStatusError) or _never_sent(e):
-                    self.ledger.unbilled(key)  # an error status or no connection: not billed
-                else:
-                    self.ledger.abandon(key)  # no answer: may be billed, counted at worst
+                self.ledger.abandon(key)
+            self.pool.release(ep, "none")
             raise
-        finally:
-            self.in_flight[i] -= 1
         latency = time.perf_counter() - t0
-        usage, problem = _read_usage(body)
+        if status >= 300:
+            if self.ledger:
+                self.ledger.unbilled(key)  # an error status is not billed
+            ra = retry_after_s(headers) if status == 429 else None
+            outcome = "down" if status >= 500 else "limited" if status == 429 else "error"
+            self.pool.release(ep, outcome, headers, tokens, ra)
+            raise HTTPStatusError(status, _error_message(raw), ra)
+        try:
+            body = json.loads(raw)
+        except ValueError as e:
+            body, problem = None, f"body is not JSON ({e.msg} at char {e.pos})"
+        else:
+            problem = ""
+        usage, usage_problem = _read_usage(body)
         if self.ledger:  # charged as it arrives, whatever the body holds
             self.ledger.paid(key, usage, self.cost_usd(*usage) if usage else None)
-        if problem:
-            raise MalformedResponse(problem)
-        return _parse_completion(body, self.model, latency)
+        try:
+            if problem or usage_problem:
+                raise MalformedResponse(problem or usage_problem)
+            completion = _parse_completion(body, self.model, latency)
+        except MalformedResponse:
+            self.pool.release(ep, "error", headers, tokens)
+            raise
+        self.pool.release(ep, "ok", headers, tokens)
+        return completion
 
     async def close(self) -> None:
-        for client in self.clients:
-            await client.close()
+        if self._session is not None:
+            await self._session.close()
         if self.cache is not None:
             self.cache.close()
+
+
+def cost_at(price: Price | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+    if price is None:
+        return None
+    return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
+
+
+def worst_case_tokens(
+    messages: list[dict[str, str]], params: dict[str, Any], default_max_tokens: int
+) -> tuple[int, int]:
+    """(prompt, completion) tokens one request can be billed at most if the endpoint keeps to
+    ``max_tokens``: every UTF-8 byte of the prompt (and of a response_format schema) as a token
+    (byte-level BPE and byte-fallback tokenizers never do worse) plus per-message overhead,
+    and ``max_tokens`` out."""
+    prompt = sum(len(str(m.get("content", "")).encode("utf-8", "replace")) for m in messages)
+    prompt += 8 * len(messages) + 8
+    if (fmt := params.get("response_format")) is not None:
+        prompt += len(json.dumps(fmt).encode())
+    return prompt, int(params.get("max_tokens", default_max_tokens))
+
+
+def completion_record(c: Completion) -> dict[str, Any]:
+    """What the response cache stores of a completion."""
+    return {k: v for k, v in c.__dict__.items() if k != "cached"}
 
 
 def _read_usage(body: Any) -> tuple[tuple[int, int] | None, str]:

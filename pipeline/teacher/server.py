@@ -53,7 +53,9 @@ def _free_port(host: str) -> int:
 
 def _die_with_parent() -> None:  # runs in the child before exec
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        # SIGKILL, not SIGTERM: uvicorn answers SIGTERM by waiting for the request in flight,
+        # which kept servers alive after a killed datagen (seen in a test timeout)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _tail(path: Path, n: int = 5) -> str:
