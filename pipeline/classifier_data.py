@@ -201,33 +201,28 @@ def cut_examples(
 
 
 def deduplicate(examples: list[Example], cfg: PipelineConfig) -> tuple[list[Example], Counter]:
-    """Exact (normalised text hash) then MinHash near-duplicates (``dedup.*`` parameters)
-    among all examples of both classes; a duplicate cluster keeps a positive if it has one."""
-    from filters.dedup import MinHashDeduper, MinHashParams, exact_hash
+    """The dedup stage's rule (``filters.dedup.find_duplicates``: exact copies, and near
+    copies by the exact Jaccard of word shingles, ``dedup.*`` parameters) over all examples of
+    both classes; a duplicate cluster keeps a positive if it has one."""
+    from filters.dedup import MinHashParams, find_duplicates
 
-    counts: Counter[str] = Counter()
-    seen: dict[str, int] = {}
-    keep: list[Example] = []
-    # positives first: an exact copy in the negatives is the one dropped
-    for ex in sorted(examples, key=lambda e: not e.label):
-        h = exact_hash(ex.text)
-        if h in seen:
-            counts[f"exact_{_cls(keep[seen[h]])}_{_cls(ex)}"] += 1
-            continue
-        seen[h] = len(keep)
-        keep.append(ex)
     d = cfg.dedup
-    md = MinHashDeduper(
-        MinHashParams(
-            num_perm=d.num_perm, ngram=d.ngram, threshold=d.threshold, bands=d.bands, seed=cfg.seed
-        )
+    params = MinHashParams(
+        num_perm=d.num_perm, ngram=d.ngram, threshold=d.threshold, bands=d.bands, seed=cfg.seed
     )
-    ids = [f"{i:08d}" for i in range(len(keep))]
-    md.add_batch(ids, [e.text for e in keep], [1.0 if e.label else 0.0 for e in keep])
-    dropped = md.duplicates()
-    for i, (_, kept) in dropped.items():
-        counts[f"near_{_cls(keep[int(kept)])}_{_cls(keep[int(i)])}"] += 1
-    return [e for i, e in zip(ids, keep, strict=True) if i not in dropped], counts
+    found = find_duplicates(
+        [e.text for e in examples],
+        params,
+        ids=[f"{i:08d}" for i in range(len(examples))],
+        quality=[1.0 if e.label else 0.0 for e in examples],
+    )
+    counts: Counter[str] = Counter()
+    dropped: set[int] = set()
+    for c in found.clusters:
+        for gid, why in c.reasons.items():
+            counts[f"{why}_{_cls(examples[c.kept.gid])}_{_cls(examples[gid])}"] += 1
+            dropped.add(gid)
+    return [e for i, e in enumerate(examples) if i not in dropped], counts
 
 
 def _cls(e: Example) -> str:
