@@ -5,7 +5,9 @@ From one finished run it builds k corpora at the SAME token budget (``ablate.tok
 smallest corpus's size), from the run's stage outputs:
 
 - ``raw``: every web page with extracted text in the wanted language (``web/`` kept and
-  ``web/dropped/`` side output, except the ``extract.*`` and ``lid.*`` drops): no quality filter;
+  ``web/dropped/`` side output, except the ``extract.*``, ``lid.*``, ``precheck.language`` and
+  ``precheck.empty`` drops; a page the pre-extraction Gopher checks dropped counts with its
+  visible text): no quality filter;
 - ``heuristics``: the pages that passed the Gopher / C4 / FineWeb / blocklist steps (kept, or
   dropped later as ``quality.*``, ``dedup.*``, ``decontam.*``);
 - ``classifier``: the pages that passed the quality classifier too (kept, or dropped later as
@@ -62,6 +64,10 @@ WORK = ".work"
 RUNS = "runs"
 # drop-reason families by web step: before these, no text to train on; after the quality step
 PRE_RAW = ("extract", "lid")
+# the web stage's checks before extraction: a page confidently in another language (or with no
+# visible text) has no text to train on; one under Gopher's word / stop-word / top n-gram bounds
+# (precheck.n_words, ...) fails the heuristics and counts as raw with the visible text it keeps
+PRE_RAW_PRECHECK = ("precheck.language", "precheck.empty")
 QUALITY = ("quality",)
 AFTER_QUALITY = ("dedup", "decontam")
 REFERENCE, VAL = "reference", "val"
@@ -89,7 +95,7 @@ def web_level(doc: Document) -> int:
         return 3
     if fam in QUALITY:
         return 2
-    return 0 if fam in PRE_RAW else 1
+    return 0 if fam in PRE_RAW or doc.drop_reason in PRE_RAW_PRECHECK else 1
 
 
 LEVELS = {"raw": 1, "heuristics": 2, "classifier": 3}
@@ -540,15 +546,24 @@ def print_table(console: Console, m: dict[str, Any]) -> None:
         t.add_column(f"{ev} eval", justify="right")
     t.add_column("train loss (end)", justify="right")
     for r in table:
-        cells = [_fmt(r[ev]) for ev in evals]
-        t.add_row(r["corpus"], *cells, _fmt(r["train_loss_end"]))
+        cells = [fmt_summary(r[ev]) for ev in evals]
+        t.add_row(r["corpus"], *cells, fmt_summary(r["train_loss_end"]))
     console.print(t)
 
 
-def _fmt(s: dict[str, Any]) -> str:
+def fmt_summary(s: dict[str, Any]) -> str:
+    """``mean ± std`` of a table cell (``n/a`` without values)."""
     if s["mean"] is None:
         return "n/a"
     return f"{s['mean']:.3f} ± {s['std']:.3f}" if s["std"] is not None else f"{s['mean']:.3f}"
 
 
-__all__ = ["ABLATION_CORPORA", "ablate", "print_table", "train_job", "web_level", "write_plot"]
+__all__ = [
+    "ABLATION_CORPORA",
+    "ablate",
+    "fmt_summary",
+    "print_table",
+    "train_job",
+    "web_level",
+    "write_plot",
+]

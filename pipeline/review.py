@@ -2,8 +2,10 @@
 
 The page shows sampled kept AND dropped documents (topic, audience, format, the required words
 highlighted, teacher model, scores, keep/drop reason), the funnel of every stage, histograms of
-length and quality, the most frequent first sentences and openers, distinct-1/2/3 ratios and the
-near-duplicate rate. Plots are inline SVG and styles inline CSS: no network needed to open it.
+length and quality, the quality classifier (held-out metrics, the held-out score histogram of
+each class, the score of kept vs dropped documents), the ablation table and plot when
+``datagen ablate`` ran, the most frequent first sentences and openers, distinct-1/2/3 ratios and
+the near-duplicate rate. Plots are inline SVG and styles inline CSS: no network needed to open it.
 
 It also builds the funnel table the emit stage puts in its dataset card.
 """
@@ -343,15 +345,9 @@ def histogram_svg(
     series: dict[str, list[float]], title: str, bins: int = 20, log_x: bool = False
 ) -> Markup:
     """Side-by-side bar histogram of each named series as inline SVG."""
-    colors = {"kept": "#2e7d32", "dropped": "#c62828"}
     vals = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
-    w, h, pad = 560, 200, 34
     if not vals:
-        return Markup(
-            f'<svg class="hist" width="{w}" height="40" role="img" '
-            f'aria-label="{html.escape(title)}"><text x="4" y="24">{html.escape(title)}'
-            f": no values</text></svg>"
-        )
+        return bars_svg({}, 0.0, 1.0, title)
 
     def tf(v: float) -> float:
         return math.log10(max(v, 1.0)) if log_x else v
@@ -366,15 +362,40 @@ def histogram_svg(
                 continue
             c[min(bins - 1, int((tf(v) - lo) / (hi - lo) * bins))] += 1
         counts[name] = c
+    return bars_svg(counts, lo, hi, title, log_x=log_x)
+
+
+SERIES_COLORS = {"kept": "#2e7d32", "dropped": "#c62828", "reference": "#1565c0", "web": "#ef6c00"}
+
+
+def bars_svg(
+    counts: dict[str, list[int]],
+    lo: float,
+    hi: float,
+    title: str,
+    log_x: bool = False,
+    cut: float | None = None,
+) -> Markup:
+    """Inline SVG of binned counts (equal bins from ``lo`` to ``hi``, log10 units when
+    ``log_x``), one bar per series side by side; ``cut`` draws a dashed line at that x."""
+    w, h, pad = 560, 200, 34
+    if not any(sum(c) for c in counts.values()):
+        return Markup(
+            f'<svg class="hist" width="{w}" height="40" role="img" '
+            f'aria-label="{html.escape(title)}"><text x="4" y="24">{html.escape(title)}'
+            f": no values</text></svg>"
+        )
+    bins = max(len(c) for c in counts.values())
     top = max(max(c) for c in counts.values()) or 1
     bw = (w - 2 * pad) / bins
     parts = [
-        f'<svg class="hist" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 30}"'
+        f'<svg class="hist" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 34}"'
         f' role="img" aria-label="{html.escape(title)}">',
         f'<text x="{pad}" y="14" font-size="13" font-weight="bold">{html.escape(title)}</text>',
     ]
     k = len(counts)
     for j, (name, c) in enumerate(counts.items()):
+        color = SERIES_COLORS.get(name, "#1565c0")
         for i, n in enumerate(c):
             if not n:
                 continue
@@ -382,10 +403,16 @@ def histogram_svg(
             x = pad + i * bw + j * bw / k
             parts.append(
                 f'<rect x="{x:.1f}" y="{h - bh:.1f}" width="{bw / k - 1:.1f}" '
-                f'height="{bh:.1f}" fill="{colors.get(name, "#1565c0")}">'
-                f"<title>{name}: {n}</title></rect>"
+                f'height="{bh:.1f}" fill="{color}" data-series="{html.escape(name)}" '
+                f'data-bin="{i}" data-count="{n}"><title>{html.escape(name)}: {n}</title></rect>'
             )
     parts.append(f'<line x1="{pad}" y1="{h}" x2="{w - pad}" y2="{h}" stroke="#333"/>')
+    if cut is not None and lo <= cut <= hi:
+        x = pad + (cut - lo) / (hi - lo) * (w - 2 * pad)
+        parts.append(
+            f'<line class="cut" x1="{x:.1f}" y1="24" x2="{x:.1f}" y2="{h}" stroke="#333" '
+            f'stroke-dasharray="4 3"><title>cut at {cut:g}</title></line>'
+        )
     for frac in (0.0, 0.5, 1.0):
         v = lo + frac * (hi - lo)
         label = f"{10**v:,.0f}" if log_x else f"{v:.3g}"
@@ -396,13 +423,110 @@ def histogram_svg(
     parts.append(
         f'<text x="{pad}" y="{h + 30}" font-size="11">max bar {top}; '
         + ", ".join(
-            f'<tspan fill="{colors.get(n, "#1565c0")}">{n} {sum(c)}</tspan>'
+            f'<tspan fill="{SERIES_COLORS.get(n, "#1565c0")}">{html.escape(n)} {sum(c)}</tspan>'
             for n, c in counts.items()
         )
         + "</text>"
     )
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+# --------------------------------------------------------------------------- classifier, ablation
+CLASS_NAMES = {"reference": ("reference", "web"), "teacher": ("positive", "negative")}
+
+
+def classifier_view(
+    cfg: PipelineConfig, run: Run, kept: list[dict], dropped: list[dict]
+) -> dict[str, Any] | None:
+    """The quality classifier of the run (None when train_classifier made or took none): its
+    held-out metrics, the held-out score histogram of each class, and per reviewed stage the
+    score of the sampled documents it scored, kept vs dropped, with the stage's cut."""
+    from filters.classifier import score_histogram
+
+    m = run.read_manifest("train_classifier") or {}
+    if m.get("status") != "finished" or not m.get("model_path"):
+        return None
+    held = m.get("heldout") or None
+    plots = []
+    hs = m.get("heldout_scores")
+    if hs:
+        pos, neg = CLASS_NAMES.get(m.get("source", ""), ("positive", "negative"))
+        plots.append(
+            bars_svg(
+                {pos: hs["positive"], neg: hs["negative"]},
+                hs["bins"][0],
+                hs["bins"][-1],
+                f"held-out split: P({pos}) of {pos} vs {neg} examples",
+                cut=hs["min_score"],
+            )
+        )
+    cuts = {"filter": cfg.classifier.min_score, "web": cfg.web.min_quality}
+    sides: dict[str, Any] = {}
+    for stage, cut in cuts.items():
+        probs, flags = [], []
+        for is_kept, docs in ((True, kept), (False, dropped)):
+            for d in docs:
+                q = quality_of(d["scores"]) if d["stage"] == stage else None
+                if q is not None:
+                    probs.append(q)
+                    flags.append(is_kept)
+        if not probs:
+            continue
+        sh = score_histogram(probs, flags, cut)
+        sides[stage] = {"kept": sum(flags), "dropped": len(flags) - sum(flags), "cut": cut}
+        plots.append(
+            bars_svg(
+                {"kept": sh["positive"], "dropped": sh["negative"]},
+                0.0,
+                1.0,
+                f"{stage}: classifier score of the sampled documents, kept vs dropped",
+                cut=cut,
+            )
+        )
+    return {
+        "source": m.get("source", "teacher"),
+        "model": m.get("model_file") or Path(m["model_path"]).name,
+        "applied": m.get("applied", False),
+        "note": m.get("note"),
+        "heldout": held,
+        "examples": m.get("n_labels"),
+        "sides": sides,
+        "plots": plots,
+    }
+
+
+def ablation_view(run: Run) -> dict[str, Any] | None:
+    """The table and plot of ``datagen ablate`` on this run (None when it has not finished)."""
+    from pipeline.ablate import FOLDER, fmt_summary
+
+    m = run.read_manifest(FOLDER) or {}
+    if m.get("status") != "finished":
+        return None
+    evals = list(m["eval_sets"])
+    rows = [
+        {
+            "corpus": r["corpus"],
+            "documents": m["corpora"][r["corpus"]]["documents"],
+            "tokens": m["corpora"][r["corpus"]]["tokens_available"],
+            "evals": [fmt_summary(r[ev]) for ev in evals],
+            "train": fmt_summary(r["train_loss_end"]),
+        }
+        for r in m["table"]
+    ]
+    plot = run.path / FOLDER / m["plot"]
+    svg = plot.read_text(encoding="utf-8") if plot.suffix == ".svg" and plot.exists() else ""
+    return {
+        "evals": evals,
+        "rows": rows,
+        "seeds": m["seeds"],
+        "budget": m["token_budget"],
+        "params": m["model"]["params"],
+        "steps": m["model"]["steps"],
+        "notes": m.get("notes", []),
+        # matplotlib's own SVG (no scripts), inlined without its XML prolog and doctype
+        "svg": Markup(svg[svg.find("<svg") :]) if "<svg" in svg else None,
+    }
 
 
 def _forms(word: str) -> set[str]:
@@ -490,6 +614,34 @@ in the stage output; statistics over {{ n_stats_kept }} kept / {{ n_stats_droppe
 
 <h2 id="plots">Length and quality</h2>
 <div class="plots">{{ hist_len }}{{ hist_q }}</div>
+
+{% if clf %}<h2 id="classifier">Quality classifier</h2>
+<p class="meta">source <code>{{ clf.source }}</code> &middot; model {{ clf.model }}
+&middot; {{ "keeps and drops" if clf.applied else "scores only: " ~ clf.note }}
+{% if clf.examples %}&middot; {{ clf.examples }} examples{% endif %}</p>
+{% if clf.heldout %}{% set c = clf.heldout.confusion %}
+<table id="classifier-heldout"><tr><th>held-out examples</th><th>precision</th><th>recall</th>
+<th>F1</th><th>accuracy (majority baseline)</th><th>confusion (tp fp fn tn)</th></tr>
+<tr><td class="num">{{ clf.heldout.n }}</td><td class="num">{{ clf.heldout.precision }}</td>
+<td class="num">{{ clf.heldout.recall }}</td><td class="num">{{ clf.heldout.f1 }}</td>
+<td class="num">{{ clf.heldout.accuracy }} ({{ clf.heldout.majority_baseline_accuracy }})</td>
+<td class="num">{{ c.tp }} {{ c.fp }} {{ c.fn }} {{ c.tn }}</td></tr></table>{% endif %}
+<div class="plots">{% for p in clf.plots %}{{ p }}{% endfor %}</div>
+{% endif %}
+{% if ablation %}<h2 id="ablation">Ablation: proxy models per corpus</h2>
+<p class="meta">eval loss (nats per token), mean &plusmn; std over seeds
+{{ ablation.seeds|join(", ") }}; {{ "{:,}".format(ablation.budget) }} tokens per corpus,
+{{ ablation.steps }} steps, a {{ "%.2f"|format(ablation.params / 1e6) }}M-parameter GPT
+(<code>datagen ablate</code>)</p>
+<table id="ablation-table"><tr><th>corpus</th><th>documents (tokens) available</th>
+{% for ev in ablation.evals %}<th>{{ ev }} eval loss</th>{% endfor %}<th>train loss (end)</th></tr>
+{% for r in ablation.rows %}<tr><td>{{ r.corpus }}</td>
+<td class="num">{{ "{:,}".format(r.documents) }} ({{ "{:,}".format(r.tokens) }})</td>
+{% for v in r.evals %}<td class="num">{{ v }}</td>{% endfor %}
+<td class="num">{{ r.train }}</td></tr>{% endfor %}</table>
+{% for n in ablation.notes %}<p class="meta">{{ n }}</p>{% endfor %}
+{% if ablation.svg %}<div class="plots" id="ablation-plot">{{ ablation.svg }}</div>{% endif %}
+{% endif %}
 
 <h2 id="diversity">Diversity (kept)</h2>
 <table><tr><th>distinct-1</th><th>distinct-2</th><th>distinct-3</th>
@@ -600,6 +752,8 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
             drop_reasons=Counter(d["drop_reason"] or "?" for d in dropped).most_common(),
             hist_len=histogram_svg(lengths, "length (words, log scale)", log_x=True),
             hist_q=histogram_svg(quality, "quality score"),
+            clf=classifier_view(cfg, run, kept, dropped),
+            ablation=ablation_view(run),
             d1=distinct_n(kept_texts, 1),
             d2=distinct_n(kept_texts, 2),
             d3=distinct_n(kept_texts, 3),

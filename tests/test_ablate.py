@@ -140,6 +140,56 @@ def test_ablate_trains_every_corpus_at_one_budget_with_three_seeds(ablated):
     assert json.loads((folder / "manifest.json").read_text())["table"] == m["table"]
 
 
+def test_the_review_page_shows_the_classifier_and_the_ablation(ablated):
+    """`datagen review` on the ablated run: the reference classifier's held-out metrics and
+    score histogram of each class, the web pages' scores kept vs dropped, and the ablation's
+    table and plot, all as the manifests hold them."""
+    from test_review import bars, plots, table
+
+    from pipeline.ablate import fmt_summary
+
+    cwd, _ = ablated
+    r = datagen("review", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    page = (cwd / r.stdout.strip().splitlines()[-1]).read_text()
+    tc = _manifest(cwd, "train_classifier")
+    held, hs = tc["heldout"], tc["heldout_scores"]
+    c = held["confusion"]
+    assert table(page, "classifier-heldout")[1] == [
+        str(held["n"]),
+        str(held["precision"]),
+        str(held["recall"]),
+        str(held["f1"]),
+        f"{held['accuracy']} ({held['majority_baseline_accuracy']})",
+        f"{c['tp']} {c['fp']} {c['fn']} {c['tn']}",
+    ]
+    svgs = plots(page)
+    heldout = svgs["held-out split: P(reference) of reference vs web examples"]
+    assert bars(heldout) == {"reference": hs["positive"], "web": hs["negative"]}
+    web = bars(svgs["web: classifier score of the sampled documents, kept vs dropped"])
+    assert sum(web["kept"]) > 0 and sum(web["dropped"]) > 0  # both sides of the cut
+    m = json.loads((cwd / "runs/default/ablate/manifest.json").read_text())
+    rows = table(page, "ablation-table")
+    assert rows[0] == [
+        "corpus", "documents (tokens) available", "reference eval loss", "val eval loss",
+        "train loss (end)",
+    ]  # fmt: skip
+    assert rows[1:] == [
+        [
+            row["corpus"],
+            f"{m['corpora'][row['corpus']]['documents']:,} "
+            f"({m['corpora'][row['corpus']]['tokens_available']:,})",
+            fmt_summary(row["reference"]),
+            fmt_summary(row["val"]),
+            fmt_summary(row["train_loss_end"]),
+        ]
+        for row in m["table"]
+    ]
+    plot = (cwd / "runs/default/ablate/ablation.svg").read_text()
+    inline = page.split('id="ablation-plot">', 1)[1]
+    assert inline.startswith("<svg") and plot[plot.find("<svg") :].strip() in page
+
+
 def test_web_levels_follow_the_drop_reason_of_each_page(finished_run):
     """The corpora are read from the run's real web outputs: every page falls in one level."""
     from pipeline.runs import read_shards

@@ -65,7 +65,7 @@ def test_model_is_quantized_to_a_few_mb_at_the_same_f1(trained):
 
 def test_quantization_can_be_turned_off(labeled, tmp_path):
     """classifier.quantize=false saves fastText's float model, the 515 MB of before: its input
-    matrix (words + 2,000,000 hash buckets) x dim 64 x 4 bytes is nearly all of the file."""
+    matrix (words + 2,000,000 hash buckets) x dim x 4 bytes is nearly all of the file."""
     texts, labels = labeled
     cfg = ClassifierConfig(test_fraction=0.3, quantize=False)
     m = train_classifier(texts, labels, tmp_path / "m.bin", cfg, seed=1)
@@ -73,7 +73,9 @@ def test_quantization_can_be_turned_off(labeled, tmp_path):
     assert not m["quantized"] and not clf.model.is_quantized()
     rows = len(clf.model.get_words()) + clf.model.f.getArgs().bucket
     assert clf.model.f.getArgs().bucket == 2_000_000
-    assert rows * 64 * 4 < m["model_bytes"] < 1.01 * rows * 64 * 4
+    dim = clf.model.get_dimension()  # the reference source's DCLM default (100) here
+    assert dim == m["fasttext"]["dim"] == 100
+    assert rows * dim * 4 < m["model_bytes"] < 1.01 * rows * dim * 4
     assert m["heldout"]["f1"] >= 0.95
     (tmp_path / "m.bin").unlink()
 

@@ -21,7 +21,7 @@ from markupsafe import escape
 from pipeline.config import load_config
 from pipeline.errors import DatagenError
 from pipeline.records import Document
-from pipeline.review import distinct_n, highlight, near_dup_rate, write_review
+from pipeline.review import distinct_n, highlight, near_dup_rate, quality_of, write_review
 from pipeline.runs import Run, read_shards
 
 
@@ -113,6 +113,21 @@ def table(dom: str, table_id: str) -> list[list[str]]:
     return parser.rows
 
 
+def plots(dom: str) -> dict[str, str]:
+    """The page's histograms (inline SVG) by title."""
+    found = re.findall(r'<svg class="hist"[^>]*aria-label="([^"]*)".*?</svg>', dom, flags=re.S)
+    svgs = re.findall(r'<svg class="hist".*?</svg>', dom, flags=re.S)
+    return dict(zip(found, svgs, strict=True))
+
+
+def bars(svg: str) -> dict[str, list[int]]:
+    """Counts per bin of each series of a histogram drawn by pipeline.review.bars_svg."""
+    out: dict[str, dict[int, int]] = {}
+    for name, i, n in re.findall(r'data-series="([^"]+)" data-bin="(\d+)" data-count="(\d+)"', svg):
+        out.setdefault(name, {})[int(i)] = int(n)
+    return {k: [v.get(i, 0) for i in range(10)] for k, v in out.items()}
+
+
 def reasons(d: dict[str, int]) -> str:
     return ", ".join(f"{a}={b}" for a, b in d.items()) or "none"
 
@@ -147,9 +162,10 @@ def test_review_page_renders_in_chromium_with_funnel_plots_and_samples(reviewed)
         "most frequent openers",
     ):
         assert heading in text, heading
-    # the two histograms are drawn, with bars
-    svgs = re.findall(r"<svg class=\"hist\".*?</svg>", dom, flags=re.S)
-    assert len(svgs) == 2 and all(s.count("<rect") >= 3 for s in svgs)
+    # the length and quality histograms are drawn, with bars
+    svgs = plots(dom)
+    for name in ("length (words, log scale)", "quality score"):
+        assert svgs[name].count("<rect") >= 3, name
     # sampled documents: kept ones are in the stages' outputs, dropped ones show real reasons
     kept_ids = {d.id for s in ("filter", "web") for d in read_shards(run.path / s, Document)}
     shown = re.findall(r"id (\S+)\s+·\s+(?:filter|web)\s+·", text)
@@ -201,6 +217,28 @@ def test_review_page_shows_every_stages_real_drop_counts(reviewed):
     # run is given a classifier, classifier.model_path)
     assert checked == 4
     assert sum(run.read_manifest("web")["drop_reasons"].values()) > 100
+
+
+def test_review_page_shows_the_classifier_score_of_kept_and_dropped_pages(reviewed):
+    """Both sides of the web stage's quality cut: every real page the classifier scored, kept
+    (at or above web.min_quality) and dropped, binned by its score, the cut drawn."""
+    cfg, run, _, dom = reviewed
+    web = run.path / "web"
+    cut = cfg.web.min_quality
+    kept = [quality_of(d.scores) for d in read_shards(web, Document)]
+    dropped = [quality_of(d.scores) for d in read_shards(web / "dropped", Document)]
+    dropped = [q for q in dropped if q is not None]
+    assert kept and None not in kept and all(q >= cut for q in kept)
+    low = run.read_manifest("web")["drop_reasons"]["quality.low_score"]
+    assert sum(q < cut for q in dropped) == low > 0  # the pages the classifier dropped
+
+    def hist(qs: list[float]) -> list[int]:
+        return [sum(min(int(q * 10), 9) == i for q in qs) for i in range(10)]
+
+    svg = plots(dom)["web: classifier score of the sampled documents, kept vs dropped"]
+    assert bars(svg) == {"kept": hist(kept), "dropped": hist(dropped)}
+    assert f"<title>cut at {cut:g}</title>" in svg
+    assert "Quality classifier" in dom and "classifier-heldout" not in dom  # given: no split
 
 
 def test_review_screenshot_is_not_blank(reviewed, tmp_path):
