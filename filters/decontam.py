@@ -29,21 +29,20 @@ import csv
 import glob as globlib
 import io
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 
-from pipeline import PROJECT_ROOT
+from filters.codepoints import code_points, lowered, word_spans
+from filters.ngrams import WordHasher, multipliers, ngram_keys, windows
+from pipeline import PROJECT_ROOT, dotted
 from pipeline.config import BenchmarkSource, DecontamConfig
 from pipeline.errors import DatagenError
 from pipeline.files import iter_jsonl, one_line, read_text
 
-_TOKEN = re.compile(r"\w+")
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 _COMPRESSED = (".gz", ".zst")
 
@@ -78,58 +77,6 @@ def benchmark_files(path: str) -> list[Path]:
             if f.is_file() and _format(f) is not None and not f.name.startswith(".")
         )
     return [p] if p.exists() else []
-
-
-class _NgramKeys:
-    """64-bit keys of word sequences (xxh3 per word, memoized; combined in numpy). The key of
-    a sequence of L <= n words uses the first L multipliers, so all lengths come from one
-    pass over a document."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self._cache: dict[str, int] = {}
-        rng = np.random.default_rng(13)
-        self._mult = rng.integers(1, 2**62, size=n, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-
-    def _hash(self, w: str) -> int:
-        h = self._cache.get(w)
-        if h is None:
-            if len(self._cache) > 1 << 20:
-                self._cache.clear()
-            h = self._cache[w] = xxhash.xxh3_64_intdigest(w.encode("utf-8"))
-        return h
-
-    def windows(self, words: list[str], lengths: set[int]) -> Iterator[tuple[int, np.ndarray]]:
-        """(L, keys of every L-word window) for each L in ``lengths`` (each <= n) that fits."""
-        if not words or not lengths:
-            return
-        wh = np.fromiter(map(self._hash, words), dtype=np.uint64, count=len(words))
-        acc = np.zeros(0, dtype=np.uint64)
-        for k in range(min(max(lengths), len(words))):
-            m = len(words) - k  # windows of k + 1 words
-            term = wh[k : k + m] * self._mult[k]
-            acc = term if k == 0 else acc[:m] + term
-            if k + 1 in lengths:
-                yield k + 1, acc
-
-    def __call__(self, words: list[str], length: int | None = None) -> np.ndarray:
-        """Keys of every window of ``length`` (default n) words."""
-        want = length or self.n
-        return next((keys for _, keys in self.windows(words, {want})), np.zeros(0, dtype=np.uint64))
-
-
-def _walk(obj: Any, parts: list[str]) -> Iterator[str]:
-    """Values at a dotted path; lists are walked element by element."""
-    if isinstance(obj, list):
-        for x in obj:
-            yield from _walk(x, parts)
-        return
-    if not parts:
-        if obj is not None and not isinstance(obj, dict):
-            yield str(obj)
-        return
-    if isinstance(obj, dict) and parts[0] in obj:
-        yield from _walk(obj[parts[0]], parts[1:])
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -195,22 +142,21 @@ class Decontaminator:
         self.cfg = cfg or DecontamConfig()
         self.n = self.cfg.ngram
         self.min_short = min(self.cfg.min_short_words, self.n)
-        self._keys = _NgramKeys(self.n)
+        self._hasher = WordHasher()
+        self._mult = multipliers(self.n, seed=13)
+        # a key per sequence length: an L-word sequence and an L'-word one never share a key
+        self._salt = multipliers(self.n + 1, seed=14)
         self.names: list[str] = []  # benchmark number -> name
-        # while loading: sequence length -> key -> number of the first benchmark that has it
-        self._building: dict[int, dict[int, int]] = {}
+        # while loading: salted key -> number of the first benchmark that has it
+        self._building: dict[int, int] = {}
+        self.lengths: list[int] = []  # the sequence lengths indexed
         self.loaded: dict[str, dict[str, Any]] = {}
         self.unavailable: dict[str, str] = {}
+        seen: set[int] = set()
         for b in self.cfg.all_benchmarks() if self.cfg.enabled else []:
-            self._load(b)
-        # length -> (sorted keys, benchmark numbers): a document's windows are looked up with
-        # one vectorised searchsorted per length
-        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for length, table in self._building.items():
-            keys = np.fromiter(table.keys(), dtype=np.uint64, count=len(table))
-            ids = np.fromiter(table.values(), dtype=np.int32, count=len(table))
-            order = np.argsort(keys)
-            self._tables[length] = (keys[order], ids[order])
+            self._load(b, seen)
+        self.lengths = sorted(seen)
+        self._index = _KeyIndex(self._building)
         self._building = {}
 
     def _source(self, b: BenchmarkSource) -> tuple[Iterator[dict[str, Any]], str] | str:
@@ -234,7 +180,7 @@ class Decontaminator:
             why += f"; hf '{b.hf}' not loaded (decontam.allow_download=false)"
         return why
 
-    def _load(self, b: BenchmarkSource) -> None:
+    def _load(self, b: BenchmarkSource, lengths: set[int]) -> None:
         if not b.fields:
             raise DatagenError(f"decontam.benchmarks.{b.name}.fields: name at least one field")
         got = self._source(b)
@@ -256,9 +202,11 @@ class Decontaminator:
             c["items"] += 1
             indexed = False
             for fld in b.fields:
-                for value in _walk(row, fld.split(".")):
+                for value in dotted.walk(row, fld):
+                    if value is None or isinstance(value, dict):
+                        continue
                     c["values"] += 1
-                    words = [m.group().lower() for m in _TOKEN.finditer(value)]
+                    words, _, _ = self._words(str(value))
                     if len(words) >= self.n:
                         c["values_ngram"] += 1
                         length, counter = self.n, "ngrams"
@@ -269,10 +217,11 @@ class Decontaminator:
                         c["values_too_short"] += 1
                         continue
                     indexed = True
-                    table = self._building.setdefault(length, {})
-                    for key in self._keys(words, length).tolist():
-                        if key not in table:
-                            table[key] = number
+                    lengths.add(length)
+                    keys = ngram_keys(words, length, self._mult) ^ self._salt[length]
+                    for key in keys.tolist():
+                        if key not in self._building:
+                            self._building[key] = number
                             c[counter] += 1
             c["items_too_short"] += not indexed
         if c["items"] == 0:
@@ -294,20 +243,28 @@ class Decontaminator:
             if c["values_too_short"]
         ]
 
+    def _words(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hash, start, end) of each word: ``\\w+`` runs of the original text, each
+        lower-cased on its own, so char positions are the original's even where lower()
+        changes length ("İ".lower() is 2 chars)."""
+        low, in_place = lowered(text)
+        if in_place:
+            cp = code_points(low)
+            starts, ends = word_spans(cp)
+            return self._hasher.spans(cp, starts, ends), starts, ends
+        starts, ends = word_spans(code_points(text))
+        words = [text[s:e].lower() for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        return self._hasher.words(words), starts, ends
+
     def _matches(self, text: str) -> list[tuple[int, int, str]]:
         """(char start, char end, benchmark) of each matching word sequence, by start."""
-        if not self._tables:
+        if not self.lengths:
             return []
-        # tokenize the original text and lower-case per token, so char positions are the
-        # original's even where lower() changes length ("İ".lower() is 2 chars)
-        ms = list(_TOKEN.finditer(text))
-        words = [m.group().lower() for m in ms]
+        hashes, starts, ends = self._words(text)
         found = []
-        for length, keys in self._keys.windows(words, set(self._tables)):
-            table, ids = self._tables[length]
-            pos = np.minimum(np.searchsorted(table, keys), len(table) - 1)
-            for i in np.flatnonzero(table[pos] == keys).tolist():
-                found.append((ms[i].start(), ms[i + length - 1].end(), self.names[ids[pos[i]]]))
+        for length, keys in windows(hashes, self.lengths, self._mult):
+            for i, bench in self._index.lookup(keys ^ self._salt[length]):
+                found.append((int(starts[i]), int(ends[i + length - 1]), self.names[bench]))
         return sorted(found)
 
     def check(self, text: str) -> DecontamResult:
@@ -340,6 +297,36 @@ class Decontaminator:
         if n_pieces > self.cfg.max_pieces or not kept:
             return DecontamResult(matches=counts, reason=reason, pieces=n_pieces)
         return DecontamResult(matches=counts, text="\n\n".join(kept), pieces=n_pieces)
+
+
+class _KeyIndex:
+    """A set of uint64 keys with a value each, for vectorised lookups: the keys sorted (one
+    searchsorted per query array), behind a bitmap of their top bits that rejects almost
+    every key of a clean document without touching the sorted array."""
+
+    def __init__(self, table: dict[int, int]) -> None:
+        keys = np.fromiter(table.keys(), dtype=np.uint64, count=len(table))
+        values = np.fromiter(table.values(), dtype=np.int32, count=len(table))
+        order = np.argsort(keys)
+        self.keys, self.values = keys[order], values[order]
+        # >= 32 bits per key: ~3% of absent keys pass the bitmap
+        self._bits = max(16, int(len(keys) * 32).bit_length())
+        self._shift = np.uint64(64 - self._bits)
+        seen = np.zeros(1 << self._bits, dtype=bool)
+        seen[(keys >> self._shift).astype(np.intp)] = True
+        self._seen = seen
+
+    def lookup(self, queries: np.ndarray) -> list[tuple[int, int]]:
+        """(position in ``queries``, value) of each query that is a key."""
+        if not len(self.keys) or not len(queries):
+            return []
+        maybe = np.flatnonzero(self._seen[(queries >> self._shift).astype(np.intp)])
+        if not len(maybe):
+            return []
+        q = queries[maybe]
+        pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        hit = self.keys[pos] == q
+        return list(zip(maybe[hit].tolist(), self.values[pos[hit]].tolist(), strict=True))
 
 
 class DecontamStep:
