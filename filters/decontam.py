@@ -39,18 +39,12 @@ import numpy as np
 from filters.codepoints import code_points, lowered, word_spans
 from filters.ngrams import WordHasher, multipliers, ngram_keys, windows
 from pipeline import PROJECT_ROOT, dotted
-from pipeline.config import BenchmarkSource, DecontamConfig
+from pipeline.config import BenchmarkSource, DecontamConfig, project_path
 from pipeline.errors import DatagenError
 from pipeline.files import iter_jsonl, one_line, read_text
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 _COMPRESSED = (".gz", ".zst")
-
-
-def _resolve(p: str) -> Path:
-    """Like ``PipelineConfig.project_path``: absolute, relative to cwd, else the project root."""
-    path = Path(p).expanduser()
-    return path if path.is_absolute() or path.exists() else PROJECT_ROOT / path
 
 
 def _format(path: Path) -> str | None:
@@ -69,7 +63,7 @@ def benchmark_files(path: str) -> list[Path]:
         if not hits and not p.is_absolute():
             hits = sorted(globlib.glob(str(PROJECT_ROOT / p), recursive=True))
         return [Path(h) for h in hits if Path(h).is_file()]
-    p = _resolve(path)
+    p = project_path(path)
     if p.is_dir():
         return sorted(
             f
@@ -163,7 +157,7 @@ class Decontaminator:
         """(rows, source) of a benchmark, or why it is unavailable."""
         files = benchmark_files(b.path) if b.path else []
         if files:
-            single = len(files) == 1 and files[0] == _resolve(b.path)
+            single = len(files) == 1 and files[0] == project_path(b.path)
             source = str(files[0]) if single else f"{b.path} ({len(files)} files)"
             return (row for f in files for row in read_records(f)), source
         if b.hf and self.cfg.allow_download:
@@ -172,10 +166,10 @@ class Decontaminator:
             why = "no path"
         elif any(ch in b.path for ch in "*?["):
             why = f"{b.path} matches no file"
-        elif _resolve(b.path).is_dir():
-            why = f"{_resolve(b.path)} has no {'/'.join(f[1:] for f in FORMATS)} files"
+        elif project_path(b.path).is_dir():
+            why = f"{project_path(b.path)} has no {'/'.join(f[1:] for f in FORMATS)} files"
         else:
-            why = f"{_resolve(b.path)} not found"
+            why = f"{project_path(b.path)} not found"
         if b.hf:
             why += f"; hf '{b.hf}' not loaded (decontam.allow_download=false)"
         return why

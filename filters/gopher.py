@@ -132,6 +132,22 @@ class GopherQualityFilter:
         return None
 
 
+def line_repetition(text: str) -> dict[str, float]:
+    """Duplicate paragraph and line fractions, by count and by characters (Gopher Table A1)."""
+    stripped = text.strip()
+    total = max(len(stripped), 1)
+    paras = [p.strip() for p in _PARA_SPLIT.split(stripped) if p.strip()]
+    lines = [ln.strip() for ln in _LINE_SPLIT.split(stripped) if ln.strip()]
+    p_dup, p_chars = duplicates(paras)
+    l_dup, l_chars = duplicates(lines)
+    return {
+        "dup_para_frac": p_dup / len(paras) if paras else 0.0,
+        "dup_para_char_frac": p_chars / total,
+        "dup_line_frac": l_dup / len(lines) if lines else 0.0,
+        "dup_line_char_frac": l_chars / total,
+    }
+
+
 def repeated_ngram_chars(
     hashes: np.ndarray, lens: np.ndarray, top_ns: Iterable[int], dup_ns: Iterable[int]
 ) -> tuple[dict[int, int], dict[int, int]]:
@@ -192,19 +208,8 @@ class GopherRepetitionFilter:
 
     def score(self, doc: Document | str) -> dict[str, float]:
         text = doc if isinstance(doc, str) else doc.text
-        stripped = text.strip()
-        total = max(len(stripped), 1)
-        paras = [p.strip() for p in _PARA_SPLIT.split(stripped) if p.strip()]
-        lines = [ln.strip() for ln in _LINE_SPLIT.split(stripped) if ln.strip()]
-        p_dup, p_chars = duplicates(paras)
-        l_dup, l_chars = duplicates(lines)
-        out = {
-            "dup_para_frac": p_dup / len(paras) if paras else 0.0,
-            "dup_para_char_frac": p_chars / total,
-            "dup_line_frac": l_dup / len(lines) if lines else 0.0,
-            "dup_line_char_frac": l_chars / total,
-        }
-        w = lower_words(text)  # = stripped.lower().split()
+        out = line_repetition(text)
+        w = lower_words(text)  # = text.strip().lower().split()
         word_chars = max(int(w.lens.sum()), 1)
         top, dup = repeated_ngram_chars(
             w.hashes, w.lens, self.cfg.max_top_ngram_char_frac, self.cfg.max_dup_ngram_char_frac

@@ -1,8 +1,8 @@
-"""The per-document filters as they were before they were vectorised (datagen commit 785b4a0,
-filters/gopher.py, filters/constraints.py and the n-gram matching of filters/decontam.py,
-verbatim but for names): the oracle of tests/test_filter_equivalence.py, which checks that the
-current filters give the same scores and decisions on every real document, and the "before"
-column of scripts/bench/heuristics.py. Not used by the pipeline."""
+"""The per-document filters as they were before they were vectorised (datagen commit 785b4a0:
+the ``score`` of filters/gopher.py, ``covered_words`` of filters/constraints.py and the n-gram
+matching of filters/decontam.py, verbatim; what did not change is inherited). The oracle of
+tests/test_filter_equivalence.py (same scores and decisions on every real document) and the
+"before" rows of scripts/bench/heuristics.py. Not used by the pipeline."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from filters import gopher
 from filters.constraints import word_forms
-from filters.decontam import DecontamResult, benchmark_files, read_records
-from pipeline.config import DecontamConfig, GopherQualityConfig, GopherRepetitionConfig
+from filters.decontam import Decontaminator, benchmark_files, read_records
+from pipeline.config import DecontamConfig, GopherQualityConfig
 from pipeline.records import Document
 
 # --------------------------------------------------------------------------- gopher.py
@@ -26,16 +27,12 @@ _LINE_SPLIT = re.compile(r"\n+")
 _ALPHA = re.compile(r"[^\W\d_]")
 
 
-class GopherQualityFilter:
-    """Word count, mean word length, '#' / word and ellipsis / word ratios (each checked on its
-    own, as Gopher and datatrove do), bullet and ellipsis line fractions, alphabetic word
-    fraction, stop-word presence."""
-
-    family = "gopher_quality"
+class GopherQualityFilter(gopher.GopherQualityFilter):
+    """The previous ``score``: Python string operations per word."""
 
     def __init__(self, cfg: GopherQualityConfig | None = None) -> None:
-        self.cfg = cfg or GopherQualityConfig()
-        self._stop = frozenset(w.lower() for w in self.cfg.stop_words)
+        super().__init__(cfg)
+        self._stop_set = frozenset(w.lower() for w in self.cfg.stop_words)
 
     def score(self, doc: Document | str) -> dict[str, float]:
         text = doc if isinstance(doc, str) else doc.text
@@ -53,48 +50,8 @@ class GopherQualityFilter:
             "bullet_lines_ratio": sum(ln.startswith(_BULLETS) for ln in lines) / n_lines,
             "ellipsis_lines_ratio": sum(ln.endswith(_ELLIPSES) for ln in lines) / n_lines,
             "alpha_words_ratio": sum(bool(_ALPHA.search(w)) for w in words) / n if n else 0.0,
-            "stop_words": float(sum(1 for w in words if w.lower() in self._stop)),
+            "stop_words": float(sum(1 for w in words if w.lower() in self._stop_set)),
         }
-
-    def keep(self, s: dict[str, float]) -> str | None:
-        c = self.cfg
-        f = self.family
-        if s["n_words"] < c.min_words:
-            return f"{f}.n_words_low"
-        if s["n_words"] > c.max_words:
-            return f"{f}.n_words_high"
-        if s["mean_word_length"] < c.min_mean_word_length:
-            return f"{f}.mean_word_length_low"
-        if s["mean_word_length"] > c.max_mean_word_length:
-            return f"{f}.mean_word_length_high"
-        # Gopher A.1.1 / datatrove: '#' and ellipsis counts are two separate ratios, each held
-        # to the one config field max_symbol_word_ratio (kept under its old name)
-        if s["hash_word_ratio"] > c.max_symbol_word_ratio:
-            return f"{f}.hash_word_ratio"
-        if s["ellipsis_word_ratio"] > c.max_symbol_word_ratio:
-            return f"{f}.ellipsis_word_ratio"
-        if s["bullet_lines_ratio"] > c.max_bullet_lines_ratio:
-            return f"{f}.bullet_lines_ratio"
-        if s["ellipsis_lines_ratio"] > c.max_ellipsis_lines_ratio:
-            return f"{f}.ellipsis_lines_ratio"
-        if s["alpha_words_ratio"] < c.min_alpha_words_ratio:
-            return f"{f}.alpha_words_ratio"
-        if s["stop_words"] < c.min_stop_words:
-            return f"{f}.stop_words"
-        return None
-
-
-def _dup_stats(items: list[str]) -> tuple[int, int]:
-    """Number of items that repeat an earlier item, and their total characters."""
-    seen: set[str] = set()
-    n_dup = chars = 0
-    for x in items:
-        if x in seen:
-            n_dup += 1
-            chars += len(x)
-        else:
-            seen.add(x)
-    return n_dup, chars
 
 
 _MULT = np.random.default_rng(20211208).integers(1, 2**62, size=16, dtype=np.uint64) * np.uint64(
@@ -155,29 +112,13 @@ class _Words:
         return int(self.lens[covered].sum())
 
 
-class GopherRepetitionFilter:
-    """Duplicate line / paragraph fractions (by count and by characters), the most frequent
-    2-4-gram's character fraction, and the character fraction in duplicated 5-10-grams."""
-
-    family = "gopher_repetition"
-
-    def __init__(self, cfg: GopherRepetitionConfig | None = None) -> None:
-        self.cfg = cfg or GopherRepetitionConfig()
+class GopherRepetitionFilter(gopher.GopherRepetitionFilter):
+    """The previous ``score``: n-grams of per-text word ids, one ``np.unique`` per n."""
 
     def score(self, doc: Document | str) -> dict[str, float]:
         text = doc if isinstance(doc, str) else doc.text
         stripped = text.strip()
-        total = max(len(stripped), 1)
-        paras = [p.strip() for p in _PARA_SPLIT.split(stripped) if p.strip()]
-        lines = [ln.strip() for ln in _LINE_SPLIT.split(stripped) if ln.strip()]
-        p_dup, p_chars = _dup_stats(paras)
-        l_dup, l_chars = _dup_stats(lines)
-        out = {
-            "dup_para_frac": p_dup / len(paras) if paras else 0.0,
-            "dup_para_char_frac": p_chars / total,
-            "dup_line_frac": l_dup / len(lines) if lines else 0.0,
-            "dup_line_char_frac": l_chars / total,
-        }
+        out = gopher.line_repetition(text)  # unchanged
         words = _Words(stripped.lower().split())
         word_chars = max(int(words.lens.sum()), 1)
         for n in sorted(self.cfg.max_top_ngram_char_frac):
@@ -185,25 +126,6 @@ class GopherRepetitionFilter:
         for n in sorted(self.cfg.max_dup_ngram_char_frac):
             out[f"dup_{n}gram_char_frac"] = words.dup_ngram_chars(n) / word_chars
         return out
-
-    def keep(self, s: dict[str, float]) -> str | None:
-        c = self.cfg
-        f = self.family
-        for key, limit in (
-            ("dup_line_frac", c.max_dup_line_frac),
-            ("dup_para_frac", c.max_dup_para_frac),
-            ("dup_line_char_frac", c.max_dup_line_char_frac),
-            ("dup_para_char_frac", c.max_dup_para_char_frac),
-        ):
-            if s[key] > limit:
-                return f"{f}.{key}"
-        for n, limit in sorted(c.max_top_ngram_char_frac.items()):
-            if s.get(f"top_{n}gram_char_frac", 0.0) > limit:
-                return f"{f}.top_{n}gram_char_frac"
-        for n, limit in sorted(c.max_dup_ngram_char_frac.items()):
-            if s.get(f"dup_{n}gram_char_frac", 0.0) > limit:
-                return f"{f}.dup_{n}gram_char_frac"
-        return None
 
 
 # --------------------------------------------------------------------------- constraints.py
@@ -229,27 +151,6 @@ def covered_words(required: list[str], text: str) -> list[str]:
         elif word_forms(w) & tokens:
             out.append(w)
     return out
-
-
-class ConstraintFilter:
-    family = "constraints"
-
-    def __init__(self, min_coverage: float = 0.5) -> None:
-        self.min_coverage = min_coverage
-
-    def score(self, doc: Document) -> dict[str, float]:
-        req = [w for w in doc.required_words if w.strip()]
-        if not req:
-            return {"coverage": 1.0, "required": 0.0, "satisfied": 0.0}
-        hit = covered_words(req, doc.text)
-        return {
-            "coverage": len(hit) / len(req),
-            "required": float(len(req)),
-            "satisfied": float(len(hit)),
-        }
-
-    def keep(self, s: dict[str, float]) -> str | None:
-        return "constraints.coverage" if s["coverage"] < self.min_coverage else None
 
 
 # --------------------------------------------------------------------------- decontam.py
@@ -363,33 +264,4 @@ class ReferenceDecontaminator:
                 found.append((ms[i].start(), ms[i + length - 1].end(), self.names[ids[pos[i]]]))
         return sorted(found)
 
-    def check(self, text: str) -> DecontamResult:
-        found = self._matches(text)
-        if not found:
-            return DecontamResult()
-        counts: dict[str, int] = {}
-        for _, _, bench in found:
-            counts[bench] = counts.get(bench, 0) + 1
-        top = max(sorted(counts), key=lambda k: counts[k])
-        reason = f"decontam.{top}"
-        if self.cfg.mode == "drop":
-            return DecontamResult(matches=counts, reason=reason)
-        # GPT-3 rule: cut a window around each match, keep pieces >= min_piece_chars
-        w = self.cfg.cut_window
-        cuts: list[list[int]] = []
-        for s, e, _ in found:
-            lo, hi = max(0, s - w), min(len(text), e + w)
-            if cuts and lo <= cuts[-1][1]:
-                cuts[-1][1] = max(cuts[-1][1], hi)
-            else:
-                cuts.append([lo, hi])
-        pieces, pos = [], 0
-        for lo, hi in cuts:
-            pieces.append(text[pos:lo])
-            pos = hi
-        pieces.append(text[pos:])
-        n_pieces = sum(1 for p in pieces if p.strip())
-        kept = [p.strip() for p in pieces if len(p.strip()) >= self.cfg.min_piece_chars]
-        if n_pieces > self.cfg.max_pieces or not kept:
-            return DecontamResult(matches=counts, reason=reason, pieces=n_pieces)
-        return DecontamResult(matches=counts, text="\n\n".join(kept), pieces=n_pieces)
+    check = Decontaminator.check  # unchanged: the GPT-3 cut rule over _matches
