@@ -82,9 +82,9 @@ def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def split_spans(cp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spans of the words ``str.split()`` returns (runs of non-space)."""
-    return runs(~tables().space[cp])
+    return runs(~tables().space[cp.astype(np.intp)])  # (an intp index gathers faster)
 
 
 def word_spans(cp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spans of ``re.finditer(r"\\w+", text)``."""
-    return runs(tables().word[cp])
+    return runs(tables().word[cp.astype(np.intp)])

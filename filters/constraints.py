@@ -94,6 +94,7 @@ def covered_words(required: list[str], text: str) -> list[str]:
 
 class ConstraintFilter:
     family = "constraints"
+    covered = staticmethod(covered_words)
 
     def __init__(self, min_coverage: float = 0.5) -> None:
         self.min_coverage = min_coverage
@@ -102,7 +103,7 @@ class ConstraintFilter:
         req = [w for w in doc.required_words if w.strip()]
         if not req:
             return {"coverage": 1.0, "required": 0.0, "satisfied": 0.0}
-        hit = covered_words(req, doc.text)
+        hit = self.covered(req, doc.text)
         return {
             "coverage": len(hit) / len(req),
             "required": float(len(req)),

@@ -37,13 +37,14 @@ from typing import Any
 import numpy as np
 
 from filters.codepoints import code_points, lowered, word_spans
-from filters.ngrams import WordHasher, multipliers, ngram_keys, windows
+from filters.ngrams import WordHasher, multipliers, windows
 from pipeline import PROJECT_ROOT, dotted
 from pipeline.config import BenchmarkSource, DecontamConfig, project_path
 from pipeline.errors import DatagenError
 from pipeline.files import iter_jsonl, one_line, read_text
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+_CHUNK_CHARS = 1 << 22  # benchmark values hashed together, at most this many chars
 _COMPRESSED = (".gz", ".zst")
 
 
@@ -141,8 +142,8 @@ class Decontaminator:
         # a key per sequence length: an L-word sequence and an L'-word one never share a key
         self._salt = multipliers(self.n + 1, seed=14)
         self.names: list[str] = []  # benchmark number -> name
-        # while loading: salted key -> number of the first benchmark that has it
-        self._building: dict[int, int] = {}
+        # while loading: the sorted distinct keys of each benchmark that no earlier one has
+        self._new_keys: list[np.ndarray] = []
         self.lengths: list[int] = []  # the sequence lengths indexed
         self.loaded: dict[str, dict[str, Any]] = {}
         self.unavailable: dict[str, str] = {}
@@ -150,8 +151,8 @@ class Decontaminator:
         for b in self.cfg.all_benchmarks() if self.cfg.enabled else []:
             self._load(b, seen)
         self.lengths = sorted(seen)
-        self._index = _KeyIndex(self._building)
-        self._building = {}
+        self._index = _KeyIndex(self._new_keys)
+        self._new_keys = []
 
     def _source(self, b: BenchmarkSource) -> tuple[Iterator[dict[str, Any]], str] | str:
         """(rows, source) of a benchmark, or why it is unavailable."""
@@ -184,40 +185,58 @@ class Decontaminator:
             self.unavailable[b.name] = got
             return
         rows, source = got
-        number = len(self.names)
-        self.names.append(b.name)
+        self.names.append(b.name)  # its number: the index of its keys in _new_keys
         c = dict.fromkeys(
             ("items", "values", "values_ngram", "values_whole", "values_too_short"), 0
         )
         c |= {"items_too_short": 0, "ngrams": 0, "whole": 0}
+        values: list[str] = []
+        item_of: list[int] = []
+        size = 0
+        kinds: dict[str, list[np.ndarray]] = {"ngrams": [], "whole": []}
+        indexed: list[np.ndarray] = []  # items with a value long enough to check
+
+        def flush() -> None:
+            counts, ngram_keys, whole_keys = self._value_keys(values, lengths)
+            items = np.asarray(item_of)
+            long_ = counts >= self.n
+            short = ~long_ & (counts >= self.min_short)
+            c["values"] += len(values)
+            c["values_ngram"] += int(long_.sum())
+            c["values_whole"] += int(short.sum())
+            c["values_too_short"] += int((~long_ & ~short).sum())
+            indexed.append(items[long_ | short])
+            kinds["ngrams"].append(ngram_keys)
+            kinds["whole"].append(whole_keys)
+            values.clear()
+            item_of.clear()
+
         for row in rows:
             if not isinstance(row, dict):
                 continue
             c["items"] += 1
-            indexed = False
             for fld in b.fields:
                 for value in dotted.walk(row, fld):
-                    if value is None or isinstance(value, dict):
-                        continue
-                    c["values"] += 1
-                    words, _, _ = self._words(str(value))
-                    if len(words) >= self.n:
-                        c["values_ngram"] += 1
-                        length, counter = self.n, "ngrams"
-                    elif len(words) >= self.min_short:
-                        c["values_whole"] += 1
-                        length, counter = len(words), "whole"
-                    else:
-                        c["values_too_short"] += 1
-                        continue
-                    indexed = True
-                    lengths.add(length)
-                    keys = ngram_keys(words, length, self._mult) ^ self._salt[length]
-                    for key in keys.tolist():
-                        if key not in self._building:
-                            self._building[key] = number
-                            c[counter] += 1
-            c["items_too_short"] += not indexed
+                    if value is not None and not isinstance(value, dict):
+                        values.append(str(value))
+                        item_of.append(c["items"])
+                        size += len(values[-1])
+            if size > _CHUNK_CHARS:
+                flush()
+                size = 0
+        if values:
+            flush()
+        c["items_too_short"] = c["items"] - len(np.unique(np.concatenate([[0], *indexed]))) + 1
+        earlier = np.sort(np.concatenate([np.zeros(0, dtype=np.uint64), *self._new_keys]))
+        new = []
+        for counter, parts in kinds.items():
+            keys = _distinct(np.concatenate([np.zeros(0, dtype=np.uint64), *parts]))
+            if len(earlier):
+                pos = np.minimum(np.searchsorted(earlier, keys), len(earlier) - 1)
+                keys = keys[earlier[pos] != keys]
+            c[counter] = len(keys)
+            new.append(keys)
+        self._new_keys.append(_distinct(np.concatenate(new)))
         if c["items"] == 0:
             raise DatagenError(f"{source}: benchmark '{b.name}' has no records")
         if c["values"] == 0:
@@ -226,6 +245,31 @@ class Decontaminator:
                 f"{', '.join(b.fields)} found in the records of {source}"
             )
         self.loaded[b.name] = {**c, "source": source}
+
+    def _value_keys(
+        self, values: list[str], lengths: set[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(word count of each value, keys of the n-grams of the values with >= n words, keys
+        of the whole word sequence of the values with min_short..n-1 words), all values
+        tokenised and hashed at once; ``lengths`` gets the sequence lengths indexed."""
+        n = self.n
+        bounds = np.cumsum([0] + [len(v) + 1 for v in values])  # a value and its "\n"
+        hashes, starts, _ = self._words("\n".join(values))  # no word crosses a "\n"
+        value = np.searchsorted(bounds, starts, side="right") - 1  # of each word
+        counts = np.bincount(value, minlength=len(values))
+        first = np.cumsum(counts) - counts  # each value's first word
+        ngram = whole = np.zeros(0, dtype=np.uint64)
+        short_lengths = set(np.unique(counts[(counts >= self.min_short) & (counts < n)]).tolist())
+        for length, keys in windows(hashes, short_lengths | {n}, self._mult):
+            if length == n:
+                inside = value[: len(keys)] == value[n - 1 :]  # all n words in one value
+                ngram = keys[inside] ^ self._salt[n]
+                if inside.any():
+                    lengths.add(n)
+            if length in short_lengths:
+                whole = np.concatenate([whole, keys[first[counts == length]] ^ self._salt[length]])
+                lengths.add(length)
+        return counts, ngram, whole
 
     def warnings(self) -> list[str]:
         """One line per benchmark with values too short to check (the stages print them)."""
@@ -255,10 +299,18 @@ class Decontaminator:
         if not self.lengths:
             return []
         hashes, starts, ends = self._words(text)
-        found = []
+        lengths, parts = [], []
         for length, keys in windows(hashes, self.lengths, self._mult):
-            for i, bench in self._index.lookup(keys ^ self._salt[length]):
-                found.append((int(starts[i]), int(ends[i + length - 1]), self.names[bench]))
+            lengths.append(length)
+            parts.append(keys ^ self._salt[length])
+        if not parts:
+            return []
+        offsets = np.cumsum([0] + [len(p) for p in parts])
+        found = []
+        for q, bench in self._index.lookup(np.concatenate(parts)):  # one lookup for all
+            j = int(np.searchsorted(offsets, q, side="right")) - 1
+            i, length = q - int(offsets[j]), lengths[j]
+            found.append((int(starts[i]), int(ends[i + length - 1]), self.names[bench]))
         return sorted(found)
 
     def check(self, text: str) -> DecontamResult:
@@ -293,14 +345,23 @@ class Decontaminator:
         return DecontamResult(matches=counts, text="\n\n".join(kept), pieces=n_pieces)
 
 
+def _distinct(keys: np.ndarray) -> np.ndarray:
+    """The distinct values of ``keys``, sorted (one sort: faster than np.unique here)."""
+    keys = np.sort(keys)
+    return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
+
+
 class _KeyIndex:
     """A set of uint64 keys with a value each, for vectorised lookups: the keys sorted (one
     searchsorted per query array), behind a bitmap of their top bits that rejects almost
     every key of a clean document without touching the sorted array."""
 
-    def __init__(self, table: dict[int, int]) -> None:
-        keys = np.fromiter(table.keys(), dtype=np.uint64, count=len(table))
-        values = np.fromiter(table.values(), dtype=np.int32, count=len(table))
+    def __init__(self, keys_by_value: list[np.ndarray]) -> None:
+        """``keys_by_value[v]``: the keys whose value is v (disjoint sets)."""
+        keys = np.concatenate([np.zeros(0, dtype=np.uint64), *keys_by_value])
+        values = np.repeat(
+            np.arange(len(keys_by_value), dtype=np.int32), [len(k) for k in keys_by_value]
+        )
         order = np.argsort(keys)
         self.keys, self.values = keys[order], values[order]
         # >= 32 bits per key: ~3% of absent keys pass the bitmap

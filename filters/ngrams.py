@@ -65,7 +65,6 @@ class WordHasher:
         self._size = 0
         self._pow: list[np.ndarray] = []  # base**i mod p
         self._inv: list[np.ndarray] = []  # base**-i mod p
-        self._psum: list[np.ndarray] = []  # sum of base**j for j < i (wrapping)
 
     def _grow(self, n: int) -> None:
         if self._size >= n:
@@ -73,27 +72,26 @@ class WordHasher:
         n = max(n, 2 * self._size, 1024)
         self._pow = [_powers(b, p, n) for p, b in zip(_PRIMES, _BASES, strict=True)]
         self._inv = [_powers(pow(b, -1, p), p, n) for p, b in zip(_PRIMES, _BASES, strict=True)]
-        self._psum = [np.concatenate([[_U64(0)], np.cumsum(pw)]) for pw in self._pow]
         self._size = n
 
     def spans(self, cp: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """uint64 hash of each word ``cp[starts[i]:ends[i]]``: per prime p, the sum over the
         word of (code point + 1) * base**(position in the word), mod p."""
         n = len(cp)
-        self._grow(n + 1)
+        self._grow(n)
         exact = not len(starts) or int((ends - starts).max()) <= _EXACT_WORD
+        v = cp + np.uint32(1)  # + 1: a code point 0 still counts
         out = np.zeros(len(starts), dtype=_U64)
+        prefix = np.zeros(n + 1, dtype=_U64)
         for k, p in enumerate(_PRIMES):
-            # sum of cp * base**i at absolute positions: the prefix sums wrap, but the
-            # difference over a word of at most _EXACT_WORD code points is exact
-            term = cp * self._pow[k][:n]
+            # terms at absolute positions; the prefix sums wrap, but their difference over a
+            # word of at most _EXACT_WORD code points is the exact sum
+            term = v * self._pow[k][:n]
             if not exact:  # a longer word: keep every term and prefix below 2**64
                 term %= _U64(p)
-            prefix = np.zeros(n + 1, dtype=_U64)
             np.cumsum(term, out=prefix[1:])
-            ones = self._psum[k]  # the "+ 1" of every code point
-            h = (prefix[ends] - prefix[starts]) % _U64(p) + (ones[ends] - ones[starts]) % _U64(p)
-            h = h % _U64(p) * self._inv[k][starts] % _U64(p)  # as if the word started at 0
+            h = (prefix[ends] - prefix[starts]) % _U64(p)
+            h = h * self._inv[k][starts] % _U64(p)  # as if the word started at 0
             out = (out << _U64(32)) | h
         return out
 

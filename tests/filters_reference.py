@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from filters import gopher
+from filters import constraints, gopher
 from filters.constraints import word_forms
 from filters.decontam import Decontaminator, benchmark_files, read_records
 from pipeline.config import DecontamConfig, GopherQualityConfig
@@ -153,6 +153,10 @@ def covered_words(required: list[str], text: str) -> list[str]:
     return out
 
 
+class ConstraintFilter(constraints.ConstraintFilter):
+    covered = staticmethod(covered_words)
+
+
 # --------------------------------------------------------------------------- decontam.py
 _DTOKEN = re.compile(r"\w+")
 
@@ -208,14 +212,12 @@ def _walk(obj: Any, parts: list[str]) -> Iterator[str]:
         yield from _walk(obj[parts[0]], parts[1:])
 
 
-class ReferenceDecontaminator:
+class ReferenceDecontaminator(Decontaminator):
     """The old index (xxh3 word keys, one sorted table per sequence length) and matching, over
-    the benchmarks of ``cfg`` read from their local files."""
+    the benchmarks of ``cfg`` read from their local files (the rest is inherited)."""
 
     def __init__(self, cfg: DecontamConfig) -> None:
-        self.cfg = cfg
-        self.n = cfg.ngram
-        self.min_short = min(cfg.min_short_words, self.n)
+        super().__init__(cfg)
         self._keys = _NgramKeys(self.n)
         self.names: list[str] = []
         building: dict[int, dict[int, int]] = {}
@@ -241,6 +243,9 @@ class ReferenceDecontaminator:
                             table = building.setdefault(length, {})
                             for key in self._keys(words, length).tolist():
                                 table.setdefault(key, number)
+        # keys each benchmark brought first (the old "ngrams" + "whole" counts)
+        firsts = [v for table in building.values() for v in table.values()]
+        self.first_keys = {name: firsts.count(i) for i, name in enumerate(self.names)}
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for length, table in building.items():
             keys = np.fromiter(table.keys(), dtype=np.uint64, count=len(table))
@@ -263,5 +268,3 @@ class ReferenceDecontaminator:
             for i in np.flatnonzero(table[pos] == keys).tolist():
                 found.append((ms[i].start(), ms[i + length - 1].end(), self.names[ids[pos[i]]]))
         return sorted(found)
-
-    check = Decontaminator.check  # unchanged: the GPT-3 cut rule over _matches

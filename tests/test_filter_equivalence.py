@@ -87,6 +87,7 @@ def _quoting(texts: list[str]) -> list[str]:
 def test_decontamination_equals_the_previous_implementation(texts, mode):
     cfg = DecontamConfig(mode=mode)
     new, old = Decontaminator(cfg), ref.ReferenceDecontaminator(cfg)
+    assert {b: c["ngrams"] + c["whole"] for b, c in new.loaded.items()} == old.first_keys
     docs = texts + _quoting(texts) + [m["text"] for m in openstax_modules()]
     matched = 0
     for i, t in enumerate(docs):
