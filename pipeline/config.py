@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from pipeline import PROJECT_ROOT
+from pipeline import PROJECT_ROOT, dotted
 from pipeline.errors import DatagenError
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
@@ -546,24 +546,22 @@ class PipelineConfig(Section):
         return self
 
     def project_path(self, p: str) -> Path:
-        """Resolve a data/prompt path: absolute, relative to cwd if it exists, else to the
-        project root (so defaults work from any directory)."""
-        path = Path(p).expanduser()
-        if path.is_absolute() or path.exists():
-            return path
-        return PROJECT_ROOT / path
+        return project_path(p)
 
     def section_hash(self, *keys: str) -> str:
         """Hash of the named config sections: a stage's identity for 'finished with this config'."""
         dump = self.model_dump(mode="json")
-        payload = {k: _get(dump, k) for k in keys}
+        payload = {k: dotted.get(dump, k) for k in keys}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d[part]
-    return d
+def project_path(p: str) -> Path:
+    """Resolve a data/prompt path: absolute, relative to cwd if it exists, else to the
+    project root (so defaults work from any directory)."""
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return PROJECT_ROOT / path
 
 
 def _allowed_keys(model: type[BaseModel]) -> str:
