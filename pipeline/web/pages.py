@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import PrivateAttr
 
-from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
+from filters.gopher import GopherRepetitionFilter
 from filters.lid import LanguageIdFilter
 from pipeline.config import GopherQualityConfig, GopherRepetitionConfig, WebConfig
 from pipeline.records import Document, stable_id
@@ -41,6 +41,7 @@ class Page(Document):
     _rec: WebRecord | None = PrivateAttr(None)
     _html: bool = PrivateAttr(False)
     _page_text: str | None = PrivateAttr(None)
+    _page_words: list[str] | None = PrivateAttr(None)
     _raw_words: int = PrivateAttr(0)
 
     @property
@@ -62,6 +63,12 @@ class Page(Document):
         if self._page_text is None:
             self._page_text = page_text(self.text) if self._html else self.text
         return self._page_text
+
+    def page_words(self) -> list[str]:
+        """The whitespace words of :meth:`page_text` (split once for every pre-check)."""
+        if self._page_words is None:
+            self._page_words = self.page_text().split()
+        return self._page_words
 
     def output(self) -> Page:
         """As written: a page dropped before extraction keeps its visible text (when the
@@ -173,7 +180,7 @@ class PageLanguageFilter:
     def score(self, page: Page) -> dict[str, float]:
         if not page.is_html:
             return {}
-        words = page.page_text().split()[: self.max_words]
+        words = page.page_words()[: self.max_words]
         if not words:
             return {"page_words": 0.0}
         preds = dict(self.lid.predict(" ".join(words)))
@@ -189,20 +196,22 @@ class PageLanguageFilter:
 
 
 class PageWordsFilter:
-    """Gopher's word count and stop-word rules (``web.gopher_quality``) on the page's visible
-    text: extraction only removes text, so a page under either bound stays under it."""
+    """Gopher's word count and stop-word rules (``web.gopher_quality``: at least
+    ``min_words`` words and ``min_stop_words`` stop words) on the page's visible text:
+    extraction only removes text, so a page under either bound stays under it."""
 
     family = "precheck"
 
     def __init__(self, cfg: GopherQualityConfig) -> None:
         self.cfg = cfg
-        self.gopher = GopherQualityFilter(cfg)
+        self.stop = frozenset(w.lower() for w in cfg.stop_words)
 
     def score(self, page: Page) -> dict[str, float]:
         if not page.is_html:
             return {}
-        s = self.gopher.score(page.page_text())
-        return {"n_words": s["n_words"], "stop_words": s["stop_words"]}
+        words = page.page_words()
+        stop = sum(1 for w in words if w.lower() in self.stop)
+        return {"n_words": float(len(words)), "stop_words": float(stop)}
 
     def keep(self, s: dict[str, float]) -> str | None:
         if not s:
