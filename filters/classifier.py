@@ -32,19 +32,14 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def load_fasttext(path: Path, what: str = "") -> Any:
-    """A fastText model file (quality classifier or language id), its load warning silenced;
-    an unreadable file is one DatagenError line naming ``what`` (a config key) and the path."""
+def _load_fasttext(path: Path) -> Any:
     import fasttext
 
-    fasttext.FastText.eprint = lambda *a, **k: None  # a warning per load on stderr
-    where = f"{what}: {path}" if what else str(path)
-    if not path.is_file():
-        raise DatagenError(f"{where}: no such model file")
+    fasttext.FastText.eprint = lambda *a, **k: None  # silence the load_model warning
     try:
         return fasttext.load_model(str(path))
     except (ValueError, MemoryError, RuntimeError) as e:
-        raise DatagenError(f"{where}: not a fastText model ({e})") from None
+        raise DatagenError(f"{path}: not a fastText model ({e})") from None
 
 
 class QualityClassifier:
@@ -52,7 +47,7 @@ class QualityClassifier:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise DatagenError(f"{self.model_path}: fastText model file not found")
-        self.model = load_fasttext(self.model_path)
+        self.model = _load_fasttext(self.model_path)
         self.labels = list(self.model.get_labels())
         if not positive_label.startswith("__label__"):
             positive_label = f"__label__{positive_label}"

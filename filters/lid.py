@@ -13,7 +13,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from filters.classifier import load_fasttext
+from filters.fasttext_io import load_fasttext
 from pipeline.errors import DatagenError
 from pipeline.records import Document
 

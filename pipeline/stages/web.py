@@ -188,8 +188,7 @@ def preflight(cfg: PipelineConfig) -> None:
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     from pipeline.stages.filter import classifier_choice
 
-    preflight(cfg)  # a bad path fails first
-    sources = resolve_inputs(cfg.web.inputs, cfg.web.format)
+    sources = resolve_inputs(cfg.web.inputs, cfg.web.format)  # a bad path fails first
     run.require_finished("train_classifier", "web")
     folder = run.stage_dir("web")
     if not sources:
