@@ -3,8 +3,8 @@ sources (``classifier.source``):
 
 - ``reference`` (default): positives are reference text (``classifier.reference``, by default
   the OpenStax set shipped in data/reference), negatives a seeded sample of web pages as the
-  web stage would extract them (``web.inputs`` read here with the web readers, extractor and
-  language id; or the pool in ``classifier.negatives``), balanced, deduplicated against each
+  web stage would extract them (``web.inputs`` read here with the web stage's record, extract and
+  language steps; or the pool in ``classifier.negatives``), balanced, deduplicated against each
   other and cut to the same lengths (``pipeline.classifier_data``), trained with DCLM's
   fastText settings. Reference documents are split whole into train / test / eval; the eval
   documents (``reference_eval.jsonl.zst``, the ablation's clean eval text) are never used by
@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ from pipeline.classifier_data import (
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.executor import ShardJob, make_executor, run_shards, worker_cached
-from pipeline.records import Document, stable_id
+from pipeline.records import Document
 from pipeline.runs import Run, read_jsonl, read_shards
 from pipeline.shards import RecordWriter
 from pipeline.stages.annotate import ANNOTATIONS, Annotation
@@ -78,6 +79,7 @@ POOL_KEYS = (
     "web.languages",
     "web.lang_min_score",
     "web.lid_model",
+    "web.max_records",
 )
 DEDUP_KEYS = ("dedup.num_perm", "dedup.ngram", "dedup.threshold", "dedup.bands")
 
@@ -155,7 +157,8 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
 def _given_model(cfg: PipelineConfig, console: Console) -> dict[str, Any]:
     c = cfg.classifier
     path = cfg.project_path(c.model_path)
-    clf = QualityClassifier(path, c.positive_label)  # DatagenError if missing / wrong label
+    # DatagenError if missing / wrong label
+    clf = QualityClassifier(path, c.positive_label, "classifier.model_path")
     console.print(f"train_classifier: using {path} (labels {', '.join(clf.labels)})")
     return {
         "source": "model_path",
@@ -262,78 +265,60 @@ def _pool_sources(cfg: PipelineConfig) -> list[Any]:
     return resolve_inputs(items, cfg.web.format)
 
 
-def _page_text(rec: Any, extractor: Any) -> str:
-    """A web record's main text as the web stage extracts it ('' when there is none)."""
-    from pipeline.web.extract import decode_html, is_binary, is_html, nonblank_lines
-
-    if rec.text is not None:  # WET, JSONL, parquet: already text (lone surrogates replaced)
-        return nonblank_lines(rec.text.encode("utf-8", "replace").decode("utf-8"))
-    payload = rec.payload or b""
-    if rec.http_status is not None and not 200 <= rec.http_status < 300:
-        return ""
-    if not payload.strip() or is_binary(payload) or not is_html(rec.content_type, payload):
-        return ""
-    try:
-        return extractor(decode_html(payload, rec.charset).text, rec.url)
-    # lxml and trafilatura raise assorted errors on pathological markup (as in the web stage)
-    except (ValueError, TypeError, RecursionError, AttributeError, KeyError, IndexError):
-        return ""
-
-
-def _pool_tools(cfg: PipelineConfig) -> tuple[Any, Any]:
+def pool_steps(cfg: PipelineConfig) -> list[Any]:
+    """The web stage's own steps up to its language filter (record checks and decoding, main
+    text extraction, language id), so that a negative is a page as the web stage extracts it,
+    before any quality rule."""
     from filters.lid import LanguageIdFilter
-    from pipeline.web.extract import Extractor
+    from pipeline.web.extract import ExtractStep
+    from pipeline.web.pages import LanguageStep, RecordStep
 
     w = cfg.web
     lid_path = cfg.project_path(w.lid_model) if w.lid_model else ""
-    return (
-        Extractor(w.extractor, include_tables=w.include_tables, fast=w.trafilatura_fast),
-        LanguageIdFilter(w.languages, w.lang_min_score, lid_path),
-    )
+    steps = [
+        RecordStep(),
+        ExtractStep(w.extractor, w.include_tables, w.trafilatura_fast),
+        LanguageStep(LanguageIdFilter(w.languages, w.lang_min_score, lid_path)),
+    ]
+    for step in steps:
+        step.setup()
+    return steps
 
 
 def negatives_shard(job: ShardJob) -> Stats:
     """One pool file: read its records, keep a seeded ``classifier.negative_fraction`` of
-    them, extract, keep the pages in ``web.languages``; write them as web Documents."""
-    from pipeline.web.readers import InputSource, ReadStats, iter_source
+    them, run the web stage's record, extract and language steps; write the pages in
+    ``web.languages`` as web Documents."""
+    from pipeline.shards import batched
+    from pipeline.steps import run_steps
+    from pipeline.web.pages import read_pages
+    from pipeline.web.readers import InputSource, ReadStats
 
     p = job.payload
     cfg = PipelineConfig.model_validate(p["config"])
-    w, c = cfg.web, cfg.classifier
-    extractor, lid = worker_cached(f"train_classifier:{p['key']}", lambda: _pool_tools(cfg))
+    steps = worker_cached(f"train_classifier:{p['key']}", lambda: pool_steps(cfg))
     src = InputSource(**p["source"])
     read = ReadStats()
     stats = Stats()
     name = "/".join(Path(src.path).parts[-3:])
-    out = Path(job.stage_dir) / f"part-{job.name}.jsonl.zst"
-    with RecordWriter(out) as writer:
-        for rec in iter_source(
-            src, read, w.text_field, w.url_field, w.date_field, w.hf_split, w.hf_config or None
-        ):
+    frac = cfg.classifier.negative_fraction
+
+    def sampled() -> Iterator[Any]:
+        for page in read_pages(src, read, cfg.web):
             stats.add("records")
-            if unit_hash(cfg.seed, "pool", name, rec.offset, rec.record_id) >= c.negative_fraction:
-                continue
-            stats.add("sampled")
-            text = _page_text(rec, extractor)
-            if not text:
-                stats.add("no_text")
-                continue
-            if lid.keep(lid.score(text)) is not None:
-                stats.add("other_language")
-                continue
-            stats.add("pages")
-            writer.write(
-                Document(
-                    id=stable_id(name, rec.offset, rec.record_id, rec.url, prefix="web-"),
-                    text=text,
-                    source="web",
-                    url=rec.url,
-                    source_file=rec.source_file,
-                    warc_record_id=rec.record_id,
-                    offset=rec.offset,
-                    fetch_date=rec.fetch_date,
-                )
-            )
+            if unit_hash(cfg.seed, "pool", name, page.offset, page.warc_record_id) < frac:
+                stats.add("sampled")
+                yield page
+
+    with RecordWriter(Path(job.stage_dir) / f"part-{job.name}.jsonl.zst") as writer:
+        for batch in batched(sampled(), cfg.web.batch_size):
+            kept, dropped = run_steps(steps, batch, Stats())
+            for d in dropped:
+                fam = (d.drop_reason or "").split(".", 1)[0]
+                stats.add("other_language" if fam == "lid" else "no_text")
+            for d in kept:
+                stats.add("pages")
+                writer.write(d)
     for kind, n in read.errors.items():
         stats.add(f"read_errors.{kind}", n)
     return stats
