@@ -9,9 +9,10 @@ smallest corpus's size), from the run's stage outputs:
   ``precheck.empty`` drops; a page the pre-extraction Gopher checks dropped counts with its
   visible text): no quality filter;
 - ``heuristics``: the pages that passed the Gopher / C4 / FineWeb / blocklist steps (kept, or
-  dropped later as ``quality.*``, ``dedup.*``, ``decontam.*``);
+  dropped later as ``quality.*`` or ``decontam.*``);
 - ``classifier``: the pages that passed the quality classifier too (kept, or dropped later as
-  ``dedup.*`` / ``decontam.*``);
+  ``decontam.*``; the dedup stage's drops are not removed: dedup comes after every corpus
+  but the emitted mix);
 - ``synthetic``: the filter stage's kept synthetic documents;
 - ``synthetic+web``: the emitted mix (``emit/tokens/train``, repeats as emitted).
 
@@ -69,7 +70,7 @@ PRE_RAW = ("extract", "lid")
 # (precheck.n_words, ...) fails the heuristics and counts as raw with the visible text it keeps
 PRE_RAW_PRECHECK = ("precheck.language", "precheck.empty")
 QUALITY = ("quality",)
-AFTER_QUALITY = ("dedup", "decontam")
+AFTER_QUALITY = ("decontam",)
 REFERENCE, VAL = "reference", "val"
 ABOUT = {
     "raw": "web pages with extracted text in web.languages, no quality filter",

@@ -200,8 +200,10 @@ def test_web_levels_follow_the_drop_reason_of_each_page(finished_run):
     assert levels == {0, 1, 2, 3}
     for d in pages:
         fam = (d.drop_reason or "").split(".")[0]
-        if fam in ("extract", "lid"):
+        if fam in ("extract", "lid") or d.drop_reason in ("precheck.language", "precheck.empty"):
             assert web_level(d) == 0
+        elif fam == "precheck":  # Gopher's bounds before extraction: raw, with the visible text
+            assert web_level(d) == (1 if d.text.strip() else 0)
         elif fam == "quality":
             assert web_level(d) == 2
         elif d.drop_reason is None:

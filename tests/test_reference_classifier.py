@@ -27,7 +27,8 @@ from pipeline.classifier_data import (
 )
 from pipeline.config import load_config
 from pipeline.errors import DatagenError
-from pipeline.runs import Run, read_jsonl
+from pipeline.records import Document
+from pipeline.runs import Run, read_jsonl, read_shards
 from pipeline.stages import BY_NAME, _run_one, stage_hash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,6 +174,26 @@ def test_reference_classifier_reaches_f1_0_8_on_its_held_out_split(trained):
     )
     assert (run.path / "train_classifier" / m["model_file"]).exists()
     assert m["model_file"] == "model.ftz" and m["quantized"]
+
+
+def test_on_the_default_run_the_web_stage_drops_pages_as_quality(trained):
+    """The web stage with every default after the default train_classifier: the reference
+    classifier decides, pages under web.min_quality are dropped as quality.low_score."""
+    run, m = trained
+    cfg = load_config([f"run.root={run.path.parent}", "run.name=t", "executor.workers=1"])
+    spec = BY_NAME["web"]
+    wm = _run_one(cfg, run, spec, stage_hash(cfg, run, spec), Console(quiet=True))
+    low = wm["drop_reasons"].get("quality.low_score", 0)
+    assert low > 0 and m["applied"]
+    kept = list(read_shards(run.path / "web", Document))
+    dropped = [
+        d
+        for d in read_shards(run.path / "web" / "dropped", Document)  # web.keep_dropped default
+        if d.drop_reason == "quality.low_score"
+    ]
+    assert len(dropped) == low
+    assert all(d.scores["classifier.prob"] < cfg.web.min_quality for d in dropped)
+    assert kept and all(d.scores["classifier.prob"] >= cfg.web.min_quality for d in kept)
 
 
 def test_the_ablation_eval_documents_are_never_used_by_the_classifier(trained):
