@@ -461,13 +461,16 @@ def classifier_view(
                 cut=hs["min_score"],
             )
         )
+    # the stage that cut at the score: web pages at web.min_quality, synthetic documents at
+    # classifier.min_score (kept ones may come from the dedup stage's output)
     cuts = {"filter": cfg.classifier.min_score, "web": cfg.web.min_quality}
     sides: dict[str, Any] = {}
     for stage, cut in cuts.items():
         probs, flags = [], []
         for is_kept, docs in ((True, kept), (False, dropped)):
             for d in docs:
-                q = quality_of(d["scores"]) if d["stage"] == stage else None
+                mine = (d["origin"] == "web") == (stage == "web")
+                q = quality_of(d["scores"]) if mine else None
                 if q is not None:
                     probs.append(q)
                     flags.append(is_kept)

@@ -234,7 +234,7 @@ def test_the_pool_and_the_reference_files_are_part_of_the_stage_identity(tmp_pat
 
     other_web = "web.inputs=[../shared/data/web/ccnet_text]"
     assert h() != h(other_web)
-    assert h("web.workers=1") == h()  # how the web stage runs is not what the pool holds
+    assert h("web.batch_size=7") == h()  # how the web stage runs is not what the pool holds
     assert h("classifier.source=teacher") == h("classifier.source=teacher", other_web)
     ref = tmp_path / "ref.jsonl"
     ref.write_text(json.dumps({"text": shipped()[0]["text"]}) + "\n")
