@@ -462,8 +462,14 @@ def classifier_view(
             )
         )
     # the stage that cut at the score: web pages at web.min_quality, synthetic documents at
-    # classifier.min_score (kept ones may come from the dedup stage's output)
-    cuts = {"filter": cfg.classifier.min_score, "web": cfg.web.min_quality}
+    # classifier.min_score, as the run's manifests say (kept ones may come from the dedup
+    # stage's output)
+    fm = (run.read_manifest("filter") or {}).get("classifier") or {}
+    wm = (run.read_manifest("web") or {}).get("quality") or {}
+    cuts = {
+        "filter": fm.get("min_score", cfg.classifier.min_score),
+        "web": wm.get("min_quality", cfg.web.min_quality),
+    }
     sides: dict[str, Any] = {}
     for stage, cut in cuts.items():
         probs, flags = [], []
