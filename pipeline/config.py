@@ -167,6 +167,19 @@ class TeacherConfig(Section):
         return None if p is None else p.for_mode(self.mode)
 
 
+class GenerateConfig(Section):
+    """generate's handling of code exercises (format ``code_exercises``)."""
+
+    # a failing exercise (tests failed, timed out, errored, or an answer that did not parse)
+    # goes back to the teacher with its failing output, once per round; the answer is checked
+    # again. Each round is one more request per failing item (cached and budgeted)
+    repair_rounds: int = Field(0, ge=0, le=10)
+    # the answer's form: json_object = llama.cpp's grammar from the schema, json_schema =
+    # OpenAI / vLLM structured outputs, off = the prompt alone; auto = json_object on the
+    # embedded teacher, json_schema on any teacher.base_url
+    structured: str = Field("auto", pattern="^(auto|off|json_object|json_schema)$")
+
+
 class BudgetConfig(Section):
     max_cost_usd: float | None = Field(None, ge=0)
 
@@ -520,6 +533,7 @@ class PipelineConfig(Section):
     dry_run: bool = False
     plan: PlanConfig = PlanConfig()
     teacher: TeacherConfig = TeacherConfig()
+    generate: GenerateConfig = GenerateConfig()
     budget: BudgetConfig = BudgetConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     classifier: ClassifierConfig = ClassifierConfig()

@@ -53,6 +53,7 @@ class CodeExercise(BaseModel):
     runtime_s: float | None = None  # sandbox wall clock, interpreter start-up included
     error: str | None = None  # the traceback or limit hit (redacted, its tail)
     isolation: Isolation | None = None  # how the sandbox ran it
+    repairs: int = 0  # repair rounds this exercise took (generate.repair_rounds)
 
 
 class Document(BaseModel):

@@ -75,6 +75,46 @@ def test_generate_writes_real_text_from_the_embedded_teacher(tmp_path, port):
     assert wait_gone(port) == []  # the server was stopped at the end
 
 
+def test_code_exercises_from_the_embedded_teacher_are_verified_or_failed_with_reasons(
+    tmp_path, port
+):
+    """The schema becomes llama.cpp's grammar: every answer is the JSON object (a 135M model
+    fills it with prose, so most fail the code checks, each with its reason)."""
+    r = datagen(
+        "run",
+        "stage=generate",
+        "plan.n=3",
+        "plan.formats=[code_exercises]",
+        "teacher.concurrency=2",
+        f"teacher.local.port={port}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    gen = tmp_path / "runs/default/generate"
+
+    def read(name: str) -> list[dict]:
+        path = gen / name
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    docs, failures = read("outputs.jsonl"), read("failures.jsonl")
+    assert len(docs) + len(failures) == 3
+    for d in docs:
+        assert d["code"]["verified"] in {"passed", "failed", "timeout", "error"}
+        assert (d["code"]["error"] is None) == (d["code"]["verified"] == "passed")
+        assert d["text"].startswith("```python\n" + d["code"]["instruction"].rstrip())
+    for f in failures:
+        reason = f["reason"].removeprefix("unparsed: ")
+        assert reason != f["reason"] and reason.split(":")[0] in {
+            "instruction",
+            "solution",
+            "tests",
+        }
+    m = json.loads((gen / "manifest.json").read_text())
+    assert m["code"]["structured"] == "json_object" and m["code"]["sandbox"]["isolation"]
+    assert m["code"]["unparsed"] == len(failures)
+    assert wait_gone(port) == []
+
+
 def test_ctrl_c_stops_the_server_and_a_rerun_resumes(tmp_path, port):
     # 16 items: plenty still to do when the first one lands and Ctrl-C is sent
     args = [
