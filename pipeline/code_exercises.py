@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.records import CodeExercise
 from pipeline.sandbox import Sandbox, SandboxResult
+from pipeline.teacher.structured import schema_format
 
 FORMAT = "code_exercises"
 
@@ -49,16 +50,8 @@ ANSWER_SCHEMA: dict[str, Any] = CodeAnswer.model_json_schema()
 
 
 def response_format(mode: str) -> dict[str, Any] | None:
-    """The ``response_format`` request parameter: ``json_object`` (llama.cpp: a grammar from
-    the schema), ``json_schema`` (OpenAI / vLLM structured outputs), ``off`` (prompt only)."""
-    if mode == "json_object":
-        return {"type": "json_object", "schema": ANSWER_SCHEMA}
-    if mode == "json_schema":
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": "code_exercise", "schema": ANSWER_SCHEMA, "strict": True},
-        }
-    return None
+    """The ``response_format`` of an exercise request (``generate.structured``)."""
+    return schema_format(mode, "code_exercise", ANSWER_SCHEMA)
 
 
 class UnparsedAnswer(ValueError):

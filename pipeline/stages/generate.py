@@ -74,6 +74,7 @@ from pipeline.teacher import (
     run_batch,
     spend_report,
 )
+from pipeline.teacher.structured import structured_mode as _structured_mode
 
 CONFIG_KEYS = ("teacher.model", "teacher.max_tokens", "teacher.temperature", "teacher.top_p")
 OUTPUTS = "outputs.jsonl"
@@ -84,11 +85,8 @@ UNPARSED = "unparsed"  # the failure reason of an answer that is not a usable ex
 
 
 def structured_mode(cfg: PipelineConfig) -> str:
-    """How code exercises are asked for (``generate.structured``; auto: llama.cpp's grammar on
-    the embedded teacher, structured outputs on an OpenAI-compatible endpoint)."""
-    if cfg.generate.structured != "auto":
-        return cfg.generate.structured
-    return "json_schema" if cfg.teacher.urls() else "json_object"
+    """How code exercises are asked for (``generate.structured``)."""
+    return _structured_mode(cfg.generate.structured, cfg.teacher)
 
 
 def code_params(cfg: PipelineConfig) -> dict[str, Any]:
