@@ -31,6 +31,8 @@ class PlanItem(BaseModel):
     format: str
     words: list[str]
     seed_text: str | None = None  # optional web extract the request is grounded on
+    style: str = ""  # plan.styles ("" for formats whose template has no style)
+    features: list[str] = Field(default_factory=list)  # TinyStories story features
 
 
 # a code exercise's tests run against its solution in the sandbox (pipeline.sandbox): passed,
@@ -69,6 +71,8 @@ class Document(BaseModel):
     subject: str | None = None
     audience: str | None = None
     format: str | None = None
+    style: str | None = None
+    features: list[str] = Field(default_factory=list)
     required_words: list[str] = Field(default_factory=list)
     # generation provenance (synthetic)
     template: str | None = None

@@ -257,6 +257,8 @@ def make_job(
             audience=it.audience,
             words=it.words,
             seed_text=it.seed_text,
+            style=it.style,
+            features=it.features,
         ),
     )
 
@@ -286,6 +288,8 @@ def document(job: Job, c: Completion, checked: Checked | None = None) -> Documen
         topic=it.topic,
         subject=it.subject,
         audience=it.audience,
+        style=it.style or None,
+        features=it.features,
         format=it.format,
         required_words=it.words,
         template=job.template,
