@@ -125,7 +125,11 @@ def distinct(titles: list[str], threshold: float, seed: int) -> tuple[list[int],
 
     if not titles:
         return [], Counter()
-    params = MinHashParams(num_perm=128, ngram=1, threshold=threshold, seed=seed)
+    # titles are a few words: candidates cost little to verify, so the bands are set to miss
+    # a pair at the threshold once in a million (26 x 4 at 0.8), not the dedup stage's 1%
+    params = MinHashParams(
+        num_perm=128, ngram=1, threshold=threshold, seed=seed, min_recall=0.99999
+    )
     found = find_duplicates([normalised(t) for t in titles], params)
     drop: dict[int, str] = {}
     for c in found.clusters:  # each keeps its first member (equal quality: ties by id)

@@ -47,6 +47,13 @@ TOP_VALUES = 5  # most repeated values per axis in the manifest
 TEACHER_KEYS = ("teacher.model", "teacher.temperature", "teacher.top_p", "teacher.base_url")
 
 
+def preflight(cfg: PipelineConfig) -> None:
+    if cfg.plan.topics.expand:
+        from pipeline.teacher import check_teacher_config
+
+        check_teacher_config(cfg)
+
+
 def fingerprint(cfg: PipelineConfig) -> str:
     """The plan's templates (which formats draw a style) and, when the teacher expands the
     topics, its settings and the topics template."""
