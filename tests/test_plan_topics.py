@@ -163,5 +163,9 @@ def test_the_most_repeated_values_and_combinations_are_reported(tmp_path):
     c = m["combinations"]
     assert c["drawn"] == 300 and c["styled_formats"] == ["textbook"]
     n_pos = [sum(p in ps for ps in pos.values()) for p in ("NOUN", "VERB", "ADJ")]
-    stories = 2**6  # each subset of the six TinyStories features
-    assert c["available"] == 85 * 6 * ((4 + stories) + 1) * n_pos[0] * n_pos[1] * n_pos[2]
+    topics = len((ROOT / "data/topics.tsv").read_text().splitlines()) - 1
+    audiences = len((ROOT / "data/audiences.txt").read_text().splitlines())
+    styles = m["axes"]["style"]["distinct"]  # all of them were drawn in 300 requests
+    stories = 2 ** m["axes"]["feature"]["distinct"]  # each subset of the features
+    forms = (styles - 1 + stories) + 1  # textbook: a style (a story: features); exercises
+    assert c["available"] == topics * audiences * forms * n_pos[0] * n_pos[1] * n_pos[2]
