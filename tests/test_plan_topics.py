@@ -169,3 +169,43 @@ def test_the_most_repeated_values_and_combinations_are_reported(tmp_path):
     stories = 2 ** m["axes"]["feature"]["distinct"]  # each subset of the features
     forms = (styles - 1 + stories) + 1  # textbook: a style (a story: features); exercises
     assert c["available"] == topics * audiences * forms * n_pos[0] * n_pos[1] * n_pos[2]
+
+
+def test_web_extracts_are_paired_with_a_topic_that_fits_or_one_derived_from_them(
+    tmp_path, shared_data
+):
+    """The OpenStax Python modules as extracts: a module's own title is one of data/topics.tsv,
+    so a fitting topic is often that title (chance: one in the number of topics)."""
+    modules = (
+        shared_data / "text/openstax_python/introduction-python-programming.modules_text.jsonl"
+    )
+    title_of = {}
+    for line in modules.read_text().splitlines():
+        m = json.loads(line)
+        title_of[m["text"].strip()[:1500]] = m["title"]
+    base = ["run", "stage=plan", "plan.n=400", f"plan.seed_texts={modules}", "plan.seed_fraction=1"]
+    r = datagen(*base, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    items = [
+        json.loads(x) for x in (tmp_path / "runs/default/plan/plan.jsonl").read_text().splitlines()
+    ]
+    assert all(it["seed_text"] and it["topic"] for it in items)
+    own = sum(it["topic"] == title_of[it["seed_text"]] for it in items) / len(items)
+    n_topics = len((ROOT / "data/topics.tsv").read_text().splitlines()) - 1
+    assert own > 10 / n_topics, own  # drawn among the 5 that fit best: ~1 in 6 is its own
+
+    r = datagen(*base, "plan.seed_topic=derive", "run.name=derive", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    items = [
+        json.loads(x) for x in (tmp_path / "runs/derive/plan/plan.jsonl").read_text().splitlines()
+    ]
+    assert all(it["seed_text"] and it["topic"] == "" == it["subject"] for it in items)
+    from pipeline.prompting import PromptLibrary
+    from pipeline.records import PlanItem
+    from pipeline.stages.generate import make_job
+
+    prompts = PromptLibrary(ROOT / "prompts")
+    for it in items[:20]:
+        user = make_job(PlanItem.model_validate(it), prompts).messages[-1]["content"]
+        assert "the extract below is about" in user and it["seed_text"] in user
+        assert '""' not in user.split("\n")[0]  # no empty topic in quotes
