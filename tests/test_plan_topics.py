@@ -209,3 +209,38 @@ def test_web_extracts_are_paired_with_a_topic_that_fits_or_one_derived_from_them
         user = make_job(PlanItem.model_validate(it), prompts).messages[-1]["content"]
         assert "the extract below is about" in user and it["seed_text"] in user
         assert '""' not in user.split("\n")[0]  # no empty topic in quotes
+
+
+def test_the_review_page_shows_output_diversity_per_format_and_style(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.review import distinct_n, diversity_by_axis, opener, write_review
+
+    fake = FakeOpenAI()  # answers echo the prompt: they differ as the requests do
+    with ServerThread(fake) as srv:
+        r = datagen(
+            "run",
+            "stage=generate",
+            "plan.n=40",
+            f"teacher.base_url={srv.url}",
+            "teacher.model=fake-model",
+            cwd=tmp_path,
+        )
+    assert r.returncode == 0, r.stderr
+    outputs = [
+        json.loads(x)
+        for x in (tmp_path / "runs/default/generate/outputs.jsonl").read_text().splitlines()
+    ]
+    rows = diversity_by_axis(outputs)
+    styles = Counter(o["style"] for o in outputs if o["style"])
+    assert len(styles) > 1
+    assert {r["value"]: r["docs"] for r in rows if r["axis"] == "style"} == dict(styles)
+    formats = Counter(o["format"] for o in outputs)
+    assert {r["value"]: r["docs"] for r in rows if r["axis"] == "format"} == dict(formats)
+    for row in rows:
+        texts = [o["text"] for o in outputs if o[row["axis"]] == row["value"]]
+        assert row["d"] == [distinct_n(texts, n) for n in (1, 2, 3)]
+        assert row["openers"][0][1] == max(Counter(map(opener, texts)).values())
+    cfg = load_config([f"run.root={tmp_path / 'runs'}"])
+    page = write_review(cfg, "generate").read_text()
+    for value in [*styles, *formats]:
+        assert f"<td>{value.replace('&', '&amp;')}</td>" in page
