@@ -55,14 +55,15 @@ def preflight(cfg: PipelineConfig) -> None:
 
 
 def fingerprint(cfg: PipelineConfig) -> str:
-    """The plan's templates (which formats draw a style) and, when the teacher expands the
-    topics, its settings and the topics template."""
+    """Which formats draw a style (read from their templates) and, when the teacher expands
+    the topics, its settings and the topics template's source."""
     prompts = PromptLibrary(prompts_folder(cfg))
-    if not cfg.plan.topics.expand:
-        return prompts.fingerprint(cfg.plan.formats)
-    from pipeline.topics import TEMPLATE
+    prompts.check(cfg.plan.formats)
+    own = ",".join(f for f in cfg.plan.formats if "style" in prompts.variables(f))
+    if cfg.plan.topics.expand:
+        from pipeline.topics import TEMPLATE
 
-    own = prompts.fingerprint([*cfg.plan.formats, TEMPLATE]) + cfg.section_hash(*TEACHER_KEYS)
+        own += prompts.fingerprint([TEMPLATE]) + cfg.section_hash(*TEACHER_KEYS)
     return hashlib.sha256(own.encode()).hexdigest()[:16]
 
 
