@@ -151,3 +151,30 @@ def test_a_repair_round_fixes_failing_exercises_once_and_is_cached(tmp_path, pro
         r = datagen(*args(srv.url, "plan.n=12", "generate.repair_rounds=1"), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert fake.total == total  # nothing asked again
+
+
+def test_batch_mode_parses_exercises_and_leaves_verification_to_the_filter(tmp_path, problems):
+    from fake_batch_api import FakeBatchAPI
+
+    fake = FakeBatchAPI(answer=lambda b: exercise_answer(problems, b))
+    batch = [
+        "teacher.mode=batch",
+        "teacher.batch.poll_initial_s=0.05",
+        "teacher.batch.poll_max_s=0.2",
+    ]
+    with ServerThread(fake) as srv:
+        r = datagen(*args(srv.url, "plan.n=8", *batch, "generate.repair_rounds=1"), cwd=tmp_path)
+        assert r.returncode != 0 and "datagen: error: generate.repair_rounds" in r.stderr
+        assert fake.creates == 0 and not fake.files  # refused before anything was sent
+        r = datagen(*args(srv.url, "plan.n=8", *batch), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    gen = tmp_path / "runs/default/generate"
+    outputs, failures = read_jsonl(gen / "outputs.jsonl"), read_jsonl(gen / "failures.jsonl")
+    assert len(outputs) + len(failures) == 8
+    for o in outputs:
+        assert kind_of(o["messages"]) != "garbage"
+        assert o["code"]["verified"] is None and o["code"]["tests"]  # the filter verifies
+    assert all(f["reason"].startswith("unparsed: ") for f in failures)
+    assert json.loads((gen / "manifest.json").read_text())["code"]["verdicts"]["unverified"] == len(
+        outputs
+    )
