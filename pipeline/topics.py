@@ -213,7 +213,11 @@ async def _expand(
                 for job, node in zip(jobs, nodes, strict=True)
                 for t in answers.get(job.id, [])[: n * 2]  # a model that lists on and on
             ]
+            listed = len(children)
+            # a topic that only repeats its parent (a weak model's first answer) is no topic
+            children = [c for c in children if normalised(c.title) != normalised(c.path[-2])]
             keep, dropped = distinct([c.title for c in children], tc.near_threshold, cfg.seed)
+            dropped["exact"] += listed - len(children)
             nodes = [children[i] for i in keep]
             report["levels"].append(
                 {
@@ -221,7 +225,7 @@ async def _expand(
                     "requests": len(jobs),
                     "failed": stats.failed,
                     "cached": stats.cached,
-                    "listed": len(children),
+                    "listed": listed,
                     "duplicates_exact": dropped["exact"],
                     "duplicates_near": dropped["near"],
                     "kept": len(nodes),
