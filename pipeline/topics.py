@@ -172,6 +172,8 @@ async def _expand(
     sizes = [tc.per_subject] + ([tc.per_topic] if tc.per_topic else [])
     async with open_teacher(cfg, run, console, stage="plan") as teacher:
         for depth, n in enumerate(sizes, 1):
+            if not nodes:
+                break  # nothing to grow (the error below says why)
             answers: dict[str, list[str]] = {}
             jobs = [
                 Job(

@@ -244,3 +244,14 @@ def test_the_review_page_shows_output_diversity_per_format_and_style(tmp_path):
     page = write_review(cfg, "generate").read_text()
     for value in [*styles, *formats]:
         assert f"<td>{value.replace('&', '&amp;')}</td>" in page
+
+
+def test_dry_run_never_sends_topic_requests(tmp_path):
+    fake = FakeOpenAI(answer=TopicTeacher())
+    with ServerThread(fake) as srv:
+        r = datagen(
+            *EXPAND, f"teacher.base_url={srv.url}", "dry_run=true", "stage=generate", cwd=tmp_path
+        )
+    assert r.returncode != 0 and fake.total == 0
+    assert "datagen: error: dry_run: plan.topics.expand sends 40 topic requests" in r.stderr
+    assert "Traceback" not in r.stderr

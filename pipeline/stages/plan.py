@@ -159,8 +159,11 @@ class Axes:
         return len(self.topics) * len(self.audiences) * forms * self.word_choices(k)
 
 
-def read_axes(cfg: PipelineConfig, topics: list[dict[str, str]] | None = None) -> Axes:
-    """The axes of ``cfg.plan`` (``topics``: the expanded ones instead of plan.topics_file)."""
+def read_axes(
+    cfg: PipelineConfig, topics: list[dict[str, str]] | None = None, fit: bool = True
+) -> Axes:
+    """The axes of ``cfg.plan`` (``topics``: the expanded ones instead of plan.topics_file;
+    ``fit=False``: inputs checked only, extracts not matched to topics)."""
     pc = cfg.plan
     prompts = PromptLibrary(prompts_folder(cfg))
     prompts.check(pc.formats)
@@ -187,7 +190,7 @@ def read_axes(cfg: PipelineConfig, topics: list[dict[str, str]] | None = None) -
     )
     if pc.seed_texts:
         axes.seeds = _read_seed_texts(cfg.project_path(pc.seed_texts))
-        if pc.seed_topic == "match" and pc.seed_fraction > 0:
+        if fit and pc.seed_topic == "match" and pc.seed_fraction > 0:
             axes.fits = fitting_topics(axes.seeds, topics, pc.seed_topic_k)
     return axes
 
@@ -201,7 +204,10 @@ def fitting_topics(
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vec = TfidfVectorizer(stop_words="english", sublinear_tf=True)
-    t = vec.fit_transform([f"{r['subject']} {r['topic']}" for r in topics])
+    try:
+        t = vec.fit_transform([f"{r['subject']} {r['topic']}" for r in topics])
+    except ValueError:  # no topic has a word that is not a stop word: none fits
+        return [[] for _ in seeds]
     out: list[list[int]] = []
     for start in range(0, len(seeds), 256):  # a block of seeds x all topics at a time
         sims = (vec.transform(seeds[start : start + 256]) @ t.T).toarray()
@@ -376,7 +382,17 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     expansion: dict[str, Any] | None = None
     topics = None
     if cfg.plan.topics.expand:
-        read_axes(cfg, topics=[{"subject": "", "topic": ""}])  # bad input fails before requests
+        read_axes(cfg, [{"subject": "", "topic": ""}], fit=False)  # bad input: before requests
+        if cfg.dry_run:
+            from pipeline.topics import read_seeds
+
+            n = len(read_seeds(cfg))
+            tc = cfg.plan.topics
+            raise DatagenError(
+                f"dry_run: plan.topics.expand sends {n} topic requests, then up to "
+                f"{n * tc.per_subject if tc.per_topic else 0} more; dry_run sends nothing: run "
+                f"stage=plan without dry_run first (generate's estimate then uses that plan)"
+            )
         topics, expansion = expanded_topics(cfg, run, console)
     axes = read_axes(cfg, topics)
     counts = AxisCounts()
