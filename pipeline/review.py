@@ -279,8 +279,8 @@ def _reservoir(items: Iterable[dict], k: int, rng: random.Random) -> tuple[list[
 
 
 # --------------------------------------------------------------------------- statistics
-# where the stages store the quality classifier's probability: filter, web, then any *.quality
-QUALITY_KEYS = ("classifier.prob", "quality.p_positive", "classifier.quality")
+# the one name filter and web give the quality classifier's probability (then any *.quality)
+QUALITY_KEYS = ("classifier.prob",)
 
 
 def quality_of(scores: dict[str, float], key: str = "") -> float | None:
