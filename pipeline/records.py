@@ -104,3 +104,21 @@ class Failure(BaseModel):
     created_at: str = Field(default_factory=utc_now)
     template: str | None = None
     model: str | None = None
+
+
+# where the stages store the quality classifier's probability: filter, web, then any *.quality
+QUALITY_KEYS = ("classifier.prob", "quality.p_positive", "classifier.quality")
+
+
+def quality_of(scores: dict[str, float], key: str = "") -> float | None:
+    """A document's quality score: ``scores[key]`` if a key is given, else the first of
+    QUALITY_KEYS present, else the first score named ``*.quality``; None if there is none."""
+    if key:
+        return scores.get(key)
+    for k in QUALITY_KEYS:
+        if k in scores:
+            return scores[k]
+    for k in sorted(scores):
+        if k.endswith(".quality"):
+            return scores[k]
+    return None
