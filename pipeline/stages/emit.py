@@ -46,7 +46,15 @@ from rich.console import Console
 from pipeline.card import dataset_card
 from pipeline.config import MixEntry, PipelineConfig
 from pipeline.errors import DatagenError
-from pipeline.executor import Executor, JobFn, ShardJob, make_executor, run_shards, worker_cached
+from pipeline.executor import (
+    COMPLETIONS,
+    Executor,
+    JobFn,
+    ShardJob,
+    make_executor,
+    run_shards,
+    worker_cached,
+)
 from pipeline.records import QUALITY_KEYS, Document
 from pipeline.records import quality_of as scores_quality
 from pipeline.runs import Run, atomic_write_text, file_mode, read_shards, shard_paths
@@ -474,6 +482,21 @@ def write_shard(job: ShardJob) -> Stats:
 
 
 # --------------------------------------------------------------------------- driver
+def _upstream_key(run: Run) -> str:
+    return str((run.read_manifest("dedup") or {}).get("config_hash", ""))
+
+
+def _start_over_unless(out: Path, key: str) -> None:
+    """Resume only shards finished for this config and input: otherwise remove what an earlier
+    emit left (the driver moves a stale stage's folder away first; this guards direct calls)."""
+    stamp = out / ".identity"
+    if stamp.exists() and stamp.read_text() == key:
+        return
+    for sub in ("text", "tokens", COMPLETIONS, WORK):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    atomic_write_text(stamp, key)
+
+
 def _round(
     ex: Executor,
     console: Console,
@@ -497,6 +520,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     files, notes = _input_files(run)
     out = run.stage_dir("emit")
     work = out / WORK
+    _start_over_unless(out, cfg.section_hash(*CONFIG_KEYS) + _upstream_key(run))
     shards = plan_shards(files, cfg.executor.shard_docs)
     starts = np.cumsum([0] + [s.records for s in shards]).tolist()
     # the tokenize round's tasks are the input shards: their folder is named after the cut
