@@ -106,19 +106,11 @@ class Failure(BaseModel):
     model: str | None = None
 
 
-# where the stages store the quality classifier's probability: filter, web, then any *.quality
-QUALITY_KEYS = ("classifier.prob", "quality.p_positive", "classifier.quality")
+# the one name of the quality classifier's probability on every record (filter and web)
+QUALITY_KEY = "classifier.prob"
 
 
 def quality_of(scores: dict[str, float], key: str = "") -> float | None:
-    """A document's quality score: ``scores[key]`` if a key is given, else the first of
-    QUALITY_KEYS present, else the first score named ``*.quality``; None if there is none."""
-    if key:
-        return scores.get(key)
-    for k in QUALITY_KEYS:
-        if k in scores:
-            return scores[k]
-    for k in sorted(scores):
-        if k.endswith(".quality"):
-            return scores[k]
-    return None
+    """A document's quality score: ``scores[key]`` if a key is given (``emit.quality_key``),
+    else the classifier probability; None if the record has none."""
+    return scores.get(key or QUALITY_KEY)

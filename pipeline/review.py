@@ -439,7 +439,7 @@ def _side(run: Run, stages: list[str], kept: bool, k: int, seed: int) -> tuple[C
 
 
 def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
-    """Write the review page for ``stage`` (default: filter + web + dedup) and return its path.
+    """Write the review page for ``stage`` (default: filter, web and dedup) and return its path.
 
     One streaming pass per side: counts and histograms over every document, text statistics
     (distinct-n, near duplicates, first sentences) over a seeded sample of at most
@@ -447,7 +447,10 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
     run = Run(cfg.run.root, cfg.run.name)
     stages = _resolve_stages(run, stage)
     rcfg = cfg.review
-    kept_c, kept_s = _side(run, stages, True, rcfg.max_stats_docs, cfg.seed)
+    # dedup reads the kept documents of filter and web: when it ran, its kept set is the
+    # final one (each document counted once), and every stage's dropped ones are shown
+    kept_from = ["dedup"] if "dedup" in stages else stages
+    kept_c, kept_s = _side(run, kept_from, True, rcfg.max_stats_docs, cfg.seed)
     drop_c, drop_s = _side(run, stages, False, rcfg.max_stats_docs, cfg.seed)
     kept, dropped = kept_s.items(), drop_s.items()
     show_kept, show_dropped = kept[: rcfg.n], dropped[: rcfg.n]

@@ -60,7 +60,7 @@ from pipeline.executor import (
     run_shards,
     worker_cached,
 )
-from pipeline.records import Document
+from pipeline.records import QUALITY_KEY, Document
 from pipeline.runs import Run, atomic_write_bytes, atomic_write_json, read_json, shard_paths
 from pipeline.shards import (
     BinaryWriter,
@@ -87,7 +87,6 @@ CONFIG_KEYS = (
 )
 WORK = ".work"
 SOURCES = ("synthetic", "web")
-QUALITY_KEY = "classifier.prob"
 _MAX_GID = 2**32  # document numbers are packed two to a uint64 in the bucket round
 
 

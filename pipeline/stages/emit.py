@@ -55,7 +55,7 @@ from pipeline.executor import (
     run_shards,
     worker_cached,
 )
-from pipeline.records import QUALITY_KEYS, Document
+from pipeline.records import QUALITY_KEY, Document
 from pipeline.records import quality_of as scores_quality
 from pipeline.runs import Run, atomic_write_text, file_mode, read_shards, shard_paths
 from pipeline.shards import BinaryWriter, ShardSpec, batched, plan_shards, read_slices, save_npy
@@ -172,7 +172,7 @@ def _check_inputs(cfg: PipelineConfig, folder: Path, has_quality: Iterable[bool]
         raise DatagenError(f"{folder}: no kept documents to emit (did every document get dropped?)")
     raise DatagenError(
         f"emit.phases: no input document has a quality score "
-        f"({cfg.emit.quality_key or ', '.join(QUALITY_KEYS)}); set emit.quality_key or drop "
+        f"({cfg.emit.quality_key or QUALITY_KEY}); set emit.quality_key or drop "
         f"emit.phases"
     )
 
@@ -618,7 +618,7 @@ def _manifest(
             }
             for c, n in enumerate(meta.source_names)
         },
-        "quality_key": cfg.emit.quality_key or "auto (" + ", ".join(QUALITY_KEYS) + ", *.quality)",
+        "quality_key": cfg.emit.quality_key or QUALITY_KEY,
         "documents_with_quality": int(np.isfinite(meta.quality).sum()),
         "tokenizer": tok.info(),
         "multipliers": multipliers,
