@@ -366,7 +366,8 @@ in the stage output; counts, histograms and drop reasons over all of them, text 
 <h2 id="plots">Length and quality</h2>
 <div class="plots">{{ hist_len }}{{ hist_q }}</div>
 
-<h2 id="diversity">Diversity (kept, over the sample)</h2>
+<h2 id="diversity">Diversity (kept)</h2>
+<p class="meta">over the sample of {{ n_stats_kept }} kept documents</p>
 <table><tr><th>distinct-1</th><th>distinct-2</th><th>distinct-3</th>
 <th>near-duplicate rate (MinHash Jaccard &ge; {{ near_dup_threshold }})</th></tr>
 <tr><td class="num">{{ "%.3f"|format(d1) }}</td><td class="num">{{ "%.3f"|format(d2) }}</td>

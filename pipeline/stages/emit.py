@@ -14,7 +14,7 @@ around a plan (a killed emit resumes in the round it was in and redoes only unfi
             columns and text (a JSON heap with offsets) -> ``emit/.work/tokenize-<docs>/NNNNN/``
   plan      (driver) over the metadata only (no text): validation split, mix, phases, the
             seeded global shuffle, the output shards cut at ``emit.shard_tokens``
-  write     per output shard: its rows gathered from the memory-mapped work files, streamed
+  write     per output shard: its rows read at their offsets from the work files, streamed
             into the parquet and token shards batch by batch (``emit.batch_size`` documents)
 
 Output, under ``<run>/emit/``:
@@ -28,12 +28,12 @@ The same files, byte for byte, whichever executor and however many workers or in
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
 import os
 import shutil
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,14 @@ from pipeline.executor import (
 )
 from pipeline.records import QUALITY_KEY, Document
 from pipeline.records import quality_of as scores_quality
-from pipeline.runs import Run, atomic_write_text, file_mode, read_shards, shard_paths
+from pipeline.runs import (
+    Run,
+    atomic_write_text,
+    file_mode,
+    read_shards,
+    remove_stale_temps,
+    shard_paths,
+)
 from pipeline.shards import BinaryWriter, ShardSpec, batched, plan_shards, read_slices, save_npy
 from pipeline.steps import Stats
 from pipeline.tokenize import LoadedTokenizer, TokenShardWriter, load_tokenizer
@@ -410,28 +417,47 @@ def _split_stats(meta: Meta, docs: np.ndarray, reps: np.ndarray) -> dict[str, An
 
 # --------------------------------------------------------------------------- write
 class _WorkFiles:
-    """Documents' tokens and rows by number, from the tokenize round's memory-mapped work
-    files (the last ``size`` input shards kept open)."""
+    """Documents' tokens and rows by number, read from the tokenize round's work files at
+    their offsets (``pread``: what a task holds is what it asked for, where memory-mapped pages
+    would stay resident as it walks the corpus); the last ``size`` input shards kept open."""
 
-    def __init__(self, folders: list[str], starts: np.ndarray, dtype: np.dtype) -> None:
+    def __init__(
+        self, folders: list[str], starts: np.ndarray, dtype: np.dtype, size: int = 64
+    ) -> None:
         self.folders = folders
         self.starts = starts
         self.dtype = dtype
-        self._open = functools.lru_cache(maxsize=64)(self._load)
+        self.size = size
+        self._open: OrderedDict[int, tuple[np.ndarray, int, np.ndarray, int]] = OrderedDict()
 
-    def _load(self, shard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _shard(self, shard: int) -> tuple[np.ndarray, int, np.ndarray, int]:
+        if shard in self._open:
+            self._open.move_to_end(shard)
+            return self._open[shard]
         f = Path(self.folders[shard])
         t_off, r_off = np.load(f / "token_offsets.npy"), np.load(f / "row_offsets.npy")
-        tokens = np.memmap(f / "tokens.bin", dtype=self.dtype, mode="r")
-        rows = np.memmap(f / "rows.jsonl", dtype=np.uint8, mode="r")
-        return t_off, tokens, r_off, rows
+        t_fd, r_fd = os.open(f / "tokens.bin", os.O_RDONLY), os.open(f / "rows.jsonl", os.O_RDONLY)
+        self._open[shard] = (t_off * self.dtype.itemsize, t_fd, r_off, r_fd)
+        if len(self._open) > self.size:
+            _, (_, a, _, b) = self._open.popitem(last=False)
+            os.close(a)
+            os.close(b)
+        return self._open[shard]
 
     def get(self, g: int) -> tuple[np.ndarray, dict[str, Any]]:
         shard = int(np.searchsorted(self.starts, g, side="right")) - 1
-        t_off, tokens, r_off, rows = self._open(shard)
+        t_off, t_fd, r_off, r_fd = self._shard(shard)
         k = g - int(self.starts[shard])
-        row = json.loads(rows[r_off[k] : r_off[k + 1]].tobytes())
-        return np.asarray(tokens[t_off[k] : t_off[k + 1]]), row
+        a, b = int(t_off[k]), int(t_off[k + 1])
+        tokens = np.frombuffer(os.pread(t_fd, b - a, a), dtype=self.dtype)
+        a, b = int(r_off[k]), int(r_off[k + 1])
+        return tokens, json.loads(os.pread(r_fd, b - a, a))
+
+    def close(self) -> None:
+        while self._open:
+            _, (_, a, _, b) = self._open.popitem()
+            os.close(a)
+            os.close(b)
 
 
 def write_shard(job: ShardJob) -> Stats:
@@ -460,7 +486,7 @@ def write_shard(job: ShardJob) -> Stats:
                 rows.append({**row, "n_tokens": len(ids), "repeat": int(rep)})
             yield pa.Table.from_pylist(rows, schema=OUT_SCHEMA)
 
-    with TokenShardWriter(tok_path, dtype, p["tokenizer_id"]) as tw:
+    with contextlib.closing(files), TokenShardWriter(tok_path, dtype, p["tokenizer_id"]) as tw:
         sha = _write_parquet(text_path, tables(), OUT_SCHEMA)
     stats = Stats()
     stats.add("documents", len(docs))
@@ -574,6 +600,10 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
                     }
                 )
         write_run = _round(ex, console, "emit: write", write_shard, out, writes, "tokens", "tokens")
+    # what a worker that died mid-shard left (its shard was written again since): every task
+    # has finished, and nothing else writes here
+    for sub in ("text", "tokens"):
+        remove_stale_temps(out / sub)
     out_shards: dict[str, list[dict]] = {s: [] for s in plans}
     for w, rec in zip(writes, write_run.per_shard, strict=True):
         out_shards[w["split"]].append(rec["stats"]["info"]["shard"])
