@@ -430,12 +430,16 @@ def _resolve_stages(run: Run, stage: str | None) -> list[str]:
 
 
 def _side(run: Run, stages: list[str], kept: bool, k: int, seed: int) -> tuple[Counts, Sample]:
-    """One pass over one side of the stages' documents: counters over all, a sample of k."""
+    """One pass over one side of the stages' documents: counters over all, a sample of k
+    (per stage, then merged: the same as one pass over all of them)."""
     counts, sample = Counts(), Sample(k, seed)
     for s in stages:
+        c, smp = Counts(), Sample(k, seed)
         for d in _stage_docs(run, s, kept):
-            counts.add(d)
-            sample.add(d)
+            c.add(d)
+            smp.add(d)
+        counts.merge(c)
+        sample.merge(smp)
     return counts, sample
 
 

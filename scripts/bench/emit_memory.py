@@ -88,7 +88,7 @@ def replicate(src_run: Path, dest: Path, copies: int) -> int:
     return n
 
 
-def measure(run_dir: Path, workers: int) -> dict:
+def measure(run_dir: Path, workers: int, shard_docs: int) -> dict:
     cmd = [
         sys.executable,
         "-c",
@@ -96,6 +96,7 @@ def measure(run_dir: Path, workers: int) -> dict:
         f"run.root={run_dir.parent}",
         f"run.name={run_dir.name}",
         f"executor.workers={workers}",
+        *([f"executor.shard_docs={shard_docs}"] if shard_docs else []),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
@@ -123,6 +124,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", type=int, default=100, help="copies of the real run at 1x")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--shard-docs",
+        type=int,
+        default=0,
+        help="executor.shard_docs (0: the default config); e.g. 500 gives both sizes several "
+        "tokenize tasks, so both start every worker",
+    )
     ap.add_argument("--keep", type=Path, help="build the real run here (reused if present)")
     args = ap.parse_args()
 
@@ -140,7 +148,7 @@ def main() -> None:
         for label, copies in (("1x", args.base), ("10x", 10 * args.base)):
             run_dir = tmp / label / RUN_NAME
             n = replicate(real, run_dir, copies)
-            rows[label] = {"input_documents": n, **measure(run_dir, args.workers)}
+            rows[label] = {"input_documents": n, **measure(run_dir, args.workers, args.shard_docs)}
             print(label, json.dumps(rows[label]), flush=True)
             shutil.rmtree(tmp / label)
         ratio = rows["10x"]["tree_peak_mb"] / rows["1x"]["tree_peak_mb"]
