@@ -169,8 +169,11 @@ def test_the_review_page_shows_the_classifier_and_the_ablation(ablated):
     ]
     svgs = plots(page)
     heldout = svgs["held-out split: P(reference) of reference vs web examples"]
-    assert bars(heldout) == {"reference": hs["positive"], "web": hs["negative"]}
-    web = bars(svgs["web: classifier score of the sampled documents, kept vs dropped"])
+    assert bars(heldout) == {
+        "reference": {i: n for i, n in enumerate(hs["positive"]) if n},
+        "web": {i: n for i, n in enumerate(hs["negative"]) if n},
+    }
+    web = bars(svgs["web: classifier score of the reviewed documents, kept vs dropped"])
     assert sum(web["kept"]) > 0 and sum(web["dropped"]) > 0  # both sides of the cut
     m = json.loads((cwd / "runs/default/ablate/manifest.json").read_text())
     rows = table(page, "ablation-table")

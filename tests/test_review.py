@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,8 +21,16 @@ from markupsafe import escape
 
 from pipeline.config import load_config
 from pipeline.errors import DatagenError
-from pipeline.records import Document
-from pipeline.review import distinct_n, highlight, near_dup_rate, quality_of, write_review
+from pipeline.records import Document, quality_of
+from pipeline.review import (
+    Counts,
+    Sample,
+    _doc_view,
+    distinct_n,
+    highlight,
+    near_dup_rate,
+    write_review,
+)
 from pipeline.runs import Run, read_shards
 
 
@@ -120,12 +129,12 @@ def plots(dom: str) -> dict[str, str]:
     return dict(zip(found, svgs, strict=True))
 
 
-def bars(svg: str) -> dict[str, list[int]]:
-    """Counts per bin of each series of a histogram drawn by pipeline.review.bars_svg."""
+def bars(svg: str) -> dict[str, dict[int, int]]:
+    """{series: {bin: count}} of a histogram drawn by pipeline.review.histogram_svg."""
     out: dict[str, dict[int, int]] = {}
     for name, i, n in re.findall(r'data-series="([^"]+)" data-bin="(\d+)" data-count="(\d+)"', svg):
         out.setdefault(name, {})[int(i)] = int(n)
-    return {k: [v.get(i, 0) for i in range(10)] for k, v in out.items()}
+    return out
 
 
 def reasons(d: dict[str, int]) -> str:
@@ -162,10 +171,9 @@ def test_review_page_renders_in_chromium_with_funnel_plots_and_samples(reviewed)
         "most frequent openers",
     ):
         assert heading in text, heading
-    # the length and quality histograms are drawn, with bars
-    svgs = plots(dom)
-    for name in ("length (words, log scale)", "quality score"):
-        assert svgs[name].count("<rect") >= 3, name
+    # the two histograms are drawn, with bars
+    svgs = re.findall(r"<svg class=\"hist\".*?</svg>", dom, flags=re.S)
+    assert len(svgs) == 2 and all(s.count("<rect") >= 3 for s in svgs)
     # sampled documents: kept ones are in the stages' outputs, dropped ones show real reasons
     kept_ids = {d.id for d in read_shards(run.path / "dedup", Document)}
     shown = re.findall(r"id (\S+)\s+·\s+(?:filter|web|dedup)\s+·", text)
@@ -186,15 +194,17 @@ def test_review_page_shows_the_real_web_funnel(reviewed):
     assert rows[1:] == [
         [s["step"], f"{s['documents']:,}", f"{s['tokens']:,}", reasons(s["dropped"])] for s in steps
     ]
-    assert [r[0] for r in rows[1:]] == [
-        "read", "extract", "language", "blocklist", "heuristics",
-        "quality", "dedup", "decontam", "kept",
+    names = [r[0] for r in rows[1:]]
+    assert names == [
+        "read", "record", "blocklist", "precheck", "extract", "language", "heuristics",
+        "clean", "quality", "decontam",
     ]  # fmt: skip
     by_step = {s["step"]: s for s in steps}
     # web.min_quality drops some real pages; the heuristics drop many
     assert by_step["quality"]["dropped"]["quality.low_score"] > 0
     assert sum(by_step["heuristics"]["dropped"].values()) > 10
-    assert f"quality.low_score={by_step['quality']['dropped']['quality.low_score']}" in rows[6][3]
+    low = by_step["quality"]["dropped"]["quality.low_score"]
+    assert f"quality.low_score={low}" in rows[1 + names.index("quality")][3]
 
 
 def test_review_page_shows_every_stages_real_drop_counts(reviewed):
@@ -219,22 +229,27 @@ def test_review_page_shows_every_stages_real_drop_counts(reviewed):
 
 def test_review_page_shows_the_classifier_score_of_kept_and_dropped_pages(reviewed):
     """Both sides of the web stage's quality cut: every real page the classifier scored, kept
-    (at or above web.min_quality) and dropped, binned by its score, the cut drawn."""
+    (at or above the run's web.min_quality) and dropped, binned by its score, the cut drawn."""
     cfg, run, _, dom = reviewed
-    web = run.path / "web"
     cut = run.read_manifest("web")["quality"]["min_quality"]  # the run's, not the review's
     assert cut != cfg.web.min_quality
-    kept = [quality_of(d.scores) for d in read_shards(web, Document)]
-    dropped = [quality_of(d.scores) for d in read_shards(web / "dropped", Document)]
-    dropped = [q for q in dropped if q is not None]
-    assert kept and None not in kept and all(q >= cut for q in kept)
     low = run.read_manifest("web")["drop_reasons"]["quality.low_score"]
+    dropped = [
+        quality_of(d.scores)
+        for d in read_shards(run.path / "web" / "dropped", Document)
+        if quality_of(d.scores) is not None
+    ]
     assert sum(q < cut for q in dropped) == low > 0  # the pages the classifier dropped
+    # the kept side is what dedup kept (the final set), its web pages
+    kept = [quality_of(d.scores) for d in read_shards(run.path / "dedup", Document)]
+    kept = [q for q, d in zip(kept, read_shards(run.path / "dedup", Document), strict=True)
+            if d.source == "web"]  # fmt: skip
+    assert kept and all(q >= cut for q in kept)
 
-    def hist(qs: list[float]) -> list[int]:
-        return [sum(min(int(q * 10), 9) == i for q in qs) for i in range(10)]
+    def hist(qs: list[float]) -> dict[int, int]:
+        return dict(Counter(min(int(q * 20), 19) for q in qs))
 
-    svg = plots(dom)["web: classifier score of the sampled documents, kept vs dropped"]
+    svg = plots(dom)["web: classifier score of the reviewed documents, kept vs dropped"]
     assert bars(svg) == {"kept": hist(kept), "dropped": hist(dropped)}
     assert f"<title>cut at {cut:g}</title>" in svg
     assert "Quality classifier" in dom and "classifier-heldout" not in dom  # given: no split
@@ -322,3 +337,36 @@ def test_review_of_generate_reads_its_outputs_file(real_run, tmp_path):
     assert f"{n} kept and 0 dropped" in html_text and "Kept documents (3 sampled)" in html_text
     plan = [json.loads(line) for line in (run.path / "plan" / "plan.jsonl").open()]
     assert sum(str(escape(p["topic"])) in html_text for p in plan) >= 3
+
+
+def test_review_sample_and_counters_merge_into_the_one_pass_result(real_run):
+    """The review's statistics stream: counters and the bottom-k sample of two halves of the
+    real documents (in any order) merge into those of one pass over all of them."""
+    docs = [
+        _doc_view(d, s, kept)
+        for s in ("filter", "web", "dedup")
+        for kept in (True, False)
+        for d in read_shards(real_run.path / s / ("" if kept else "dropped"), Document)
+    ]
+    assert len(docs) > 100
+    one_c, one_s = Counts(), Sample(25, seed=3)
+    for d in docs:
+        one_c.add(d)
+        one_s.add(d)
+    halves = [(Counts(), Sample(25, seed=3)) for _ in range(2)]
+    for i, d in enumerate(reversed(docs)):
+        halves[i % 2][0].add(d)
+        halves[i % 2][1].add(d)
+    c = halves[1][0].merge(halves[0][0])
+    smp = halves[1][1].merge(halves[0][1])
+    assert (c.n, c.length, c.quality, c.reasons) == (
+        one_c.n,
+        one_c.length,
+        one_c.quality,
+        one_c.reasons,
+    )
+    assert c.n == len(docs) and sum(c.reasons.values()) == sum(not d["kept"] for d in docs)
+    assert [(d["stage"], d["id"]) for d in smp.items()] == [
+        (d["stage"], d["id"]) for d in one_s.items()
+    ]
+    assert len(one_s.items()) == 25 and len({d["stage"] for d in one_s.items()}) > 1

@@ -29,6 +29,8 @@ from pipeline.prompting import PromptLibrary, describe
 from pipeline.records import Document, Failure, stable_id, utc_now
 from pipeline.runs import STOPPED_BUDGET, JsonlAppender, Run, read_jsonl, repair_jsonl_tail
 from pipeline.secrets import env_secret, redact
+from pipeline.teacher.structured import schema_format
+from pipeline.teacher.structured import structured_mode as _structured_mode
 
 # teacher.base_url decides annotate.structured=auto (see structured_mode)
 CONFIG_KEYS = ("annotate", "teacher.model", "teacher.base_url", "classifier.model_path", "seed")
@@ -78,20 +80,11 @@ RATING_SCHEMA = {
 
 
 def structured_mode(cfg: PipelineConfig) -> str:
-    if cfg.annotate.structured != "auto":
-        return cfg.annotate.structured
-    return "off" if cfg.teacher.base_url else "json_object"
+    return _structured_mode(cfg.annotate.structured, cfg.teacher, endpoint="off")
 
 
 def response_format(mode: str) -> dict[str, Any] | None:
-    if mode == "json_object":
-        return {"type": "json_object", "schema": RATING_SCHEMA}
-    if mode == "json_schema":
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": "rating", "schema": RATING_SCHEMA, "strict": True},
-        }
-    return None
+    return schema_format(mode, "rating", RATING_SCHEMA)
 
 
 def parse_rating(text: str, structured: bool) -> tuple[int, str] | None:

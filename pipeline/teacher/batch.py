@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,15 +83,18 @@ def _counts(stats: BatchStats) -> str:
 async def run_batch(
     teacher: Teacher,
     jobs: Iterable[Job],
-    on_success: Callable[[Job, Completion], bool | None],
+    on_success: Callable[[Job, Completion], bool | None | Awaitable[bool | None]],
     on_failure: Callable[[Job, str, int], None],
     console: Console,
     label: str,
     total: int | None = None,
 ) -> BatchStats:
     """Send ``jobs`` with ``teacher.cfg.concurrency`` workers. ``on_success`` returns False for
-    an answer it could not use (counted as failed). A job whose request does not fit the
-    budget (``teacher.ledger``) is skipped and left pending; cached jobs still complete."""
+    an answer it could not use (counted as failed); it may return an awaitable (work on the
+    answer that sends more requests, such as a code exercise's repair rounds: its worker
+    waits for it). A job whose request does not fit the budget (``teacher.ledger``) is
+    skipped and left pending, also when ``on_success``'s own requests do not fit; cached
+    jobs still complete."""
     stats = BatchStats(cost_known=teacher.price is not None)
     it = iter(jobs)
     progress = make_progress(console)
@@ -100,6 +104,12 @@ async def run_batch(
         for job in it:
             try:
                 c = await teacher.complete(job.messages, job.params, item_id=job.id)
+                stats.tokens_in += c.prompt_tokens
+                stats.tokens_out += c.completion_tokens
+                stats.cached += c.cached
+                used = on_success(job, c)
+                if inspect.isawaitable(used):
+                    used = await used
             except BudgetExhausted:
                 stats.stopped_by_budget = True
                 stats.skipped_by_budget += 1
@@ -107,10 +117,7 @@ async def run_batch(
                 stats.failed += 1
                 on_failure(job, e.reason, e.attempts)
             else:
-                stats.tokens_in += c.prompt_tokens
-                stats.tokens_out += c.completion_tokens
-                stats.cached += c.cached
-                if on_success(job, c) is False:
+                if used is False:
                     stats.failed += 1
                 else:
                     stats.done += 1
