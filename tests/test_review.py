@@ -171,9 +171,10 @@ def test_review_page_renders_in_chromium_with_funnel_plots_and_samples(reviewed)
         "most frequent openers",
     ):
         assert heading in text, heading
-    # the two histograms are drawn, with bars
-    svgs = re.findall(r"<svg class=\"hist\".*?</svg>", dom, flags=re.S)
-    assert len(svgs) == 2 and all(s.count("<rect") >= 3 for s in svgs)
+    # the length and quality histograms are drawn, with bars (the classifier's follow)
+    svgs = plots(dom)
+    for name in ("length (words, log scale)", "quality score"):
+        assert svgs[name].count("<rect") >= 3, name
     # sampled documents: kept ones are in the stages' outputs, dropped ones show real reasons
     kept_ids = {d.id for d in read_shards(run.path / "dedup", Document)}
     shown = re.findall(r"id (\S+)\s+·\s+(?:filter|web|dedup)\s+·", text)
