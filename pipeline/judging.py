@@ -1,0 +1,80 @@
+"""What the teacher stages that judge or rewrite share: their prompt template, structured (JSON)
+answers under a schema, and the ids a stage already recorded (annotate, revise, reverse,
+preferences)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import DatagenError
+from pipeline.prompting import PromptLibrary
+from pipeline.runs import read_jsonl, repair_jsonl_tail
+
+
+def template(cfg: PipelineConfig, path: str, key: str) -> tuple[PromptLibrary, str]:
+    """The library and name of the template at config key ``key`` (one line if missing)."""
+    p = cfg.project_path(path).resolve()
+    if not p.is_file():
+        raise DatagenError(f"{key}: template {p} not found")
+    return PromptLibrary(p.parent), p.name.removesuffix(".j2")
+
+
+def structured_mode(setting: str, cfg: PipelineConfig) -> str:
+    """``auto``: json_object on the embedded teacher (llama.cpp grammar: a 135M model never
+    reaches a score line unconstrained), off elsewhere (not every server has structured
+    outputs)."""
+    if setting != "auto":
+        return setting
+    return "off" if cfg.teacher.base_url else "json_object"
+
+
+def response_format(mode: str, name: str, schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's response_format: llama.cpp's json_object + schema, or OpenAI/vLLM
+    structured outputs (json_schema)."""
+    if mode == "json_object":
+        return {"type": "json_object", "schema": schema}
+    if mode == "json_schema":
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": schema, "strict": True},
+        }
+    return None
+
+
+def parse_json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object in an answer: the whole text, else the outermost ``{...}`` in it (a
+    model not under a grammar wraps it in prose or a code fence); None when there is none."""
+    text = (text or "").strip()
+    for candidate in (text, text[text.find("{") : text.rfind("}") + 1]):
+        if not candidate:
+            continue
+        try:
+            obj = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+def int_field(obj: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    """``obj[key]`` as an integer in [lo, hi] (3.0 is a 3; 3.5 and True are not), else None."""
+    v = obj.get(key)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        return None
+    return v
+
+
+def recorded_ids(path: Path, model: type[BaseModel]) -> set[str]:
+    """The ids in a stage's JSONL file (its last line repaired if a kill cut it)."""
+    if not path.exists():
+        return set()
+    repair_jsonl_tail(path)
+    return {r.id for r in read_jsonl(path, model)}  # type: ignore[attr-defined]
