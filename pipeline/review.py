@@ -541,7 +541,7 @@ def _resolve_stages(run: Run, stage: str | None) -> list[str]:
         if stage not in DOC_STAGES:
             raise DatagenError(
                 f"review: stage '{stage}' has no documents to review "
-                f"(choose one of: {', '.join(DOC_STAGES)})"
+                f"(choose one of: {', '.join(DOC_STAGES)}, revise, reverse, preferences)"
             )
         if not _has_docs(run, stage):
             raise DatagenError(
@@ -560,6 +560,11 @@ def _resolve_stages(run: Run, stage: str | None) -> list[str]:
 
 def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
     """Write the review page for ``stage`` (default: filter + web) and return its path."""
+    from pipeline.review_recipes import STAGES as RECIPE_STAGES
+    from pipeline.review_recipes import write_recipe_review
+
+    if stage in RECIPE_STAGES:  # revise, reverse, preferences: pairs side by side
+        return write_recipe_review(cfg, stage)
     run = Run(cfg.run.root, cfg.run.name)
     stages = _resolve_stages(run, stage)
     rcfg = cfg.review
