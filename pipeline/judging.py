@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.prompting import PromptLibrary
-from pipeline.runs import read_jsonl, repair_jsonl_tail
+from pipeline.runs import atomic_write_bytes, read_jsonl, repair_jsonl_tail
 
 
 def template(cfg: PipelineConfig, path: str, key: str) -> tuple[PromptLibrary, str]:
@@ -78,3 +80,15 @@ def recorded_ids(path: Path, model: type[BaseModel]) -> set[str]:
         return set()
     repair_jsonl_tail(path)
     return {r.id for r in read_jsonl(path, model)}  # type: ignore[attr-defined]
+
+
+def write_dataset(path: Path, table: pa.Table) -> str | None:
+    """``table`` as a zstd parquet file (atomic), its name; with no rows there is no file
+    (``datasets`` cannot load a parquet file without rows) and None."""
+    if table.num_rows == 0:
+        path.unlink(missing_ok=True)
+        return None
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path.name

@@ -338,3 +338,24 @@ def test_review_shows_each_stage_side_by_side(tmp_path):
 
     for d in docs:
         assert html.escape(d["revision"]["draft"][:60]) in page
+
+
+def test_revise_stops_at_the_budget_and_a_larger_one_continues_without_repaying(tmp_path):
+    fake = RecipeOpenAI(completion_tokens=1000)
+    price = "teacher.prices={fake-model: {input_per_mtok: 100, output_per_mtok: 100}}"
+    with ServerThread(fake) as srv:
+        base = args(srv.url, "stage=revise", "plan.n=8", "revise.rounds=2", price)
+        r = datagen(*base, "budget.max_cost_usd=5", "stage=generate", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        spent = manifest(tmp_path / "runs/default", "generate")["run_spent_usd"]
+        # room for a few of revise's requests (~$0.1 to $0.3 each at worst case) only
+        r = datagen(*base, f"budget.max_cost_usd={spent + 0.8}", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        m = manifest(tmp_path / "runs/default", "revise")
+        assert m["status"] == "stopped: budget" and 0 < m["pending"] <= 8
+        assert m["run_spent_usd"] <= spent + 0.8 and m["items"] + m["pending"] == 8
+        r = datagen(*base, "budget.max_cost_usd=50", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        m = manifest(tmp_path / "runs/default", "revise")
+        assert m["status"] == "finished" and m["items"] == 8 and m["pending"] == 0
+        assert sum(fake.after_success.values()) == 0  # nothing paid twice

@@ -15,7 +15,8 @@ appended to ``preferences/ratings.jsonl`` as soon as it is complete; a rerun ask
 prompts not there, and what a killed run had already received comes from the teacher's cache
 (no request is paid twice). At the end ``preferences/pairs.parquet`` (prompt, chosen,
 rejected, score_chosen, score_rejected, scores, model, id, chosen_sample, rejected_sample;
-``datasets.load_dataset("parquet", ...)`` reads it) and its dataset card ``README.md`` are
+``datasets.load_dataset("parquet", ...)`` reads it; not written while there is no pair, as
+``datasets`` cannot load a parquet file without rows) and its dataset card ``README.md`` are
 written.
 """
 
@@ -30,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 
@@ -43,7 +43,6 @@ from pipeline.runs import (
     STOPPED_BUDGET,
     JsonlAppender,
     Run,
-    atomic_write_bytes,
     atomic_write_text,
     read_jsonl,
 )
@@ -308,9 +307,7 @@ def _finish(
             f"stage=preferences force=true`"
         )
     table = pairs_table(records)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(folder / PARQUET, sink.getvalue().to_pybytes())
+    parquet = judging.write_dataset(folder / PARQUET, table)
     skips = Counter((r.skip_reason or "").split(":")[0] for r in records if r.skip_reason)
     errors = Counter((s.error or "").split(":")[0] for r in records for s in r.samples if s.error)
     tok_in = sum(s.prompt_tokens for r in records for s in r.samples)
@@ -356,7 +353,7 @@ def _finish(
         ),
         "output_fingerprint": stable_id(*sorted(r.id for r in records)),
         "model": cfg.teacher.model,
-        "outputs": {"ratings": RATINGS, "pairs": PARQUET, "card": CARD},
+        "outputs": {"ratings": RATINGS, "pairs": parquet, "card": CARD},
     }
     atomic_write_text(folder / CARD, preferences_card(cfg, run, manifest))
     return manifest

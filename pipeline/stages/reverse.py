@@ -13,7 +13,8 @@ letters so "functions" meets "function") found in the text must be at least
 ``reverse.max_instruction_words`` (it copies the text) are dropped too. Every pair is appended
 to ``reverse/pairs.jsonl`` as it arrives, dropped ones with their ``drop_reason``; a request
 that fails for good goes to ``failures.jsonl``. At the end the kept pairs are written to
-``reverse/pairs.parquet`` (instruction, response, id, source_id, url, model, overlap). A rerun
+``reverse/pairs.parquet`` (instruction, response, id, source_id, url, model, overlap; not
+written while no pair is kept: ``datasets`` cannot load a parquet file without rows). A rerun
 requests only what is missing; the teacher's cache, retries and budget are the run's.
 """
 
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 
@@ -37,7 +37,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.prompting import describe
 from pipeline.records import Document, Failure, stable_id, utc_now
-from pipeline.runs import STOPPED_BUDGET, JsonlAppender, Run, atomic_write_bytes, read_jsonl
+from pipeline.runs import STOPPED_BUDGET, JsonlAppender, Run, read_jsonl
 
 CONFIG_KEYS = ("reverse", "teacher.model", "seed")
 PAIRS = "pairs.jsonl"
@@ -280,9 +280,7 @@ def _manifest(
             "overlap": pa.array([p.overlap for p in kept], type=pa.float64()),
         }
     )
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(folder / PARQUET, sink.getvalue().to_pybytes())
+    parquet = judging.write_dataset(folder / PARQUET, table)
     reasons = Counter((p.drop_reason or "").split(":")[0] for p in pairs if p.drop_reason)
     pending = len(sample) - len(pairs) - len({f.id for f in fails} - {p.id for p in pairs})
     spend = spend_report(run.path, "reverse", cfg.budget.max_cost_usd)
@@ -305,5 +303,5 @@ def _manifest(
         "check": f"overlap-based: content-word overlap >= {cfg.reverse.min_overlap}",
         **spend,
         "output_fingerprint": stable_id(*sorted(p.id for p in kept)),
-        "outputs": {"pairs": PAIRS, "parquet": PARQUET, "failures": FAILURES},
+        "outputs": {"pairs": PAIRS, "parquet": parquet, "failures": FAILURES},
     }
