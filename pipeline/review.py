@@ -26,12 +26,11 @@ from markupsafe import Markup
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.records import Document, utc_now
-from pipeline.runs import Run, atomic_write_text, read_jsonl, read_shards, shard_paths
+from pipeline.runs import Run, atomic_write_text, read_shards, shard_paths
 
 # the stages whose output folders hold documents (kept in the folder, dropped in dropped/)
-DOC_STAGES = ("generate", "filter", "web", "emit")
-GENERATE_OUTPUTS = "outputs.jsonl"
-DEFAULT_STAGES = ("filter", "web")  # what `datagen review` shows without stage=
+DOC_STAGES = ("generate", "filter", "web", "dedup", "emit")
+DEFAULT_STAGES = ("filter", "web", "dedup")  # what `datagen review` shows without stage=
 NEAR_DUP_THRESHOLD = 0.8  # Jaccard on word 5-grams, Lee et al. 2022 (arXiv:2107.06499)
 WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -49,22 +48,29 @@ def _stage_order(run: Run) -> list[str]:
     return [n for n in names if n in present] + [n for n in present if n not in names]
 
 
-def _count_dicts(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """Per-reason counts a stage reported: dicts of ints under keys naming drops or a funnel."""
-    out = {}
-    for k, v in manifest.items():
-        if (
-            ("drop" in k or "funnel" in k or "reason" in k)
-            and isinstance(v, dict)
-            and v
-            and all(isinstance(x, int | float) for x in v.values())
-        ):
-            out[k] = {str(a): b for a, b in v.items()}
-    return out
+# the per-reason counts the stages write: filter and web drop_reasons (every dropped document
+# once), generate and annotate failure_reasons (requests lost), generate finish_reasons
+COUNT_KEYS = ("drop_reasons", "failure_reasons", "finish_reasons")
+STEP_KEYS = ("step", "documents", "tokens", "dropped")  # pipeline.web.funnel.Funnel.as_list()
+
+
+def _counts(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """The stage's per-reason counts (an empty dict: the stage reported none of that kind)."""
+    return {k: dict(manifest[k]) for k in COUNT_KEYS if isinstance(manifest.get(k), dict)}
+
+
+def _steps(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stage's step funnel (the web stage's ``funnel``): documents and tokens left after each
+    step and the documents it dropped per reason; [] when the stage has none."""
+    steps = manifest.get("funnel")
+    if not isinstance(steps, list):
+        return []
+    return [s for s in steps if isinstance(s, dict) and all(k in s for k in STEP_KEYS)]
 
 
 def funnel(run: Run) -> list[dict[str, Any]]:
-    """One row per stage that wrote a manifest: status, summary numbers and drop counts."""
+    """One row per stage that wrote a manifest: status, summary numbers, per-reason counts and
+    its step funnel (web)."""
     rows = []
     for name in _stage_order(run):
         m = run.read_manifest(name) or {}
@@ -74,11 +80,16 @@ def funnel(run: Run) -> list[dict[str, Any]]:
                 "stage": name,
                 "status": m.get("status", "?"),
                 "summary": summary,
-                "counts": _count_dicts(m),
+                "counts": _counts(m),
+                "steps": _steps(m),
                 "elapsed_s": m.get("elapsed_s"),
             }
         )
     return rows
+
+
+def _reasons(d: dict[str, int]) -> str:
+    return ", ".join(f"{a}={b}" for a, b in d.items()) or "none"
 
 
 def dataset_card(cfg: PipelineConfig, run: Run, emit: dict[str, Any]) -> str:
@@ -150,16 +161,33 @@ def dataset_card(cfg: PipelineConfig, run: Run, emit: dict[str, Any]) -> str:
         "| stage | status | result | drops |",
         "|---|---|---|---|",
     ]
-    for row in funnel(run) + [
-        {"stage": "emit", "status": "finished", "summary": emit["summary"], "counts": {}}
-    ]:
-        if row["stage"] == "emit" and row["status"] != "finished":
-            continue
+    rows = [r for r in funnel(run) if r["stage"] != "emit"]
+    rows.append(
+        {
+            "stage": "emit",
+            "status": "finished",
+            "summary": emit["summary"],
+            "counts": {},
+            "steps": [],
+        }
+    )
+    for row in rows:
         res = ", ".join(f"{k}={v}" for k, v in row["summary"].items())
-        drops = "; ".join(
-            f"{k}: " + ", ".join(f"{a}={b}" for a, b in d.items()) for k, d in row["counts"].items()
-        )
+        drops = "; ".join(f"{k}: {_reasons(d)}" for k, d in row["counts"].items())
         lines.append(f"| {row['stage']} | {row['status']} | {res} | {drops} |")
+    for row in rows:
+        if row["steps"]:
+            lines += [
+                "",
+                f"### {row['stage']} funnel (documents and words left after each step)",
+                "",
+                "| step | documents | tokens | dropped here |",
+                "|---|---:|---:|---|",
+            ]
+            lines += [
+                f"| {s['step']} | {s['documents']:,} | {s['tokens']:,} | {_reasons(s['dropped'])} |"
+                for s in row["steps"]
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -261,11 +289,13 @@ def _stage_docs(run: Run, stage: str, kept: bool) -> Iterator[dict[str, Any]]:
         if kept:
             yield from _emit_docs(run)
         return
-    if stage == "generate":  # generate appends Documents to one JSONL file; nothing dropped
-        path = run.path / "generate" / GENERATE_OUTPUTS
-        if kept and path.exists():
-            for d in read_jsonl(path, Document):
-                yield _doc_view(d, stage, kept)
+    if stage == "generate":  # generate appends Documents to numbered JSONL files; nothing dropped
+        if kept:  # generate's own drafts (iter_outputs would give revise's rewrites)
+            from pipeline.stages.generate import output_files
+
+            for path in output_files(run.path / "generate"):
+                for d in read_jsonl(path, Document):
+                    yield _doc_view(d, stage, kept)
         return
     folder = run.path / stage if kept else run.path / stage / "dropped"
     for d in read_shards(folder, Document):
@@ -276,7 +306,9 @@ def _has_docs(run: Run, stage: str) -> bool:
     if stage == "emit":
         return any((run.path / "emit" / "text" / "train").glob("part-*.parquet"))
     if stage == "generate":
-        return (run.path / "generate" / GENERATE_OUTPUTS).exists()
+        from pipeline.stages.generate import output_files
+
+        return bool(output_files(run.path / "generate"))
     return bool(shard_paths(run.path / stage)) or bool(shard_paths(run.path / stage / "dropped"))
 
 
@@ -446,13 +478,19 @@ def _forms(word: str) -> set[str]:
 
 
 def highlight(text: str, words: list[str]) -> Markup:
-    """HTML-escaped text with every form of each required word wrapped in <mark>."""
-    escaped = html.escape(text)
+    """HTML-escaped text with every form of each required word wrapped in <mark>. Words are
+    found in the raw text and each piece is escaped afterwards, so a required word such as
+    ``lt`` or ``amp`` never matches inside an entity (``&lt;``, ``&amp;``)."""
     forms = sorted({f for w in words for f in _forms(w.lower())}, key=len, reverse=True)
     if not forms:
-        return Markup(escaped)
+        return Markup(html.escape(text))
     pat = re.compile(r"\b(" + "|".join(re.escape(f) for f in forms) + r")\b", re.IGNORECASE)
-    return Markup(pat.sub(r"<mark>\1</mark>", escaped))
+    pieces, last = [], 0
+    for m in pat.finditer(text):
+        pieces += [html.escape(text[last : m.start()]), f"<mark>{html.escape(m.group(0))}</mark>"]
+        last = m.end()
+    pieces.append(html.escape(text[last:]))
+    return Markup("".join(pieces))
 
 
 # --------------------------------------------------------------------------- page
@@ -482,13 +520,20 @@ in the stage output; statistics over {{ n_stats_kept }} kept / {{ n_stats_droppe
 (sampled with seed {{ seed }}).</p>
 
 <h2 id="funnel">Funnel</h2>
-<table><tr><th>stage</th><th>status</th><th>result</th><th>counts per reason</th></tr>
+<table id="funnel-stages"><tr><th>stage</th><th>status</th><th>result</th>
+<th>counts per reason</th></tr>
 {% for row in funnel %}<tr><td>{{ row.stage }}</td><td>{{ row.status }}</td>
 <td>{% for k, v in row.summary.items() %}{{ k }}={{ v }}<br>{% endfor %}</td>
-<td>{% for k, d in row.counts.items() %}<b>{{ k }}</b>:
-{% for a, b in d.items() %}{{ a }}={{ b }}{% if not loop.last %}, {% endif %}{% endfor %}
-<br>{% endfor %}</td></tr>
+<td>{% for k, d in row.counts.items() %}<b>{{ k }}</b>: {{ reasons(d) }}<br>{% endfor %}</td></tr>
 {% endfor %}</table>
+{% for row in funnel if row.steps %}
+<h3>{{ row.stage }} funnel: documents and words left after each step</h3>
+<table id="funnel-{{ row.stage }}"><tr><th>step</th><th>documents</th><th>tokens</th>
+<th>dropped here (per reason)</th></tr>
+{% for s in row.steps %}<tr><td>{{ s.step }}</td>
+<td class="num">{{ "{:,}".format(s.documents) }}</td>
+<td class="num">{{ "{:,}".format(s.tokens) }}</td><td>{{ reasons(s.dropped) }}</td></tr>
+{% endfor %}</table>{% endfor %}
 {% if drop_reasons %}<table><tr><th>drop reason (in this sample)</th><th>documents</th></tr>
 {% for r, c in drop_reasons %}<tr><td>{{ r }}</td><td class="num">{{ c }}</td></tr>{% endfor %}
 </table>{% endif %}
@@ -559,7 +604,7 @@ def _resolve_stages(run: Run, stage: str | None) -> list[str]:
 
 
 def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
-    """Write the review page for ``stage`` (default: filter + web) and return its path."""
+    """Write the review page for ``stage`` (default: filter, web and dedup) and return its path."""
     from pipeline.review_recipes import STAGES as RECIPE_STAGES
     from pipeline.review_recipes import write_recipe_review
 
@@ -572,13 +617,17 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
     kept: list[dict] = []
     dropped: list[dict] = []
     n_kept = n_dropped = 0
+    # dedup reads the kept documents of filter and web: when it ran, its kept set is the
+    # final one (each document counted once), and every stage's dropped ones are shown
+    kept_from = ["dedup"] if "dedup" in stages else stages
     for s in stages:
-        k, nk = _reservoir(_stage_docs(run, s, True), rcfg.max_stats_docs, rng)
         d, nd = _reservoir(_stage_docs(run, s, False), rcfg.max_stats_docs, rng)
-        kept += k
         dropped += d
-        n_kept += nk
         n_dropped += nd
+        if s in kept_from:
+            k, nk = _reservoir(_stage_docs(run, s, True), rcfg.max_stats_docs, rng)
+            kept += k
+            n_kept += nk
     show_kept = rng.sample(kept, min(rcfg.n, len(kept)))
     show_dropped = rng.sample(dropped, min(rcfg.n, len(dropped)))
     for d in show_kept + show_dropped:
@@ -606,6 +655,7 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
             n_stats_kept=len(kept),
             n_stats_dropped=len(dropped),
             funnel=funnel(run),
+            reasons=_reasons,
             drop_reasons=Counter(d["drop_reason"] or "?" for d in dropped).most_common(),
             hist_len=histogram_svg(lengths, "length (words, log scale)", log_x=True),
             hist_q=histogram_svg(quality, "quality score"),

@@ -31,3 +31,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.fail(f"real test data not found at {SHARED_DATA} (../shared/data)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory: pytest.TempPathFactory):
+    """Every stage run for real once per session (tests/emit_testdata.py); tests that change
+    it work on a copy (emit_testdata.copy_run)."""
+    pytest.importorskip("llama_cpp", reason="the real run needs the embedded teacher ([local])")
+    from emit_testdata import build_real_run
+
+    return build_real_run(tmp_path_factory.mktemp("real_run"))

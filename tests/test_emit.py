@@ -1,4 +1,5 @@
-"""The emit stage on real text: mixing, splits, text and token shards, bad input."""
+"""The emit stage on the session's real run (tests/emit_testdata.py): mixing, splits, text and
+token shards, bad input."""
 
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import datagen
-from emit_testdata import build_run
-from fake_openai import ServerThread
+from emit_testdata import EMIT, copy_run, pipeline_overrides
 from rich.console import Console
-from run_testdata import RealTextOpenAI, copy_run, finished_run, run_args, tree
 
 from pipeline.config import load_config
 from pipeline.errors import DatagenError
@@ -37,18 +36,9 @@ def run_emit(root: Path, *overrides: str, name: str = "t") -> dict:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("emit")
-    build_run(root)
-    manifest = run_emit(
-        root,
-        "emit.shard_tokens=60000",
-        "emit.mix.exercises.weight=2",
-        "emit.mix.web.weight=0.5",
-        "emit.val_fraction=0.1",
-        "emit.phases=[{name: anneal, top_fraction: 0.25}]",
-    )
-    return root, root / "t" / "emit", manifest
+def built(real_run):
+    """The emit stage as `datagen run` ran it (overrides emit_testdata.EMIT)."""
+    return real_run.path.parent, real_run.path / "emit", real_run.read_manifest("emit")
 
 
 def rows(emit_dir: Path, split: str) -> list[dict]:
@@ -91,7 +81,13 @@ def test_token_shards_hold_the_text_shards_documents_in_order(built):
             for r, s, e in list(zip(table, starts, ends, strict=True))[:8]:
                 assert int(tokens[e - 1]) == tok.eot_id and r["n_tokens"] == e - s
                 assert tok.tokenizer.decode(tokens[s : e - 1].tolist()) == r["text"]
-    assert len(manifest["shards"]["train"]) >= 3  # shard_tokens=60000 splits the train split
+    # a shard closes once it holds emit.shard_tokens=1000 tokens: every train shard but the last
+    # reached it, and only with its last document
+    train = manifest["shards"]["train"]
+    assert len(train) >= 2
+    for s, tp in zip(train[:-1], emit_stage.text_shards(out, "train")[:-1], strict=True):
+        n = [r["n_tokens"] for r in pq.read_table(tp).to_pylist()]
+        assert sum(n) == s["tokens"]["tokens"] and sum(n) - n[-1] < 1000 <= sum(n)
 
 
 def test_manifest_checksums_match_the_files(built):
@@ -154,22 +150,13 @@ def test_anneal_split_takes_the_best_quarter_of_each_source(built):
     assert mean_a > mean_t
 
 
-def test_shuffle_is_seeded_and_reproducible(built, tmp_path):
-    root, out, manifest = built
-    build_run(tmp_path)
-    args = (
-        "emit.shard_tokens=60000",
-        "emit.mix.exercises.weight=2",
-        "emit.mix.web.weight=0.5",
-        "emit.val_fraction=0.1",
-        "emit.phases=[{name: anneal, top_fraction: 0.25}]",
-    )
-    same = run_emit(tmp_path, *args)
+def test_shuffle_is_seeded_and_reproducible(built, real_run, tmp_path):
+    _, out, manifest = built
+    same = run_emit(copy_run(real_run, tmp_path / "a").path.parent, *EMIT)
     assert [s["tokens"]["sha256"] for s in same["shards"]["train"]] == [
         s["tokens"]["sha256"] for s in manifest["shards"]["train"]
     ]
-    build_run(tmp_path, name="t2")
-    other = run_emit(tmp_path, *args, "seed=99", name="t2")
+    other = run_emit(copy_run(real_run, tmp_path / "b").path.parent, *EMIT, "seed=99")
     assert (
         other["shards"]["train"][0]["tokens"]["sha256"]
         != manifest["shards"]["train"][0]["tokens"]["sha256"]
@@ -178,26 +165,30 @@ def test_shuffle_is_seeded_and_reproducible(built, tmp_path):
     assert ids != sorted(ids)  # shuffled, not in input order
 
 
-def test_token_budget_sets_a_sources_size(tmp_path):
-    build_run(tmp_path, n_web=20)
+def test_token_budget_sets_a_sources_size(real_run, tmp_path):
+    root = copy_run(real_run, tmp_path).path.parent
+    have = real_run.read_manifest("emit")["sources"]["textbook"]["tokens"]
+    budget = 3 * have + have // 2  # three whole copies and a sample
     m = run_emit(
-        tmp_path, "emit.mix.textbook.tokens=150000", "emit.val_fraction=0", "emit.mix.web.weight=0"
+        root, f"emit.mix.textbook.tokens={budget}", "emit.val_fraction=0", "emit.mix.web.weight=0"
     )
     assert "web" not in m["splits"]["train"]["by_source"] and m["sources"]["web"]["tokens"] > 0
     assert "val" not in m["splits"]
     got = m["splits"]["train"]["by_source"]["textbook"]
-    have = m["sources"]["textbook"]["tokens"]
-    assert have < 150000  # the budget needs whole copies plus a sample
-    assert 150000 <= got["tokens"] < 150000 + 20000
-    assert got["documents"] > got["unique_documents"]
+    train = rows(root / "t" / "emit", "train")
+    longest = max(r["n_tokens"] for r in train if r["source"] == "textbook")
+    assert budget <= got["tokens"] < budget + longest
+    assert got["documents"] > 3 * got["unique_documents"]
 
 
-def test_without_web_stage_emits_synthetic_only_and_says_so(tmp_path):
-    build_run(tmp_path, web=False)
-    m = run_emit(tmp_path)
+def test_without_web_stage_emits_synthetic_only_and_says_so(real_run, tmp_path):
+    root = copy_run(real_run, tmp_path, without=("web", "dedup", "emit")).path.parent
+    cfg = load_config([f"run.root={root}", "run.name=t"])
+    _run_one(cfg, Run(root, "t"), StageSpec("dedup", needs=("filter", "web")), "test", QUIET)
+    m = run_emit(root)
     assert set(m["sources"]) == {"textbook", "exercises"}
     assert "web stage not finished" in m["inputs"]["notes"]["web"]
-    card = (tmp_path / "t" / "emit" / "README.md").read_text()
+    card = (root / "t" / "emit" / "README.md").read_text()
     assert "web stage not finished" in card and "| filter | finished |" in card
 
 
@@ -205,25 +196,44 @@ def _cfg(root: Path, *ov: str):
     return load_config([f"run.root={root}", "run.name=t", *ov])
 
 
-def test_unknown_mix_source_fails_before_writing(tmp_path):
-    run = build_run(tmp_path, web=False, n_synth=10)
+def test_unknown_mix_source_fails_before_writing(real_run, tmp_path):
+    run = copy_run(real_run, tmp_path, without=("emit",))
     with pytest.raises(DatagenError, match=r"emit.mix: unknown source 'blogs'"):
         emit_stage.run(_cfg(tmp_path, "emit.mix.blogs.weight=1"), run, QUIET)
     assert not (run.path / "emit").exists()
 
 
-def test_missing_tokenizer_fails_before_writing(tmp_path):
-    run = build_run(tmp_path, web=False, n_synth=10)
+def test_missing_tokenizer_fails_before_writing(real_run, tmp_path):
+    run = copy_run(real_run, tmp_path, without=("emit",))
     with pytest.raises(DatagenError, match="does not exist"):
         emit_stage.run(_cfg(tmp_path, f"emit.tokenizer={tmp_path}/tok.json"), run, QUIET)
     assert not (run.path / "emit").exists()
 
 
-def test_no_kept_documents_fails_before_writing(tmp_path):
-    run = build_run(tmp_path, web=False, n_synth=0)
-    with pytest.raises(DatagenError, match="no kept documents to emit"):
-        emit_stage.run(_cfg(tmp_path), run, QUIET)
-    assert not (run.path / "emit").exists()
+def test_no_kept_documents_fails_before_writing(real_run, tmp_path):
+    """The real filter and web stages rerun so that they keep nothing (every synthetic text is
+    under filter.min_chars, no web inputs): emit stops with one line and writes no shard."""
+    run = copy_run(real_run, tmp_path)
+    model = real_run.read_manifest("train_classifier")["model_path"]
+    r = datagen(
+        "run",
+        "stage=emit",
+        f"run.root={tmp_path}",
+        *pipeline_overrides(Path(model)),
+        "filter.min_chars=100000",
+        "web.inputs=[]",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("datagen: error:") == 1 and "no kept documents to emit" in r.stderr
+    # generate was not redone: the teacher was not asked again
+    assert run.read_manifest("generate") == real_run.read_manifest("generate")
+    assert run.read_manifest("filter")["kept"] == 0 and run.read_manifest("web")["documents"] == 0
+    # the check ran before the earlier corpus was moved aside: it stays in place, untouched
+    assert run.read_manifest("emit")["status"] == "finished"
+    assert run.read_manifest("emit")["config_hash"] == real_run.read_manifest("emit")["config_hash"]
+    assert list((run.path / "emit" / "text" / "train").glob("part-*.parquet"))
+    assert not list((run.path / ".superseded").glob("emit-*"))
 
 
 def test_unfinished_dedup_stage_is_an_error(tmp_path):
@@ -232,17 +242,18 @@ def test_unfinished_dedup_stage_is_an_error(tmp_path):
         emit_stage.run(_cfg(tmp_path), run, QUIET)
 
 
-def test_phases_without_quality_scores_is_an_error(tmp_path):
-    build_run(tmp_path, web=False, n_synth=12)
+def test_phases_without_quality_scores_is_an_error(real_run, tmp_path):
+    root = copy_run(real_run, tmp_path).path.parent
     with pytest.raises(DatagenError, match="emit.phases: no input document has a quality"):
-        run_emit(tmp_path, "emit.quality_key=nope.quality", "emit.phases=[{name: anneal}]")
+        run_emit(root, "emit.quality_key=nope.quality", "emit.phases=[{name: anneal}]")
 
 
-def test_killed_emit_leaves_only_whole_shards_and_reruns_cleanly(tmp_path):
+def test_killed_emit_leaves_only_whole_shards_and_reruns_cleanly(real_run, tmp_path):
     """SIGKILL emit while it writes many small shards: every file under a final name is
     complete, and a rerun gives the same corpus as an uninterrupted run."""
-    build_run(tmp_path)
-    args = [f"run.root={tmp_path}", "run.name=t", "emit.shard_tokens=1000"]
+    root = copy_run(real_run, tmp_path / "killed", without=("emit",)).path.parent
+    many = ["emit.shard_tokens=1", "emit.mix.textbook.weight=20"]  # a shard per document
+    args = [f"run.root={root}", "run.name=t", *many]
     code = (
         "import sys; from rich.console import Console; from pipeline.config import load_config;"
         "from pipeline.runs import Run; from pipeline.stages import emit;"
@@ -254,7 +265,7 @@ def test_killed_emit_leaves_only_whole_shards_and_reruns_cleanly(tmp_path):
         cwd=Path(__file__).parents[1],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
-    tok_dir = tmp_path / "t" / "emit" / "tokens" / "train"
+    tok_dir = root / "t" / "emit" / "tokens" / "train"
     while proc.poll() is None and len(list(tok_dir.glob("part-*.ds.index"))) < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -263,16 +274,30 @@ def test_killed_emit_leaves_only_whole_shards_and_reruns_cleanly(tmp_path):
         idx = ds.with_name(ds.name + ".index")
         if idx.exists():  # the index is written after its .ds: both whole
             assert int(np.fromfile(idx, "<u8")[-1]) * 2 == ds.stat().st_size
-    for p in (tmp_path / "t" / "emit" / "text" / "train").glob("part-*.parquet"):
+    for p in (root / "t" / "emit" / "text" / "train").glob("part-*.parquet"):
         assert pq.read_table(p).num_rows > 0  # a half-written parquet would not parse
-    again = run_emit(tmp_path, "emit.shard_tokens=1000")
-    build_run(tmp_path, name="clean")
-    clean = run_emit(tmp_path, "emit.shard_tokens=1000", name="clean")
+    again = run_emit(root, *many)
+    clean_root = copy_run(real_run, tmp_path / "clean", without=("emit",)).path.parent
+    clean = run_emit(clean_root, *many)
+    assert len(again["shards"]["train"]) >= 20
     assert [s["tokens"]["sha256"] for s in again["shards"]["train"]] == [
         s["tokens"]["sha256"] for s in clean["shards"]["train"]
     ]
-    left = [p for p in (tmp_path / "t" / "emit").rglob("*") if p.name.endswith(".tmp")]
+    left = [p for p in (root / "t" / "emit").rglob("*") if p.name.endswith(".tmp")]
     assert left == []
+
+
+def test_dataset_card_shows_the_real_funnels(built, real_run):
+    """The card's funnel: every stage's drop counts and the web funnel step by step."""
+    _, out, _ = built
+    card = (out / "README.md").read_text()
+    for reason, n in real_run.read_manifest("filter")["drop_reasons"].items():
+        assert f"{reason}={n}" in card
+    steps = real_run.read_manifest("web")["funnel"]
+    for s in steps:
+        assert f"| {s['step']} | {s['documents']:,} | {s['tokens']:,} |" in card, s["step"]
+    low = next(s for s in steps if s["step"] == "quality")["dropped"]["quality.low_score"]
+    assert low > 0 and f"| quality.low_score={low} |" in card
 
 
 def test_manifest_is_json_with_config_hash(built):
@@ -280,40 +305,3 @@ def test_manifest_is_json_with_config_hash(built):
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "finished" and m["config_hash"]
     assert m["tokenizer"]["name"] == "smollm2" and len(m["tokenizer"]["sha256"]) == 16
-
-
-# --------------------------------------------------------------------------- a bad config
-@pytest.fixture(scope="module")
-def teacher():
-    with ServerThread(RealTextOpenAI()) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def finished(teacher, tmp_path_factory) -> Path:
-    """The cwd of a real `datagen run` whose every stage finished, emit included."""
-    cwd = tmp_path_factory.mktemp("finished")
-    finished_run(cwd, teacher.url)
-    return cwd
-
-
-@pytest.mark.parametrize(
-    ("override", "needle"),
-    [
-        # needs the inputs: the real run's documents have no quality score (no ratings)
-        ("emit.phases=[{name: anneal}]", "emit.phases: no input document has a quality score"),
-        ("emit.mix.blogs.weight=1", "emit.mix: unknown source 'blogs'"),
-        ("emit.tokenizer=/nonexistent/tokenizer.json", "/nonexistent/tokenizer.json"),
-    ],
-)
-def test_a_bad_emit_config_leaves_the_finished_corpus_in_place(
-    teacher, finished, tmp_path, override, needle
-):
-    run = copy_run(finished, tmp_path)
-    before = tree(run / "emit")
-    r = datagen(*run_args(teacher.url, "stage=emit", override), cwd=tmp_path)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("datagen: error:")]
-    assert len(errors) == 1 and needle in errors[0], r.stderr
-    assert tree(run / "emit") == before  # the corpus is where it was, untouched
-    assert not (run / ".superseded").exists()

@@ -1,7 +1,10 @@
-"""`datagen review`: the HTML page, rendered in headless Chromium, and its statistics."""
+"""`datagen review` on the session's real run (tests/emit_testdata.py): the HTML page, rendered
+in headless Chromium, and its statistics."""
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
@@ -11,15 +14,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from emit_testdata import build_run, openstax_modules
-from rich.console import Console
+from emit_testdata import copy_run
+from filters_testdata import openstax_modules
+from markupsafe import escape
 
 from pipeline.config import load_config
 from pipeline.errors import DatagenError
 from pipeline.records import Document
 from pipeline.review import distinct_n, highlight, near_dup_rate, write_review
 from pipeline.runs import Run, read_shards
-from pipeline.stages import StageSpec, _run_one
 
 
 def chromium() -> str:
@@ -74,24 +77,68 @@ class TextOf(HTMLParser):
             self.parts.append(data)
 
 
+class TableRows(HTMLParser):
+    """The text of each cell, row by row, of the table with id ``table_id``."""
+
+    def __init__(self, table_id: str) -> None:
+        super().__init__()
+        self.table_id = table_id
+        self.inside = False
+        self.rows: list[list[str]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.inside = dict(attrs).get("id") == self.table_id
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.inside = False
+        elif self.inside and tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append(" ".join("".join(self.cell).split()))
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def table(dom: str, table_id: str) -> list[list[str]]:
+    parser = TableRows(table_id)
+    parser.feed(dom)
+    return parser.rows
+
+
+def reasons(d: dict[str, int]) -> str:
+    return ", ".join(f"{a}={b}" for a, b in d.items()) or "none"
+
+
+def review_cfg(run: Run, out: Path):
+    """Review the session's run without writing into it (review.out)."""
+    return load_config(
+        [f"run.root={run.path.parent}", f"run.name={run.name}", "review.n=6", f"review.out={out}"]
+    )
+
+
 @pytest.fixture(scope="module")
-def reviewed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("review")
-    run = build_run(root)
-    cfg = load_config([f"run.root={root}", "run.name=t", "review.n=6"])
-    _run_one(cfg, run, StageSpec("emit", needs=("dedup",)), "test", Console(quiet=True))
-    return cfg, run, write_review(cfg, None)
+def reviewed(real_run, tmp_path_factory):
+    cfg = review_cfg(real_run, tmp_path_factory.mktemp("review") / "filter+web.html")
+    page = write_review(cfg, None)
+    return cfg, real_run, page, render(page, "--dump-dom")
 
 
 def test_review_page_renders_in_chromium_with_funnel_plots_and_samples(reviewed):
-    cfg, run, page = reviewed
-    assert page == run.path / "review" / "filter+web.html"
-    dom = render(page, "--dump-dom")
+    _, run, page, dom = reviewed
     parser = TextOf()
     parser.feed(dom)
     text = " ".join(parser.parts)
     for heading in (
         "Funnel",
+        "web funnel: documents and words left after each step",
         "Length and quality",
         "Diversity (kept)",
         "Kept documents (6 sampled)",
@@ -100,35 +147,86 @@ def test_review_page_renders_in_chromium_with_funnel_plots_and_samples(reviewed)
         "most frequent openers",
     ):
         assert heading in text, heading
-    # funnel counts come from the stage manifests
-    drops = run.read_manifest("filter")["drops"]
-    assert f"classifier.min_score={drops['classifier.min_score']}" in text
-    assert "length.too_short" in text and "records=62" in text
     # the two histograms are drawn, with bars
     svgs = re.findall(r"<svg class=\"hist\".*?</svg>", dom, flags=re.S)
     assert len(svgs) == 2 and all(s.count("<rect") >= 3 for s in svgs)
-    # sampled kept and dropped documents carry their metadata and reasons
-    assert text.count("dropped: ") >= 1 and "teacher SmolLM2-135M-Instruct" in text
-    topics = {d.topic for d in read_shards(run.path / "filter", Document)}
-    assert any(t and t in text for t in topics)
-    assert "<mark>" in dom
+    # sampled documents: kept ones are in the stages' outputs, dropped ones show real reasons
+    kept_ids = {d.id for d in read_shards(run.path / "dedup", Document)}
+    shown = re.findall(r"id (\S+)\s+·\s+(?:filter|web|dedup)\s+·", text)
+    assert len(shown) == 12 and sum(i in kept_ids for i in shown) == 6
+    real = {r for s in ("filter", "web", "dedup") for r in run.read_manifest(s)["drop_reasons"]}
+    badges = re.findall(r'<span class="badge dropped">\s*dropped: (\S+)\s*</span>', dom)
+    assert len(badges) == 6 and set(badges) <= real
     assert "http://" not in dom.split("<body")[0] and "<script" not in dom  # self-contained
 
 
+def test_review_page_shows_the_real_web_funnel(reviewed):
+    """The web stage's funnel (a list of steps in its manifest) with every step's documents,
+    tokens and drops per reason, as the DOM shows it."""
+    _, run, _, dom = reviewed
+    steps = run.read_manifest("web")["funnel"]
+    rows = table(dom, "funnel-web")
+    assert rows[0] == ["step", "documents", "tokens", "dropped here (per reason)"]
+    assert rows[1:] == [
+        [s["step"], f"{s['documents']:,}", f"{s['tokens']:,}", reasons(s["dropped"])] for s in steps
+    ]
+    assert [r[0] for r in rows[1:]] == [
+        "read", "extract", "language", "blocklist", "heuristics",
+        "quality", "dedup", "decontam", "kept",
+    ]  # fmt: skip
+    by_step = {s["step"]: s for s in steps}
+    # web.min_quality drops some real pages; the heuristics drop many
+    assert by_step["quality"]["dropped"]["quality.low_score"] > 0
+    assert sum(by_step["heuristics"]["dropped"].values()) > 10
+    assert f"quality.low_score={by_step['quality']['dropped']['quality.low_score']}" in rows[6][3]
+
+
+def test_review_page_shows_every_stages_real_drop_counts(reviewed):
+    _, run, _, dom = reviewed
+    rows = table(dom, "funnel-stages")[1:]
+    order = ["plan", "generate", "annotate", "train_classifier", "filter", "web", "dedup", "emit"]
+    assert [r[0] for r in rows] == order and all(r[1] == "finished" for r in rows)
+    checked = 0
+    for stage, (_, _, result, counts) in zip(order, rows, strict=True):
+        m = run.read_manifest(stage)
+        for k, v in m["summary"].items():
+            assert f"{k}={v}" in result, (stage, k)
+        for key in ("drop_reasons", "failure_reasons", "finish_reasons"):
+            if key in m:
+                assert f"{key}: {reasons(m[key])}" in counts, (stage, key)
+                checked += 1
+    # filter, web and dedup drops, generate's failures and finish reasons (annotate is skipped:
+    # the run is given a classifier, classifier.model_path)
+    assert checked == 5
+    assert sum(run.read_manifest("web")["drop_reasons"].values()) > 100
+
+
 def test_review_screenshot_is_not_blank(reviewed, tmp_path):
-    _, _, page = reviewed
+    _, _, page, _ = reviewed
     shot = tmp_path / "shot.png"
     render(page, f"--screenshot={shot}", "--window-size=1200,1600")
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
-def test_review_of_emit_stage_samples_emitted_documents(reviewed):
-    cfg, run, _ = reviewed
-    page = write_review(cfg, "emit")
-    html = page.read_text()
-    assert page.name == "emit.html" and "Kept documents (6 sampled)" in html
-    assert "Dropped documents (0 sampled)" in html
+def test_review_of_emit_stage_samples_emitted_documents(real_run, tmp_path):
+    html_text = write_review(review_cfg(real_run, tmp_path / "emit.html"), "emit").read_text()
+    assert "Kept documents (6 sampled)" in html_text
+    assert "Dropped documents (0 sampled)" in html_text
+
+
+def test_review_of_filter_shows_teacher_topic_and_required_words(real_run, tmp_path):
+    run = real_run
+    dom = render(write_review(review_cfg(run, tmp_path / "filter.html"), "filter"), "--dump-dom")
+    parser = TextOf()
+    parser.feed(dom)
+    text = " ".join(parser.parts)
+    kept = list(read_shards(run.path / "filter", Document))
+    assert text.count("teacher SmolLM2-135M-Instruct") == min(6, len(kept)) + min(
+        6, run.read_manifest("filter")["dropped"]
+    )
+    assert sum(bool(d.topic and d.topic in text) for d in kept) >= min(6, len(kept))
+    assert "<mark>" in dom  # the required words of each synthetic document
 
 
 def test_required_words_are_highlighted_in_inflected_forms():
@@ -140,6 +238,19 @@ def test_required_words_are_highlighted_in_inflected_forms():
     assert len(expected) >= 5 and marked == expected
     assert {m.lower() for m in marked} > {"print", "variables"}
     assert "<" not in re.sub(r"</?mark>", "", out)  # the text itself is escaped
+
+
+def test_highlight_never_breaks_entities_for_words_like_lt_amp_quot():
+    """A required word that is also an entity name (lt, amp, quot) is matched in the raw text,
+    not inside the &lt; &amp; &quot; of the escaped text."""
+    text = next(m["text"] for m in openstax_modules() if all(c in m["text"] for c in '<>&"'))
+    out = str(highlight(text, ["lt", "amp", "quot", "string"]))
+    assert html.unescape(re.sub(r"</?mark>", "", out)) == text  # every entity whole
+    marked = re.findall(r"<mark>(.*?)</mark>", out)
+    expected = re.findall(r"\b(strings?|lt|amp|quot)\b", text, flags=re.I)
+    assert marked == expected and len(marked) >= 3
+    assert "&lt;" in out and "&amp;" in out and "&quot;" in out
+    assert not re.search(r"&<mark>|</mark>;", out)
 
 
 def test_distinct_n_and_near_dup_rate_on_real_text():
@@ -162,25 +273,13 @@ def test_review_without_any_output_is_an_error(tmp_path):
         write_review(cfg, "filter")
 
 
-def test_review_of_generate_reads_its_outputs_file(tmp_path):
-    from pipeline.runs import JsonlAppender
-
-    run = Run(tmp_path, "g")
-    mods = openstax_modules()[:12]
-    with JsonlAppender(run.stage_dir("generate") / "outputs.jsonl", fsync=False) as out:
-        for m in mods:
-            out.write(
-                Document(
-                    id=m["module_id"],
-                    text=m["text"],
-                    topic=m["title"],
-                    format="textbook",
-                    model="SmolLM2-135M-Instruct",
-                )
-            )
-    cfg = load_config([f"run.root={tmp_path}", "run.name=g", "review.n=3"])
-    page = write_review(cfg, None)  # no filter/web output yet: the latest stage with documents
-    html = page.read_text()
-    assert page.name == "generate.html"
-    assert "12 kept and 0 dropped" in html and "Kept documents (3 sampled)" in html
-    assert sum(m["title"] in html for m in mods) >= 3
+def test_review_of_generate_reads_its_outputs_file(real_run, tmp_path):
+    run = copy_run(real_run, tmp_path, without=("filter", "web", "dedup", "emit"))
+    cfg = load_config([f"run.root={tmp_path}", "run.name=t", "review.n=3"])
+    page = write_review(cfg, None)  # no filter/web output: the latest stage with documents
+    html_text = page.read_text()
+    assert page == run.path / "review" / "generate.html"
+    n = run.read_manifest("generate")["items"]
+    assert f"{n} kept and 0 dropped" in html_text and "Kept documents (3 sampled)" in html_text
+    plan = [json.loads(line) for line in (run.path / "plan" / "plan.jsonl").open()]
+    assert sum(str(escape(p["topic"])) in html_text for p in plan) >= 3

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from emit_testdata import openstax_modules, wikitext_articles
+from filters_testdata import openstax_modules, wikitext_articles
 
 from pipeline.errors import DatagenError
 from pipeline.tokenize import (
@@ -28,7 +28,7 @@ def test_gguf_tokenizer_gives_llama_cpp_ids_on_real_text(smollm2):
     llama_cpp = pytest.importorskip("llama_cpp")
     llm = llama_cpp.Llama(model_path=str(bundled_gguf_path()), vocab_only=True, verbose=False)
     texts = [m["text"] for m in openstax_modules()[:40]]
-    texts += [t for _, t in wikitext_articles()[:10]]  # digits, " @-@ ", accents
+    texts += wikitext_articles()[:10]  # digits, " @-@ ", accents
     assert sum(len(t) for t in texts) > 200_000
     for t in texts:
         ours = smollm2.tokenizer.encode(t, add_special_tokens=False).ids

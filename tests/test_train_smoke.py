@@ -8,11 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from emit_testdata import build_run
-from rich.console import Console
-
-from pipeline.config import load_config
-from pipeline.stages import StageSpec, _run_one
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_smoke.py"
 
@@ -24,11 +19,10 @@ def _torch_or_skip() -> None:
         pytest.skip("torch not installed (pip install torch==2.13.0)")
 
 
-def test_tiny_gpt_trains_on_emitted_shards_and_loss_falls(tmp_path):
+def test_tiny_gpt_trains_on_emitted_shards_and_loss_falls(real_run, tmp_path):
+    """On the session's real run (tests/emit_testdata.py; emit.val_fraction=0.1)."""
     _torch_or_skip()
-    run = build_run(tmp_path, n_web=30)
-    cfg = load_config([f"run.root={tmp_path}", "run.name=t", "emit.val_fraction=0.1"])
-    _run_one(cfg, run, StageSpec("emit", needs=("dedup",)), "test", Console(quiet=True))
+    run = real_run
     spec = importlib.util.spec_from_file_location("train_smoke", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

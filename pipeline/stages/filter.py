@@ -68,7 +68,8 @@ def classifier_choice(run: Run, cfg: PipelineConfig) -> dict[str, Any]:
     A model that is not demonstrably useful only scores (applied False, note says why)."""
     m = run.read_manifest("train_classifier") or {}
     if m.get("trained"):
-        path: str | None = str(run.path / "train_classifier" / "model.bin")
+        # by name inside the run (a moved run still loads); model.bin before the .ftz default
+        path: str | None = str(run.path / "train_classifier" / m.get("model_file", "model.bin"))
     else:
         path = m.get("model_path")
     if not path:

@@ -1,6 +1,7 @@
 """train_classifier: a supervised fastText quality model on the teacher's ratings (positive when
 score >= classifier.threshold), with a stratified held-out split; precision, recall, F1 and the
-confusion matrix go to the manifest, the model to ``<run>/train_classifier/model.bin``.
+confusion matrix go to the manifest, the model to ``<run>/train_classifier/model.ftz``
+(quantized, ``classifier.quantize``; ``model.bin`` without quantization).
 
 With ``classifier.model_path`` set, that model (e.g. a published DCLM / FineWeb-Edu fastText
 classifier) is checked and used instead. When the labels cannot train a model (none, or a
@@ -28,12 +29,20 @@ CONFIG_KEYS = (
     "classifier.epoch",
     "classifier.lr",
     "classifier.dim",
+    "classifier.bucket",
+    "classifier.quantize",
     "classifier.test_fraction",
     "classifier.min_labels_per_class",
     "classifier.min_score",
     "seed",
 )  # min_score: the held-out metrics' cut
-MODEL = "model.bin"
+MODEL = "model.bin"  # a model trained without quantization (and by datagen before .ftz)
+QUANTIZED_MODEL = "model.ftz"
+
+
+def model_file(cfg: PipelineConfig) -> str:
+    """The file name of the model this stage trains under ``<run>/train_classifier/``."""
+    return QUANTIZED_MODEL if cfg.classifier.quantize else MODEL
 
 
 def preflight(cfg: PipelineConfig) -> None:
@@ -68,7 +77,8 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     c = cfg.classifier
     if c.model_path:
         path = cfg.project_path(c.model_path)
-        clf = QualityClassifier(path, c.positive_label)  # DatagenError if missing / wrong label
+        # DatagenError if missing / wrong label
+        clf = QualityClassifier(path, c.positive_label, "classifier.model_path")
         console.print(f"train_classifier: using {path} (labels {', '.join(clf.labels)})")
         return {
             "model_path": str(path.resolve()),
@@ -112,7 +122,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
             "note": note,
             "summary": {"labels": len(ids), "positive": n_pos, "model": "none"},
         }
-    model_path = folder / MODEL
+    model_path = folder / model_file(cfg)
     console.print(f"train_classifier: {len(ids)} labels ({n_pos} positive), training fastText")
     metrics = train_classifier(texts, labels, model_path, c, cfg.seed)
     held = metrics.get("heldout") or {}
@@ -123,6 +133,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         **base,
         **metrics,
         "model_path": str(model_path.resolve()),
+        "model_file": model_path.name,  # the filter stage loads <run>/train_classifier/<this>
         "trained": True,
         "applied": applied,
         "note": None if applied else f"score only: {why}",
@@ -130,7 +141,8 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
             "labels": len(ids),
             "positive": n_pos,
             "f1": held.get("f1", "n/a"),
-            "model": MODEL,
+            "model": model_path.name,
+            "model_mb": round(metrics["model_bytes"] / 1e6, 2),
             "applied": applied,
         },
     }
