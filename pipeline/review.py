@@ -26,7 +26,7 @@ from markupsafe import Markup
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.records import Document, utc_now
-from pipeline.runs import Run, atomic_write_text, read_shards, shard_paths
+from pipeline.runs import Run, atomic_write_text, read_jsonl, read_shards, shard_paths
 
 # the stages whose output folders hold documents (kept in the folder, dropped in dropped/)
 DOC_STAGES = ("generate", "filter", "web", "dedup", "emit")
