@@ -14,6 +14,9 @@ from recipes_testdata import RecipeOpenAI
 from test_generate import FAST, kill_midway, read_jsonl
 from web_testdata import DOLMA0, OPENSTAX
 
+from pipeline.records import Document
+from pipeline.runs import read_shards
+
 # the faults of test_generate, minus a slow answer (time) and a server that never recovers
 SCRIPTS = [[], ["429"], ["500", "500"], ["malformed"], ["drop"], ["empty", "429"], []]
 BASE = ["teacher.model=fake-model", "annotate.n=0", *FAST]
@@ -122,7 +125,7 @@ def test_revise_kill_9_then_rerun_pays_for_nothing_twice(tmp_path):
 
 # --------------------------------------------------------------------------- reverse
 def web_args(url: str, *extra: str) -> list[str]:
-    return args(url, "plan.n=4", f"web.inputs=[{DOLMA0}]", "web.workers=1", *extra)
+    return args(url, "plan.n=4", f"web.inputs=[{DOLMA0}]", "executor.workers=1", *extra)
 
 
 def test_reverse_pairs_web_text_with_instructions_and_drops_unanswerable_ones(tmp_path):
@@ -131,11 +134,7 @@ def test_reverse_pairs_web_text_with_instructions_and_drops_unanswerable_ones(tm
         r = datagen(*web_args(srv.url, "stage=reverse", "reverse.n=12"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs/default"
-    web = {
-        d["id"]: d["text"]
-        for p in (run / "web").glob("part-*.jsonl.zst")
-        for d in map(json.loads, __import__("zstandard").decompress(p.read_bytes()).splitlines())
-    }
+    web = {d.id: d.text for d in read_shards(run / "web", Document)}
     pairs = read_jsonl(run / "reverse/pairs.jsonl")
     m = manifest(run, "reverse")
     assert m["sampled"] == 12 and len(pairs) == 12 and m["failed"] == 0
