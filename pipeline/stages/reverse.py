@@ -39,7 +39,7 @@ from pipeline.prompting import describe
 from pipeline.records import Document, Failure, stable_id, utc_now
 from pipeline.runs import STOPPED_BUDGET, JsonlAppender, Run, read_jsonl
 
-CONFIG_KEYS = ("reverse", "teacher.model", "seed")
+CONFIG_KEYS = ("reverse", "teacher.model", "teacher.top_p", "seed")
 PAIRS = "pairs.jsonl"
 PARQUET = "pairs.parquet"
 FAILURES = "failures.jsonl"
@@ -110,10 +110,16 @@ def preflight(cfg: PipelineConfig) -> None:
 
 
 def fingerprint(cfg: PipelineConfig) -> str:
+    """The template's source, and a ``reverse.input`` file's size and mtime (an edited input
+    redoes the stage; the web stage's output is in the upstream hash already)."""
     if cfg.reverse.n == 0:
         return ""
     lib, name = judging.template(cfg, cfg.reverse.prompt, "reverse.prompt")
-    return lib.fingerprint([name])
+    extra = ""
+    if cfg.reverse.input and (path := cfg.project_path(cfg.reverse.input)).is_file():
+        st = path.stat()
+        extra = stable_id(path.resolve(), st.st_size, st.st_mtime_ns)
+    return lib.fingerprint([name]) + extra
 
 
 def _file_docs(path: Path) -> Iterator[Document]:
