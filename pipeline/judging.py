@@ -1,6 +1,7 @@
-"""What the teacher stages that judge or rewrite share: their prompt template, structured (JSON)
-answers under a schema, and the ids a stage already recorded (annotate, revise, reverse,
-preferences)."""
+"""What the teacher stages that judge or rewrite share (annotate, revise, reverse,
+preferences): their prompt template, reading a JSON answer, the ids a stage already recorded,
+and the parquet dataset they write. The schema's ``response_format`` is
+:mod:`pipeline.teacher.structured`'s."""
 
 from __future__ import annotations
 
@@ -24,28 +25,6 @@ def template(cfg: PipelineConfig, path: str, key: str) -> tuple[PromptLibrary, s
     if not p.is_file():
         raise DatagenError(f"{key}: template {p} not found")
     return PromptLibrary(p.parent), p.name.removesuffix(".j2")
-
-
-def structured_mode(setting: str, cfg: PipelineConfig) -> str:
-    """``auto``: json_object on the embedded teacher (llama.cpp grammar: a 135M model never
-    reaches a score line unconstrained), off elsewhere (not every server has structured
-    outputs)."""
-    if setting != "auto":
-        return setting
-    return "off" if cfg.teacher.base_url else "json_object"
-
-
-def response_format(mode: str, name: str, schema: dict[str, Any]) -> dict[str, Any] | None:
-    """The request's response_format: llama.cpp's json_object + schema, or OpenAI/vLLM
-    structured outputs (json_schema)."""
-    if mode == "json_object":
-        return {"type": "json_object", "schema": schema}
-    if mode == "json_schema":
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": name, "schema": schema, "strict": True},
-        }
-    return None
 
 
 def parse_json_object(text: str) -> dict[str, Any] | None:

@@ -31,6 +31,8 @@ class PlanItem(BaseModel):
     format: str
     words: list[str]
     seed_text: str | None = None  # optional web extract the request is grounded on
+    style: str = ""  # plan.styles ("" for formats whose template has no style)
+    features: list[str] = Field(default_factory=list)  # TinyStories story features
 
 
 # a code exercise's tests run against its solution in the sandbox (pipeline.sandbox): passed,
@@ -53,6 +55,7 @@ class CodeExercise(BaseModel):
     runtime_s: float | None = None  # sandbox wall clock, interpreter start-up included
     error: str | None = None  # the traceback or limit hit (redacted, its tail)
     isolation: Isolation | None = None  # how the sandbox ran it
+    repairs: int = 0  # repair rounds this exercise took (generate.repair_rounds)
 
 
 class Critique(BaseModel):
@@ -110,6 +113,8 @@ class Document(BaseModel):
     subject: str | None = None
     audience: str | None = None
     format: str | None = None
+    style: str | None = None
+    features: list[str] = Field(default_factory=list)
     required_words: list[str] = Field(default_factory=list)
     # generation provenance (synthetic)
     template: str | None = None

@@ -250,6 +250,7 @@ def _doc_view(d: Document, stage: str, kept: bool) -> dict[str, Any]:
         "subject": d.subject,
         "audience": d.audience,
         "format": d.format,
+        "style": d.style,
         "required_words": list(d.required_words),
         "model": d.model,
         "url": d.url,
@@ -274,6 +275,7 @@ def _emit_docs(run: Run) -> Iterator[dict[str, Any]]:
                 "subject": row["subject"],
                 "audience": row["audience"],
                 "format": row["format"],
+                "style": row.get("style"),
                 "required_words": row["required_words"] or [],
                 "model": row["model"],
                 "url": row["url"],
@@ -327,8 +329,8 @@ def _reservoir(items: Iterable[dict], k: int, rng: random.Random) -> tuple[list[
 
 
 # --------------------------------------------------------------------------- statistics
-# where the stages store the quality classifier's probability: filter, web, then any *.quality
-QUALITY_KEYS = ("classifier.prob", "quality.p_positive", "classifier.quality")
+# the one name filter and web give the quality classifier's probability (then any *.quality)
+QUALITY_KEYS = ("classifier.prob",)
 
 
 def quality_of(scores: dict[str, float], key: str = "") -> float | None:
@@ -355,6 +357,30 @@ def distinct_n(texts: list[str], n: int) -> float:
         total += len(grams)
         seen.update(grams)
     return len(seen) / total if total else 0.0
+
+
+def diversity_by_axis(
+    docs: list[dict[str, Any]], axes: tuple[str, ...] = ("format", "style"), openers: int = 3
+) -> list[dict[str, Any]]:
+    """Output diversity per value of each plan axis: documents, distinct-1/2/3 of their texts
+    and their most frequent openers (documents without the axis are left out)."""
+    rows = []
+    for axis in axes:
+        groups: dict[str, list[str]] = {}
+        for d in docs:
+            if d.get(axis):
+                groups.setdefault(str(d[axis]), []).append(d["text"])
+        for value, texts in sorted(groups.items()):
+            rows.append(
+                {
+                    "axis": axis,
+                    "value": value,
+                    "docs": len(texts),
+                    "d": [distinct_n(texts, n) for n in (1, 2, 3)],
+                    "openers": Counter(opener(t) for t in texts).most_common(openers),
+                }
+            )
+    return rows
 
 
 def near_dup_rate(texts: list[str], seed: int) -> float:
@@ -554,6 +580,13 @@ in the stage output; statistics over {{ n_stats_kept }} kept / {{ n_stats_droppe
 <table><tr><th>most frequent openers (first 3 words)</th><th>docs</th></tr>
 {% for s, c in openers %}<tr><td>{{ s }}</td><td class="num">{{ c }}</td></tr>{% endfor %}
 </table></div>
+{% if by_axis %}<table><tr><th>axis</th><th>value</th><th>docs</th><th>distinct-1</th>
+<th>distinct-2</th><th>distinct-3</th><th>most frequent openers</th></tr>
+{% for r in by_axis %}<tr><td>{{ r.axis }}</td><td>{{ r.value }}</td>
+<td class="num">{{ r.docs }}</td>{% for x in r.d %}<td class="num">{{ "%.3f"|format(x) }}</td>
+{% endfor %}<td>{% for s, c in r.openers %}{{ s }} ({{ c }}){% if not loop.last %}; {% endif %}
+{% endfor %}</td></tr>{% endfor %}
+</table>{% endif %}
 
 {% for title, docs in sections %}
 <h2 id="{{ title.split()[0]|lower }}">{{ title }}</h2>
@@ -666,6 +699,7 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
             near_dup_threshold=NEAR_DUP_THRESHOLD,
             first_sentences=Counter(first_sentence(t) for t in kept_texts).most_common(10),
             openers=Counter(opener(t) for t in kept_texts).most_common(10),
+            by_axis=diversity_by_axis(kept),
             sections=[
                 (f"Kept documents ({len(show_kept)} sampled)", show_kept),
                 (f"Dropped documents ({len(show_dropped)} sampled)", show_dropped),

@@ -170,15 +170,17 @@ def test_review_page_shows_the_real_web_funnel(reviewed):
     assert rows[1:] == [
         [s["step"], f"{s['documents']:,}", f"{s['tokens']:,}", reasons(s["dropped"])] for s in steps
     ]
-    assert [r[0] for r in rows[1:]] == [
-        "read", "extract", "language", "blocklist", "heuristics",
-        "quality", "dedup", "decontam", "kept",
+    names = [r[0] for r in rows[1:]]
+    assert names == [
+        "read", "record", "blocklist", "precheck", "extract", "language", "heuristics",
+        "clean", "quality", "decontam",
     ]  # fmt: skip
     by_step = {s["step"]: s for s in steps}
     # web.min_quality drops some real pages; the heuristics drop many
     assert by_step["quality"]["dropped"]["quality.low_score"] > 0
     assert sum(by_step["heuristics"]["dropped"].values()) > 10
-    assert f"quality.low_score={by_step['quality']['dropped']['quality.low_score']}" in rows[6][3]
+    low = by_step["quality"]["dropped"]["quality.low_score"]
+    assert f"quality.low_score={low}" in rows[1 + names.index("quality")][3]
 
 
 def test_review_page_shows_every_stages_real_drop_counts(reviewed):

@@ -30,6 +30,8 @@ from pipeline.prompting import PromptLibrary, describe
 from pipeline.records import Document, Failure, stable_id, utc_now
 from pipeline.runs import STOPPED_BUDGET, JsonlAppender, Run, read_jsonl
 from pipeline.secrets import env_secret, redact
+from pipeline.teacher.structured import schema_format
+from pipeline.teacher.structured import structured_mode as _structured_mode
 
 # teacher.base_url decides annotate.structured=auto (see structured_mode)
 CONFIG_KEYS = ("annotate", "teacher.model", "teacher.base_url", "classifier.model_path", "seed")
@@ -79,11 +81,11 @@ RATING_SCHEMA = {
 
 
 def structured_mode(cfg: PipelineConfig) -> str:
-    return judging.structured_mode(cfg.annotate.structured, cfg)
+    return _structured_mode(cfg.annotate.structured, cfg.teacher, endpoint="off")
 
 
 def response_format(mode: str) -> dict[str, Any] | None:
-    return judging.response_format(mode, "rating", RATING_SCHEMA)
+    return schema_format(mode, "rating", RATING_SCHEMA)
 
 
 def parse_rating(text: str, structured: bool) -> tuple[int, str] | None:

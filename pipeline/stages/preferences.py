@@ -46,6 +46,7 @@ from pipeline.runs import (
     atomic_write_text,
     read_jsonl,
 )
+from pipeline.teacher.structured import schema_format, structured_mode
 
 # teacher.base_url decides preferences.structured=auto
 CONFIG_KEYS = ("preferences", "teacher.model", "teacher.base_url", "teacher.top_p", "seed")
@@ -155,9 +156,9 @@ class _Sampler:
         self.prompts = PromptLibrary(prompts_folder(cfg))
         self.rate_lib, self.rate_name = _rate_template(cfg)
         p = cfg.preferences
-        mode = judging.structured_mode(p.structured, cfg)
+        mode = structured_mode(p.structured, cfg.teacher, endpoint="off")
         self.rate_params: dict[str, Any] = {"max_tokens": p.rate_max_tokens, "temperature": 0.0}
-        if fmt := judging.response_format(mode, "rating", RATING_SCHEMA):
+        if fmt := schema_format(mode, "rating", RATING_SCHEMA):
             self.rate_params["response_format"] = fmt
 
     def sample_params(self, i: int) -> dict[str, Any]:

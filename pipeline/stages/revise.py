@@ -36,6 +36,7 @@ from pipeline.records import Critique, Document, Revision, RevisionRound
 from pipeline.runs import STOPPED_BUDGET, Run, read_jsonl
 from pipeline.secrets import env_secret, redact
 from pipeline.stages.generate import OutputLog, output_files
+from pipeline.teacher.structured import schema_format, structured_mode
 
 # teacher.base_url decides revise.structured=auto; the rewrite uses the teacher's sampling
 CONFIG_KEYS = (
@@ -111,12 +112,12 @@ class _Reviser:
     def __init__(self, cfg: PipelineConfig, teacher: Any, stats: Any) -> None:
         (self.crit_lib, self.crit_name), (self.rw_lib, self.rw_name) = _templates(cfg)
         self.cfg, self.teacher, self.stats = cfg, teacher, stats
-        mode = judging.structured_mode(cfg.revise.structured, cfg)
+        mode = structured_mode(cfg.revise.structured, cfg.teacher, endpoint="off")
         self.crit_params: dict[str, Any] = {
             "max_tokens": cfg.revise.critique_max_tokens,
             "temperature": cfg.revise.temperature,
         }
-        if fmt := judging.response_format(mode, "critique", CRITIQUE_SCHEMA):
+        if fmt := schema_format(mode, "critique", CRITIQUE_SCHEMA):
             self.crit_params["response_format"] = fmt
 
     async def critique(self, d: Document, text: str) -> Critique:

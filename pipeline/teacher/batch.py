@@ -4,6 +4,7 @@ budget and a progress bar."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -143,24 +144,29 @@ async def ask(
 async def run_batch(
     teacher: Teacher,
     jobs: Iterable[Job],
-    on_success: Callable[[Job, Completion], bool | None],
+    on_success: Callable[[Job, Completion], bool | None | Awaitable[bool | None]],
     on_failure: Callable[[Job, str, int], None],
     console: Console,
     label: str,
     total: int | None = None,
 ) -> BatchStats:
-    """Send ``jobs`` (one request each) with ``teacher.cfg.concurrency`` workers.
-    ``on_success`` returns False for an answer it could not use (counted as failed). A job
-    whose request does not fit the budget is skipped and left pending; cached jobs still
-    complete."""
+    """Send ``jobs`` with ``teacher.cfg.concurrency`` workers. ``on_success`` returns False for
+    an answer it could not use (counted as failed); it may return an awaitable (work on the
+    answer that sends more requests, such as a code exercise's repair rounds: its worker
+    waits for it). A job whose request does not fit the budget (``teacher.ledger``) is
+    skipped and left pending, also when ``on_success``'s own requests do not fit; cached
+    jobs still complete."""
     stats = BatchStats(cost_known=teacher.price is not None)
 
     async def work(job: Job) -> bool:
         try:
             c = await ask(teacher, stats, job.messages, job.params, job.id)
+            used = on_success(job, c)
+            if inspect.isawaitable(used):
+                used = await used
         except TeacherError as e:
             on_failure(job, e.reason, e.attempts)
             return False
-        return on_success(job, c) is not False
+        return used is not False
 
     return await run_tasks(teacher, jobs, work, console, label, total, stats)
