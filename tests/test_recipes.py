@@ -333,10 +333,10 @@ def test_review_shows_each_stage_side_by_side(tmp_path):
     page = (tmp_path / "runs/default/review/revise.html").read_text()
     docs = revise_docs(tmp_path / "runs/default")
     assert "draft critique" in page and "revision, round 1" in page
-    import html
+    from markupsafe import escape  # the page's own escaping (Jinja2 autoescape)
 
     for d in docs:
-        assert html.escape(d["revision"]["draft"][:60]) in page
+        assert str(escape(d["revision"]["draft"][:60])) in page
 
 
 def test_revise_stops_at_the_budget_and_a_larger_one_continues_without_repaying(tmp_path):
