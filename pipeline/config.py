@@ -601,7 +601,7 @@ class EmitConfig(Section):
     tokenizer: str = "smollm2"
     eot_token: str = "<|endoftext|>"  # appended after every document in the token shards
     shard_tokens: int = Field(50_000_000, ge=1)  # a shard closes once it holds this many tokens
-    batch_size: int = Field(1000, ge=1)  # documents per tokenizer call
+    batch_size: int = Field(1000, ge=1)  # documents per tokenizer call and parquet row group
     # score used as "quality" (annealing, the quality column); empty: the classifier's
     # probability (classifier.prob, on filter and web documents alike), else none
     quality_key: str = ""

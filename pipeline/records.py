@@ -152,3 +152,13 @@ class Failure(BaseModel):
     created_at: str = Field(default_factory=utc_now)
     template: str | None = None
     model: str | None = None
+
+
+# the one name of the quality classifier's probability on every record (filter and web)
+QUALITY_KEY = "classifier.prob"
+
+
+def quality_of(scores: dict[str, float], key: str = "") -> float | None:
+    """A document's quality score: ``scores[key]`` if a key is given (``emit.quality_key``),
+    else the classifier probability; None if the record has none."""
+    return scores.get(key or QUALITY_KEY)

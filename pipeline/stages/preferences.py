@@ -295,7 +295,7 @@ def pairs_table(records: list[PreferenceRecord]) -> pa.Table:
 def _finish(
     cfg: PipelineConfig, run: Run, folder: Path, sampled: int, stats: Any
 ) -> dict[str, Any]:
-    from pipeline.review import preferences_card
+    from pipeline.card import preferences_card
     from pipeline.teacher import budget_note, spend_report
     from pipeline.teacher.client import cost_at
 
