@@ -3,6 +3,7 @@ page: built from the stages' manifests only, so the emit stage never imports the
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
@@ -163,3 +164,52 @@ def dataset_card(cfg: PipelineConfig, run: Run, emit: dict[str, Any]) -> str:
                 drops = reasons_text(s["dropped"])
                 lines.append(f"| {s['step']} | {s['documents']:,} | {s['tokens']:,} | {drops} |")
     return "\n".join(lines) + "\n"
+
+
+def preferences_card(cfg: PipelineConfig, run: Run, m: dict[str, Any]) -> str:
+    """The README.md beside the preference pairs (``preferences/pairs.parquet``)."""
+    p = cfg.preferences
+    rule = "the worst-rated" if p.rejected == "worst" else "a random lower-rated"
+    skips = ", ".join(f"{k}={v}" for k, v in m["skip_reasons"].items()) or "none"
+    return (
+        "\n".join(
+            [
+                "---",
+                "configs:",
+                "- config_name: default",
+                "  data_files: pairs.parquet",
+                "tags: [dpo, preference, synthetic]",
+                "---",
+                f"# datagen preference pairs: {run.name}",
+                "",
+                f"Built {utc_now()} by `datagen run stage=preferences` (seed {cfg.seed}), "
+                f"Zephyr dDPO / UltraFeedback style: {p.samples} completions per prompt from "
+                f"`{cfg.teacher.model}` at temperature {p.temperature:g}, each rated 1-10 by the "
+                f"same teacher with the rubric `{Path(p.rate_prompt).name}` (instruction "
+                f"following, correctness, helpfulness, clarity). chosen = the best-rated sample, "
+                f"rejected = {rule} sample; prompts whose samples tie are skipped.",
+                "",
+                f"- prompts: {m['prompts']} sampled from the plan; pairs: {m['pairs']}; "
+                f"skipped: {skips}",
+                f"- mean score margin chosen - rejected: {m['mean_margin']}",
+                f"- teacher tokens: {m['prompt_tokens'] + m['completion_tokens']:,}; cost: "
+                + ("unknown" if m["cost_usd"] is None else f"${m['cost_usd']}"),
+                "",
+                "## Columns",
+                "",
+                "| column | meaning |",
+                "|---|---|",
+                "| prompt | the request (the user message generate would send) |",
+                "| chosen, rejected | the best-rated and the rejected completion |",
+                "| score_chosen, score_rejected | their ratings (1-10) |",
+                "| scores | every sample's rating, in sample order (null: not rated) |",
+                "| model | the teacher |",
+                "| id | the plan item's id |",
+                "| chosen_sample, rejected_sample | indices into the samples (ratings.jsonl) |",
+                "",
+                'Load with `datasets.load_dataset("parquet", data_files="pairs.parquet")`. '
+                "Every sample, rating and rationale is in `ratings.jsonl`.",
+            ]
+        )
+        + "\n"
+    )

@@ -283,6 +283,49 @@ class AnnotateConfig(Section):
     structured: str = Field("auto", pattern="^(auto|off|json_object|json_schema)$")
 
 
+class ReviseConfig(Section):
+    """phi-4 critique and revision (pipeline/stages/revise.py)."""
+
+    rounds: int = Field(0, ge=0, le=5)  # 0 = off: later stages read generate's outputs
+    critique_prompt: str = "prompts/revise_critique.j2"
+    rewrite_prompt: str = "prompts/revise_rewrite.j2"
+    critique_max_tokens: int = Field(256, ge=16)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # of the critique; rewrites: teacher's
+    max_doc_chars: int = Field(4000, ge=100)  # the draft is cut to this in the critique prompt
+    structured: str = Field("auto", pattern="^(auto|off|json_object|json_schema)$")
+
+
+class ReverseConfig(Section):
+    """Instruction reversal (pipeline/stages/reverse.py)."""
+
+    n: int = Field(0, ge=0)  # documents to reverse (a seeded sample); 0 = off
+    # empty: the web stage's kept output; else a JSONL file of {"text", "id"?} (code snippets)
+    input: str = ""
+    prompt: str = "prompts/reverse.j2"
+    max_tokens: int = Field(160, ge=8)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_doc_chars: int = Field(3000, ge=100)
+    min_chars: int = Field(200, ge=1)  # shorter texts answer nothing worth asking
+    # answerability (overlap-based): this share of the instruction's content words must occur
+    # in the text, and the instruction must not copy the text
+    min_overlap: float = Field(0.5, ge=0.0, le=1.0)
+    max_instruction_words: int = Field(120, ge=4)
+
+
+class PreferencesConfig(Section):
+    """Preference pairs, Zephyr dDPO / UltraFeedback style (pipeline/stages/preferences.py)."""
+
+    n: int = Field(0, ge=0)  # plan prompts to sample completions for (seeded); 0 = off
+    samples: int = Field(4, ge=2, le=16)  # completions per prompt (UltraFeedback: 4)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)  # higher than generate's, for variety
+    max_tokens: int = Field(600, ge=8)  # of each completion
+    rate_prompt: str = "prompts/preferences_rate.j2"
+    rate_max_tokens: int = Field(200, ge=16)
+    max_doc_chars: int = Field(4000, ge=100)  # a completion is cut to this in the rating prompt
+    rejected: str = Field("worst", pattern="^(worst|random)$")  # which lower-rated sample
+    structured: str = Field("auto", pattern="^(auto|off|json_object|json_schema)$")
+
+
 class ClassifierConfig(Section):
     """The quality classifier: which labels train it (``source``) and how it is trained.
 
@@ -714,6 +757,7 @@ class PipelineConfig(Section):
     teacher: TeacherConfig = TeacherConfig()
     generate: GenerateConfig = GenerateConfig()
     budget: BudgetConfig = BudgetConfig()
+    revise: ReviseConfig = ReviseConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     filter: FilterConfig = FilterConfig()
@@ -722,6 +766,8 @@ class PipelineConfig(Section):
     decontam: DecontamConfig = DecontamConfig()
     web: WebConfig = WebConfig()
     emit: EmitConfig = EmitConfig()
+    reverse: ReverseConfig = ReverseConfig()
+    preferences: PreferencesConfig = PreferencesConfig()
     review: ReviewConfig = ReviewConfig()
     executor: ExecutorConfig = ExecutorConfig()
     ablate: AblateConfig = AblateConfig()

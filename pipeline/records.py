@@ -58,6 +58,48 @@ class CodeExercise(BaseModel):
     repairs: int = 0  # repair rounds this exercise took (generate.repair_rounds)
 
 
+class Critique(BaseModel):
+    """The teacher's rubric critique of one text (prompts/revise_critique.j2): criterion
+    ratings 1-5 and their sum, the score a revision must beat."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    critique: str
+    ratings: dict[str, int]  # correctness, clarity, pedagogy, required_words
+    score: int  # the sum of the ratings, 4-20
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class RevisionRound(BaseModel):
+    """One round: the critique of the current text, the rewrite, the rewrite's critique."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int
+    critique: Critique  # of the text going into this round
+    revised: str  # the rewrite
+    revised_critique: Critique
+    accepted: bool  # the rewrite scored higher and replaced the text
+    rewrite_prompt_tokens: int = 0
+    rewrite_completion_tokens: int = 0
+    rewrite_finish_reason: str | None = None
+
+
+class Revision(BaseModel):
+    """What the revise stage did to a document: the draft, every round, the final score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    draft: str
+    draft_critique: Critique | None = None
+    rounds: list[RevisionRound] = Field(default_factory=list)
+    draft_score: int | None = None
+    final_score: int | None = None
+    model: str | None = None
+    error: str | None = None  # why it stopped early (a failed request, an unparseable critique)
+
+
 class Document(BaseModel):
     """A text document, synthetic or web; the same type flows through filter, web and emit."""
 
@@ -84,6 +126,7 @@ class Document(BaseModel):
     latency_s: float | None = None
     created_at: str | None = None
     code: CodeExercise | None = None  # format code_exercises: the exercise and its verdict
+    revision: Revision | None = None  # the revise stage: draft, critiques, rewrites
     # web provenance
     url: str | None = None
     source_file: str | None = None

@@ -33,7 +33,7 @@ from pipeline.card import funnel, reasons_text
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.records import Document, quality_of, utc_now
-from pipeline.runs import Run, atomic_write_text, read_shards, shard_paths
+from pipeline.runs import Run, atomic_write_text, read_jsonl, read_shards, shard_paths
 
 # the stages whose output folders hold documents (kept in the folder, dropped in dropped/)
 DOC_STAGES = ("generate", "filter", "web", "dedup", "emit")
@@ -95,11 +95,12 @@ def _stage_docs(run: Run, stage: str, kept: bool) -> Iterator[dict[str, Any]]:
             yield from _emit_docs(run)
         return
     if stage == "generate":  # generate appends Documents to numbered JSONL files; nothing dropped
-        if kept:
-            from pipeline.stages.generate import iter_outputs
+        if kept:  # generate's own drafts (iter_outputs would give revise's rewrites)
+            from pipeline.stages.generate import output_files
 
-            for d in iter_outputs(run):
-                yield _doc_view(d, stage, kept)
+            for path in output_files(run.path / "generate"):
+                for d in read_jsonl(path, Document):
+                    yield _doc_view(d, stage, kept)
         return
     folder = run.path / stage if kept else run.path / stage / "dropped"
     for d in read_shards(folder, Document):
@@ -588,7 +589,7 @@ def _resolve_stages(run: Run, stage: str | None) -> list[str]:
         if stage not in DOC_STAGES:
             raise DatagenError(
                 f"review: stage '{stage}' has no documents to review "
-                f"(choose one of: {', '.join(DOC_STAGES)})"
+                f"(choose one of: {', '.join(DOC_STAGES)}, revise, reverse, preferences)"
             )
         if not _has_docs(run, stage):
             raise DatagenError(
@@ -625,6 +626,11 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
     One streaming pass per side: counts and histograms over every document, text statistics
     (distinct-n, near duplicates, first sentences) over a seeded sample of at most
     ``review.max_stats_docs``; the documents shown are the first ``review.n`` of that sample."""
+    from pipeline.review_recipes import STAGES as RECIPE_STAGES
+    from pipeline.review_recipes import write_recipe_review
+
+    if stage in RECIPE_STAGES:  # revise, reverse, preferences: pairs side by side
+        return write_recipe_review(cfg, stage)
     run = Run(cfg.run.root, cfg.run.name)
     stages = _resolve_stages(run, stage)
     rcfg = cfg.review

@@ -214,3 +214,72 @@ def test_kill_9_of_datagen_takes_the_server_down_too(tmp_path, port):
     proc.kill()
     proc.wait()
     assert wait_gone(port) == []
+
+
+def test_revise_preferences_and_reverse_run_on_the_embedded_teacher(tmp_path, port):
+    """The phi-4 and dDPO stages with a real model: critiques parse under the grammar, the
+    rules hold on real answers, and the outputs load and review."""
+    import datasets
+    from web_testdata import OPENSTAX
+
+    run = tmp_path / "runs/default"
+    common = [*SMALL, f"teacher.local.port={port}", "plan.n=2", "annotate.n=0", "web.inputs=[]"]
+
+    def jsonl(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    r = datagen(
+        "run", "stage=revise", "revise.rounds=1", "revise.critique_max_tokens=160", *common,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    drafts = {d["id"]: d["text"] for d in jsonl(run / "generate/outputs.jsonl")}
+    docs = jsonl(run / "revise/outputs.jsonl")
+    assert {d["id"] for d in docs} == set(drafts)
+    for d in docs:
+        rev = d["revision"]
+        assert rev["draft"] == drafts[d["id"]] and rev["model"] == "SmolLM2-135M-Instruct"
+        crit = rev["draft_critique"]
+        assert crit is not None, rev["error"]  # the grammar gives parseable ratings
+        assert crit["score"] == sum(crit["ratings"].values()) and 4 <= crit["score"] <= 20
+        for rnd in rev["rounds"]:
+            assert rnd["revised"].strip() and rnd["rewrite_completion_tokens"] > 0
+            assert rnd["accepted"] == (rnd["revised_critique"]["score"] > crit["score"])
+        won = [x["revised"] for x in rev["rounds"] if x["accepted"]]
+        assert d["text"] == (won[-1] if won else rev["draft"])
+    m = json.loads((run / "revise/manifest.json").read_text())
+    assert m["rounds"][0]["completion_tokens"] > 0 and m["rounds"][0]["cost_usd"] == 0.0
+
+    r = datagen(
+        "run", "stage=preferences", "preferences.n=1", "preferences.samples=2",
+        "preferences.max_tokens=48", "preferences.rate_max_tokens=120", *common, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (rec,) = jsonl(run / "preferences/ratings.jsonl")
+    texts = [s["text"] for s in rec["samples"]]
+    assert len(texts) == 2 and texts[0] != texts[1]  # a seed per sample: two real samples
+    scores = [s["score"] for s in rec["samples"]]
+    assert all(s is not None and 1 <= s <= 10 for s in scores), rec["samples"]
+    parquet = run / "preferences/pairs.parquet"
+    if rec["skip_reason"]:  # no pair: no file (datasets cannot load a parquet without rows)
+        assert rec["skip_reason"].startswith("tie") and scores[0] == scores[1]
+        assert not parquet.exists()
+    else:
+        ds = datasets.load_dataset("parquet", data_files=str(parquet), split="train")
+        assert ds.num_rows == 1 and ds[0]["score_chosen"] == max(scores) > min(scores)
+
+    r = datagen(
+        "run", "stage=reverse", f"reverse.input={OPENSTAX}", "reverse.n=2", *common, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    pairs = jsonl(run / "reverse/pairs.jsonl")
+    assert len(pairs) == 2
+    for p in pairs:
+        assert p["instruction"] and p["completion_tokens"] > 0 and p["overlap"] is not None
+        assert p["drop_reason"] is None or p["drop_reason"].split(":")[0] in {
+            "not_answerable", "no_content_words", "too_long", "empty_instruction",
+        }  # fmt: skip
+    for stage in ("revise", "preferences", "reverse"):
+        assert datagen("review", f"stage={stage}", cwd=tmp_path).returncode == 0
+        assert (run / f"review/{stage}.html").exists()
+    assert wait_gone(port) == []

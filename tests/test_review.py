@@ -211,7 +211,10 @@ def test_review_page_shows_the_real_web_funnel(reviewed):
 def test_review_page_shows_every_stages_real_drop_counts(reviewed):
     _, run, _, dom = reviewed
     rows = table(dom, "funnel-stages")[1:]
-    order = ["plan", "generate", "annotate", "train_classifier", "filter", "web", "dedup", "emit"]
+    order = [
+        *("plan", "generate", "revise", "annotate", "train_classifier", "filter", "web"),
+        *("dedup", "emit", "reverse", "preferences"),
+    ]
     assert [r[0] for r in rows] == order and all(r[1] == "finished" for r in rows)
     checked = 0
     for stage, (_, _, result, counts) in zip(order, rows, strict=True):

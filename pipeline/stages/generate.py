@@ -140,9 +140,18 @@ def output_files(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def synthetic_files(run: Run) -> list[Path]:
+    """The synthetic documents later stages read, in order: revise's outputs when the revise
+    stage rewrote them (its manifest says so), else generate's."""
+    if (run.read_manifest("revise") or {}).get("revised"):
+        return output_files(run.path / "revise")
+    return output_files(run.path / "generate")
+
+
 def iter_outputs(run: Run) -> Iterator[Document]:
-    """Every Document generate wrote in ``run``, file by file (what later stages read)."""
-    for path in output_files(run.path / "generate"):
+    """Every synthetic Document of ``run`` (generate's, or revise's), file by file: what
+    annotate and train_classifier read."""
+    for path in synthetic_files(run):
         yield from read_jsonl(path, Document)
 
 

@@ -1,4 +1,5 @@
-"""Run many teacher requests with a concurrency limit, a budget and a progress bar."""
+"""Run many teacher requests (or items that each make several) with a concurrency limit, a
+budget and a progress bar."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -23,6 +24,8 @@ from rich.text import Text
 
 from pipeline.teacher.budget import BudgetExhausted
 from pipeline.teacher.client import Completion, Teacher, TeacherError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -80,6 +83,64 @@ def _counts(stats: BatchStats) -> str:
     return text + (f" budget-skipped={stats.skipped_by_budget}" if stats.skipped_by_budget else "")
 
 
+async def run_tasks(
+    teacher: Teacher,
+    items: Iterable[T],
+    work: Callable[[T], Awaitable[bool | None]],
+    console: Console,
+    label: str,
+    total: int | None = None,
+    stats: BatchStats | None = None,
+) -> BatchStats:
+    """Run ``work(item)`` for every item with ``teacher.cfg.concurrency`` workers. An item may
+    make several requests in turn (a critique, then a revision of it): ``work`` records what
+    it got and returns False for an item that failed. An item whose next request does not fit
+    the budget (``teacher.ledger``) is left pending; the answers it already got are in the
+    cache, so continuing it later costs only what it still needs."""
+    stats = stats or BatchStats(cost_known=teacher.price is not None)
+    it = iter(items)
+    progress = make_progress(console)
+    task = progress.add_task(label, total=total, counts=_counts(stats))
+
+    async def worker() -> None:
+        for item in it:
+            try:
+                ok = await work(item)
+            except BudgetExhausted:
+                stats.stopped_by_budget = True
+                stats.skipped_by_budget += 1
+            else:
+                if ok is False:
+                    stats.failed += 1
+                else:
+                    stats.done += 1
+            finally:
+                progress.update(task, advance=1, counts=_counts(stats))
+
+    with progress:
+        await asyncio.gather(*(worker() for _ in range(teacher.cfg.concurrency)))
+    if teacher.ledger is not None:
+        stats.spent_usd = teacher.ledger.session_usd
+    stats.endpoints = teacher.pool.report()
+    return stats
+
+
+async def ask(
+    teacher: Teacher,
+    stats: BatchStats,
+    messages: list[dict[str, str]],
+    params: dict[str, Any] | None,
+    item_id: str,
+) -> Completion:
+    """One request of an item's work (``run_tasks``), its tokens and cache hit counted in
+    ``stats``. Raises TeacherError (failed for good) and BudgetExhausted (left pending)."""
+    c = await teacher.complete(messages, params, item_id=item_id)
+    stats.tokens_in += c.prompt_tokens
+    stats.tokens_out += c.completion_tokens
+    stats.cached += c.cached
+    return c
+
+
 async def run_batch(
     teacher: Teacher,
     jobs: Iterable[Job],
@@ -96,37 +157,16 @@ async def run_batch(
     skipped and left pending, also when ``on_success``'s own requests do not fit; cached
     jobs still complete."""
     stats = BatchStats(cost_known=teacher.price is not None)
-    it = iter(jobs)
-    progress = make_progress(console)
-    task = progress.add_task(label, total=total, counts=_counts(stats))
 
-    async def worker() -> None:
-        for job in it:
-            try:
-                c = await teacher.complete(job.messages, job.params, item_id=job.id)
-                stats.tokens_in += c.prompt_tokens
-                stats.tokens_out += c.completion_tokens
-                stats.cached += c.cached
-                used = on_success(job, c)
-                if inspect.isawaitable(used):
-                    used = await used
-            except BudgetExhausted:
-                stats.stopped_by_budget = True
-                stats.skipped_by_budget += 1
-            except TeacherError as e:
-                stats.failed += 1
-                on_failure(job, e.reason, e.attempts)
-            else:
-                if used is False:
-                    stats.failed += 1
-                else:
-                    stats.done += 1
-            finally:
-                progress.update(task, advance=1, counts=_counts(stats))
+    async def work(job: Job) -> bool:
+        try:
+            c = await ask(teacher, stats, job.messages, job.params, job.id)
+            used = on_success(job, c)
+            if inspect.isawaitable(used):
+                used = await used
+        except TeacherError as e:
+            on_failure(job, e.reason, e.attempts)
+            return False
+        return used is not False
 
-    with progress:
-        await asyncio.gather(*(worker() for _ in range(teacher.cfg.concurrency)))
-    if teacher.ledger is not None:
-        stats.spent_usd = teacher.ledger.session_usd
-    stats.endpoints = teacher.pool.report()
-    return stats
+    return await run_tasks(teacher, jobs, work, console, label, total, stats)
