@@ -5,9 +5,15 @@ It reads ``<emit>/tokens/train/*.ds`` and ``<emit>/tokens/val/*.ds`` through ``n
 ``--steps`` steps and reports the training loss at the start and end and the validation loss
 before and after training. It proves the shards are what a training job can consume.
 
+``--select-top K`` trains with Rho-1's selective language modelling loss (Lin et al. 2024, "Not
+All Tokens Are What You Need"): each batch backpropagates only the K share of its target tokens
+with the highest excess loss, the current model's loss minus the reference model's loss read
+from ``part-NNNNN.ds.loss`` beside each train shard (``emit.token_scores.enabled=true``).
+
     pip install torch==2.13.0          # CPU build (the project's optional extra: .[train])
     python scripts/train_smoke.py --run runs/default --steps 300
     python scripts/train_smoke.py --emit-dir runs/default/emit --steps 60 --json out.json
+    python scripts/train_smoke.py --run runs/default --steps 300 --select-top 0.6
 """
 
 from __future__ import annotations
@@ -22,16 +28,47 @@ from pathlib import Path
 import numpy as np
 
 
+def shard_paths(emit_dir: Path, split: str) -> list[Path]:
+    return sorted((emit_dir / "tokens" / split).glob("part-*.ds"))
+
+
 def load_split(emit_dir: Path, split: str, dtype: str) -> list[np.ndarray]:
-    shards = sorted((emit_dir / "tokens" / split).glob("part-*.ds"))
+    shards = shard_paths(emit_dir, split)
     return [m for m in (np.memmap(p, dtype=np.dtype(dtype), mode="r") for p in shards) if len(m)]
 
 
-class Windows:
-    """Random (input, target) windows of ``seq_len`` tokens drawn across memmapped shards."""
+def load_scores(shards: list[Path], dtype: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(tokens, reference losses) of each non-empty shard; the ``.ds.loss`` files must cover
+    every token (little-endian float16, one per token: pipeline/token_scores.py)."""
+    out = []
+    for p in shards:
+        tokens = np.memmap(p, dtype=np.dtype(dtype), mode="r")
+        if not len(tokens):
+            continue
+        lp = p.with_name(p.name + ".loss")
+        if not lp.is_file():
+            raise SystemExit(f"{lp}: missing; run emit with emit.token_scores.enabled=true")
+        loss = np.memmap(lp, dtype="<f2", mode="r")
+        if len(loss) != len(tokens):
+            raise SystemExit(f"{lp}: {len(loss)} scores for {len(tokens)} tokens in {p.name}")
+        out.append((tokens, loss))
+    return out
 
-    def __init__(self, shards: list[np.ndarray], seq_len: int, rng: np.random.Generator) -> None:
-        self.shards = [s for s in shards if len(s) > seq_len + 1]
+
+class Windows:
+    """Random (input, target) windows of ``seq_len`` tokens drawn across memmapped shards, with
+    the reference loss of each target token when the shards come with scores."""
+
+    def __init__(
+        self,
+        shards: list[np.ndarray],
+        seq_len: int,
+        rng: np.random.Generator,
+        losses: list[np.ndarray] | None = None,
+    ) -> None:
+        keep = [i for i, s in enumerate(shards) if len(s) > seq_len + 1]
+        self.shards = [shards[i] for i in keep]
+        self.losses = [losses[i] for i in keep] if losses is not None else None
         if not self.shards:
             raise SystemExit(f"no token shard is longer than seq_len+1 = {seq_len + 1} tokens")
         sizes = np.array([len(s) - seq_len - 1 for s in self.shards], dtype=np.float64)
@@ -40,13 +77,33 @@ class Windows:
         self.rng = rng
 
     def batch(self, n: int) -> np.ndarray:
+        return self.scored_batch(n)[0]
+
+    def scored_batch(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n x seq_len+1 token windows, n x seq_len reference losses of the targets or None)."""
         which = self.rng.choice(len(self.shards), size=n, p=self.p)
         out = np.empty((n, self.seq_len + 1), dtype=np.int64)
+        ref = np.empty((n, self.seq_len), dtype=np.float32) if self.losses else None
         for row, k in enumerate(which):
             s = self.shards[k]
             start = int(self.rng.integers(0, len(s) - self.seq_len - 1))
             out[row] = s[start : start + self.seq_len + 1]
-        return out
+            if ref is not None and self.losses is not None:
+                ref[row] = self.losses[k][start + 1 : start + self.seq_len + 1]
+        return out, ref
+
+
+def select_tokens(token_loss, ref, keep: float):
+    """Rho-1's token selection: the mean loss over the ``keep`` share of tokens with the highest
+    excess loss (model loss - reference loss), and the boolean mask of those tokens."""
+    import torch
+
+    excess = token_loss.detach().reshape(-1) - torch.from_numpy(ref).reshape(-1)
+    k = max(1, round(keep * excess.numel()))
+    idx = torch.topk(excess, k).indices
+    mask = torch.zeros_like(excess, dtype=torch.bool)
+    mask[idx] = True
+    return token_loss.reshape(-1)[idx].mean(), mask
 
 
 def fixed_windows(shards: list[np.ndarray], seq_len: int, limit: int) -> np.ndarray:
@@ -93,12 +150,19 @@ def build_model(vocab: int, d_model: int, n_layers: int, n_heads: int, seq_len: 
             self.ln = nn.LayerNorm(d_model)
             nn.init.normal_(self.tok.weight, std=0.02)
 
-        def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        def forward(
+            self, idx: torch.Tensor, targets: torch.Tensor, per_token: bool = False
+        ) -> torch.Tensor:
             x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
             for blk in self.blocks:
                 x = blk(x)
             logits = self.ln(x) @ self.tok.weight.T  # tied input/output embedding
-            return F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+            loss = F.cross_entropy(
+                logits.reshape(-1, vocab),
+                targets.reshape(-1),
+                reduction="none" if per_token else "mean",
+            )
+            return loss.reshape(targets.shape) if per_token else loss
 
     return GPT()
 
@@ -116,6 +180,7 @@ def train(
     val_windows: int = 64,
     log_every: int = 25,
     threads: int = 0,
+    select_top: float | None = None,
 ) -> dict:
     import torch
 
@@ -126,7 +191,13 @@ def train(
     if threads > 0:  # on a busy machine one thread beats two contending ones
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    train_w = Windows(load_split(emit_dir, "train", dtype), seq_len, rng)
+    if select_top is not None:
+        if not 0 < select_top <= 1:
+            raise SystemExit(f"--select-top {select_top}: must be in (0, 1]")
+        scored = load_scores(shard_paths(emit_dir, "train"), dtype)
+        train_w = Windows([t for t, _ in scored], seq_len, rng, [lo for _, lo in scored])
+    else:
+        train_w = Windows(load_split(emit_dir, "train", dtype), seq_len, rng)
     val = fixed_windows(load_split(emit_dir, "val", dtype), seq_len, val_windows)
     model = build_model(vocab, d_model, n_layers, n_heads, seq_len)
     n_params = sum(p.numel() for p in model.parameters())
@@ -146,6 +217,7 @@ def train(
 
     val_before = val_loss()
     losses = []
+    sel = {"selected": 0, "targets": 0, "ref_sum": 0.0, "ex_sel": 0.0, "ex_rest": 0.0}
     t0 = time.perf_counter()
     for step in range(steps):
         # linear warm-up over the first 10% of steps, then cosine decay to 10%
@@ -157,13 +229,26 @@ def train(
         )
         for g in opt.param_groups:
             g["lr"] = lr * frac
-        xy = torch.from_numpy(train_w.batch(batch))
-        loss = model(xy[:, :-1], xy[:, 1:])
+        windows, ref = train_w.scored_batch(batch)
+        xy = torch.from_numpy(windows)
+        if select_top is None or ref is None:
+            loss = model(xy[:, :-1], xy[:, 1:])
+            all_loss = loss.item()
+        else:  # reported: the loss over every target token, comparable with a full run
+            tok_loss = model(xy[:, :-1], xy[:, 1:], per_token=True)
+            loss, mask = select_tokens(tok_loss, ref, select_top)
+            excess = tok_loss.detach().reshape(-1) - torch.from_numpy(ref).reshape(-1)
+            sel["selected"] += int(mask.sum())
+            sel["targets"] += mask.numel()
+            sel["ref_sum"] += float(ref.sum())
+            sel["ex_sel"] += float(excess[mask].sum())
+            sel["ex_rest"] += float(excess[~mask].sum())
+            all_loss = float(tok_loss.detach().mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(all_loss)
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:5d}  loss {losses[-1]:.3f}", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - t0
@@ -185,6 +270,16 @@ def train(
         "seconds": round(elapsed, 2),
         "tokens_per_s": round(steps * batch * seq_len / elapsed),
     }
+    if select_top is not None:
+        rest = sel["targets"] - sel["selected"]
+        result["selective"] = {
+            "select_top": select_top,
+            "tokens_trained": sel["selected"],
+            "target_tokens": sel["targets"],
+            "ref_loss_mean": sel["ref_sum"] / max(1, sel["targets"]),
+            "excess_loss_selected_mean": sel["ex_sel"] / max(1, sel["selected"]),
+            "excess_loss_rest_mean": sel["ex_rest"] / rest if rest else None,
+        }
     return result
 
 
@@ -202,6 +297,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--select-top",
+        type=float,
+        help="Rho-1 selective loss: train on this share of each batch's tokens by excess loss "
+        "over the reference losses in <emit>/tokens/train/*.ds.loss",
+    )
     ap.add_argument("--json", type=Path, help="also write the result here")
     a = ap.parse_args(argv)
     emit_dir = a.emit_dir or a.run / "emit"
@@ -218,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
         a.lr,
         a.seed,
         threads=a.threads,
+        select_top=a.select_top,
     )
     text = json.dumps(res, indent=2)
     print(text)

@@ -37,6 +37,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from pipeline import token_scores
 from pipeline.config import MixEntry, PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.records import Document
@@ -139,7 +140,9 @@ def validate(cfg: PipelineConfig, run: Run) -> None:
     """Checks on the inputs, run by the driver before an earlier emit/ is moved aside: a bad
     config must not leave the run without its corpus. Reads only until the answer is known."""
     preflight(cfg)
-    load_tokenizer(cfg.emit.tokenizer, cfg.emit.eot_token)  # a missing file, a bad eot_token
+    tok = load_tokenizer(cfg.emit.tokenizer, cfg.emit.eot_token)  # a missing file, a bad eot
+    if cfg.emit.token_scores.enabled:  # a reference model with another tokenizer is refused
+        token_scores.open_reference(cfg.emit.token_scores, tok, check_only=True)
     folders, _ = _input_folders(run)
     docs = (d for _, f in folders for d in read_shards(f, Document))
     _check_inputs(cfg, folders, (quality_of(d, cfg.emit.quality_key) for d in docs))
@@ -402,6 +405,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     # --- checks first: nothing is written before the inputs, mix and tokenizer are good
     preflight(cfg)
     tok = load_tokenizer(ecfg.tokenizer, ecfg.eot_token)
+    ref = token_scores.open_reference(ecfg.token_scores, tok) if ecfg.token_scores.enabled else None
     folders, notes = _input_folders(run)
     rows, in_counts = _read_docs(folders, ecfg.quality_key)
     _check_inputs(cfg, folders, (r["quality"] for r in rows))
@@ -434,14 +438,20 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
 
     # --- write: stale shards of a killed run go first; each file is temp + rename
     out = run.stage_dir("emit")
-    for sub in ("text", "tokens"):
-        shutil.rmtree(out / sub, ignore_errors=True)
+    shutil.rmtree(out / "text", ignore_errors=True)
+    token_scores.clear_keeping_scores(out / "tokens")  # a killed run's scores are reused
     atomic_write_text(out / "tokenizer.json", tok.tokenizer.to_str(pretty=False))
     shards: dict[str, list[dict]] = {}
     with _progress(console) as prog:
         for split, (d, r) in plans.items():
             shards[split] = _write_split(out, split, corpus, d, r, tok, ecfg.shard_tokens, prog)
     splits = {s: _split_stats(corpus, d, r) for s, (d, r) in plans.items()}
+
+    scores = None
+    if ref is not None:  # Rho-1 reference losses beside each train token shard
+        scores = token_scores.score_shards(
+            token_shards(out, TRAIN), ecfg.token_scores, tok, console, ref
+        )
 
     tokens_by_split = {s: v["tokens"] for s, v in splits.items()}
     result: dict[str, Any] = {
@@ -463,6 +473,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         "multipliers": multipliers,
         "splits": splits,
         "shards": shards,
+        **({"token_scores": scores} if scores else {}),
         "layout": {
             "text": "text/<split>/part-NNNNN.parquet (zstd)",
             "tokens": "tokens/<split>/part-NNNNN.ds: flat little-endian "
