@@ -300,8 +300,14 @@ def score_documents(
         for start, end, first in windows(len(full), window, overlap):
             seqs.append(full[start:end])
             where.append((d, first, first - start))
+    # a document repeated by the mix (emit.mix weight > 1) is scored once: never pay twice
+    unique: dict[bytes, int] = {}
+    slot = [unique.setdefault(np.asarray(q, np.int64).tobytes(), len(unique)) for q in seqs]
+    firsts = {i: k for k, i in reversed(list(enumerate(slot)))}
+    scored = ref.logprobs([seqs[firsts[i]] for i in range(len(unique))])
     out = [np.empty(len(doc), np.float32) for doc in docs]
-    for (d, first, off), lp in zip(where, ref.logprobs(seqs), strict=True):
+    for (d, first, off), i in zip(where, slot, strict=True):
+        lp = scored[i]
         new = lp[off - 1 :]  # lp[j - 1] is the score of seq[j]
         out[d][first - 1 : first - 1 + len(new)] = -new
     return out
