@@ -4,8 +4,10 @@ reference code: per line, drop lines without terminal punctuation, with fewer th
 with a word over 1000 characters, mentioning "javascript", or with policy boilerplate; drop
 the page on "lorem ipsum", on "{", or when fewer than 3 sentences remain.
 
-``clean`` returns the kept lines; ``score``/``keep`` follow ``filters.base`` (scores are
-computed on the cleaned text, the web stage then stores the cleaned text).
+Two steps share one cleaning: :class:`C4Filter` is the page rules as a filter (``score`` /
+``keep`` as in ``filters.base``, computed on the text the line rules leave), and
+:class:`C4LineRemover` is the line rules as a modifier that replaces the text by the kept
+lines (``pipeline.steps.ModifierStep``; removed lines are counted per rule).
 """
 
 from __future__ import annotations
@@ -107,3 +109,18 @@ class C4Filter:
         if s["sentences"] < self.cfg.min_sentences:
             return "c4.min_sentences"
         return None
+
+
+class C4LineRemover:
+    """The C4 line rules as a modifier: the text becomes the kept lines; returns the number
+    of lines removed per rule (``no_terminal_punct``, ``few_words``, ...)."""
+
+    family = "c4_lines"
+
+    def __init__(self, c4: C4Filter) -> None:
+        self.c4 = c4
+
+    def modify(self, doc: Document) -> dict[str, int]:
+        res = self.c4.clean(doc.text)
+        doc.text = res.text
+        return dict(res.removed)

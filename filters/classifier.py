@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from filters.fasttext_io import load_fasttext
 from pipeline.config import ClassifierConfig
 from pipeline.errors import DatagenError
 from pipeline.runs import file_mode
@@ -38,22 +39,12 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def _load_fasttext(path: Path) -> Any:
-    import fasttext
-
-    fasttext.FastText.eprint = lambda *a, **k: None  # silence the load_model warning
-    try:
-        return fasttext.load_model(str(path))
-    except (ValueError, MemoryError, RuntimeError) as e:
-        raise DatagenError(f"{path}: not a fastText model ({e})") from None
-
-
 class QualityClassifier:
-    def __init__(self, model_path: Path | str, positive_label: str = POSITIVE) -> None:
+    def __init__(
+        self, model_path: Path | str, positive_label: str = POSITIVE, what: str = "classifier"
+    ) -> None:
         self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise DatagenError(f"{self.model_path}: fastText model file not found")
-        self.model = _load_fasttext(self.model_path)
+        self.model = load_fasttext(self.model_path, what)
         self.labels = list(self.model.get_labels())
         if not positive_label.startswith("__label__"):
             positive_label = f"__label__{positive_label}"

@@ -29,29 +29,23 @@ import csv
 import glob as globlib
 import io
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 
-from pipeline import PROJECT_ROOT
-from pipeline.config import BenchmarkSource, DecontamConfig
+from filters.codepoints import code_points, lowered, word_spans
+from filters.ngrams import WordHasher, multipliers, windows
+from pipeline import PROJECT_ROOT, dotted
+from pipeline.config import BenchmarkSource, DecontamConfig, project_path
 from pipeline.errors import DatagenError
 from pipeline.files import iter_jsonl, one_line, read_text
 
-_TOKEN = re.compile(r"\w+")
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+_CHUNK_CHARS = 1 << 22  # benchmark values hashed together, at most this many chars
 _COMPRESSED = (".gz", ".zst")
-
-
-def _resolve(p: str) -> Path:
-    """Like ``PipelineConfig.project_path``: absolute, relative to cwd, else the project root."""
-    path = Path(p).expanduser()
-    return path if path.is_absolute() or path.exists() else PROJECT_ROOT / path
 
 
 def _format(path: Path) -> str | None:
@@ -70,7 +64,7 @@ def benchmark_files(path: str) -> list[Path]:
         if not hits and not p.is_absolute():
             hits = sorted(globlib.glob(str(PROJECT_ROOT / p), recursive=True))
         return [Path(h) for h in hits if Path(h).is_file()]
-    p = _resolve(path)
+    p = project_path(path)
     if p.is_dir():
         return sorted(
             f
@@ -78,58 +72,6 @@ def benchmark_files(path: str) -> list[Path]:
             if f.is_file() and _format(f) is not None and not f.name.startswith(".")
         )
     return [p] if p.exists() else []
-
-
-class _NgramKeys:
-    """64-bit keys of word sequences (xxh3 per word, memoized; combined in numpy). The key of
-    a sequence of L <= n words uses the first L multipliers, so all lengths come from one
-    pass over a document."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self._cache: dict[str, int] = {}
-        rng = np.random.default_rng(13)
-        self._mult = rng.integers(1, 2**62, size=n, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-
-    def _hash(self, w: str) -> int:
-        h = self._cache.get(w)
-        if h is None:
-            if len(self._cache) > 1 << 20:
-                self._cache.clear()
-            h = self._cache[w] = xxhash.xxh3_64_intdigest(w.encode("utf-8"))
-        return h
-
-    def windows(self, words: list[str], lengths: set[int]) -> Iterator[tuple[int, np.ndarray]]:
-        """(L, keys of every L-word window) for each L in ``lengths`` (each <= n) that fits."""
-        if not words or not lengths:
-            return
-        wh = np.fromiter(map(self._hash, words), dtype=np.uint64, count=len(words))
-        acc = np.zeros(0, dtype=np.uint64)
-        for k in range(min(max(lengths), len(words))):
-            m = len(words) - k  # windows of k + 1 words
-            term = wh[k : k + m] * self._mult[k]
-            acc = term if k == 0 else acc[:m] + term
-            if k + 1 in lengths:
-                yield k + 1, acc
-
-    def __call__(self, words: list[str], length: int | None = None) -> np.ndarray:
-        """Keys of every window of ``length`` (default n) words."""
-        want = length or self.n
-        return next((keys for _, keys in self.windows(words, {want})), np.zeros(0, dtype=np.uint64))
-
-
-def _walk(obj: Any, parts: list[str]) -> Iterator[str]:
-    """Values at a dotted path; lists are walked element by element."""
-    if isinstance(obj, list):
-        for x in obj:
-            yield from _walk(x, parts)
-        return
-    if not parts:
-        if obj is not None and not isinstance(obj, dict):
-            yield str(obj)
-        return
-    if isinstance(obj, dict) and parts[0] in obj:
-        yield from _walk(obj[parts[0]], parts[1:])
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -195,29 +137,28 @@ class Decontaminator:
         self.cfg = cfg or DecontamConfig()
         self.n = self.cfg.ngram
         self.min_short = min(self.cfg.min_short_words, self.n)
-        self._keys = _NgramKeys(self.n)
+        self._hasher = WordHasher()
+        self._mult = multipliers(self.n, seed=13)
+        # a key per sequence length: an L-word sequence and an L'-word one never share a key
+        self._salt = multipliers(self.n + 1, seed=14)
         self.names: list[str] = []  # benchmark number -> name
-        # while loading: sequence length -> key -> number of the first benchmark that has it
-        self._building: dict[int, dict[int, int]] = {}
+        # while loading: the sorted distinct keys of each benchmark that no earlier one has
+        self._new_keys: list[np.ndarray] = []
+        self.lengths: list[int] = []  # the sequence lengths indexed
         self.loaded: dict[str, dict[str, Any]] = {}
         self.unavailable: dict[str, str] = {}
+        seen: set[int] = set()
         for b in self.cfg.all_benchmarks() if self.cfg.enabled else []:
-            self._load(b)
-        # length -> (sorted keys, benchmark numbers): a document's windows are looked up with
-        # one vectorised searchsorted per length
-        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for length, table in self._building.items():
-            keys = np.fromiter(table.keys(), dtype=np.uint64, count=len(table))
-            ids = np.fromiter(table.values(), dtype=np.int32, count=len(table))
-            order = np.argsort(keys)
-            self._tables[length] = (keys[order], ids[order])
-        self._building = {}
+            self._load(b, seen)
+        self.lengths = sorted(seen)
+        self._index = _KeyIndex(self._new_keys)
+        self._new_keys = []
 
     def _source(self, b: BenchmarkSource) -> tuple[Iterator[dict[str, Any]], str] | str:
         """(rows, source) of a benchmark, or why it is unavailable."""
         files = benchmark_files(b.path) if b.path else []
         if files:
-            single = len(files) == 1 and files[0] == _resolve(b.path)
+            single = len(files) == 1 and files[0] == project_path(b.path)
             source = str(files[0]) if single else f"{b.path} ({len(files)} files)"
             return (row for f in files for row in read_records(f)), source
         if b.hf and self.cfg.allow_download:
@@ -226,15 +167,15 @@ class Decontaminator:
             why = "no path"
         elif any(ch in b.path for ch in "*?["):
             why = f"{b.path} matches no file"
-        elif _resolve(b.path).is_dir():
-            why = f"{_resolve(b.path)} has no {'/'.join(f[1:] for f in FORMATS)} files"
+        elif project_path(b.path).is_dir():
+            why = f"{project_path(b.path)} has no {'/'.join(f[1:] for f in FORMATS)} files"
         else:
-            why = f"{_resolve(b.path)} not found"
+            why = f"{project_path(b.path)} not found"
         if b.hf:
             why += f"; hf '{b.hf}' not loaded (decontam.allow_download=false)"
         return why
 
-    def _load(self, b: BenchmarkSource) -> None:
+    def _load(self, b: BenchmarkSource, lengths: set[int]) -> None:
         if not b.fields:
             raise DatagenError(f"decontam.benchmarks.{b.name}.fields: name at least one field")
         got = self._source(b)
@@ -244,37 +185,58 @@ class Decontaminator:
             self.unavailable[b.name] = got
             return
         rows, source = got
-        number = len(self.names)
-        self.names.append(b.name)
+        self.names.append(b.name)  # its number: the index of its keys in _new_keys
         c = dict.fromkeys(
             ("items", "values", "values_ngram", "values_whole", "values_too_short"), 0
         )
         c |= {"items_too_short": 0, "ngrams": 0, "whole": 0}
+        values: list[str] = []
+        item_of: list[int] = []
+        size = 0
+        kinds: dict[str, list[np.ndarray]] = {"ngrams": [], "whole": []}
+        indexed: list[np.ndarray] = []  # items with a value long enough to check
+
+        def flush() -> None:
+            counts, ngram_keys, whole_keys = self._value_keys(values, lengths)
+            items = np.asarray(item_of)
+            long_ = counts >= self.n
+            short = ~long_ & (counts >= self.min_short)
+            c["values"] += len(values)
+            c["values_ngram"] += int(long_.sum())
+            c["values_whole"] += int(short.sum())
+            c["values_too_short"] += int((~long_ & ~short).sum())
+            indexed.append(items[long_ | short])
+            kinds["ngrams"].append(ngram_keys)
+            kinds["whole"].append(whole_keys)
+            values.clear()
+            item_of.clear()
+
         for row in rows:
             if not isinstance(row, dict):
                 continue
             c["items"] += 1
-            indexed = False
             for fld in b.fields:
-                for value in _walk(row, fld.split(".")):
-                    c["values"] += 1
-                    words = [m.group().lower() for m in _TOKEN.finditer(value)]
-                    if len(words) >= self.n:
-                        c["values_ngram"] += 1
-                        length, counter = self.n, "ngrams"
-                    elif len(words) >= self.min_short:
-                        c["values_whole"] += 1
-                        length, counter = len(words), "whole"
-                    else:
-                        c["values_too_short"] += 1
-                        continue
-                    indexed = True
-                    table = self._building.setdefault(length, {})
-                    for key in self._keys(words, length).tolist():
-                        if key not in table:
-                            table[key] = number
-                            c[counter] += 1
-            c["items_too_short"] += not indexed
+                for value in dotted.walk(row, fld):
+                    if value is not None and not isinstance(value, dict):
+                        values.append(str(value))
+                        item_of.append(c["items"])
+                        size += len(values[-1])
+            if size > _CHUNK_CHARS:
+                flush()
+                size = 0
+        if values:
+            flush()
+        c["items_too_short"] = c["items"] - len(np.unique(np.concatenate([[0], *indexed]))) + 1
+        earlier = np.sort(np.concatenate([np.zeros(0, dtype=np.uint64), *self._new_keys]))
+        new = []
+        for counter, parts in kinds.items():
+            keys = _distinct(np.concatenate([np.zeros(0, dtype=np.uint64), *parts]))
+            if len(earlier):
+                pos = np.minimum(np.searchsorted(earlier, keys), len(earlier) - 1)
+                keys = keys[earlier[pos] != keys]
+            c[counter] = len(keys)
+            new.append(keys)
+        self._new_keys.append(_distinct(np.concatenate(new)))
         if c["items"] == 0:
             raise DatagenError(f"{source}: benchmark '{b.name}' has no records")
         if c["values"] == 0:
@@ -283,6 +245,31 @@ class Decontaminator:
                 f"{', '.join(b.fields)} found in the records of {source}"
             )
         self.loaded[b.name] = {**c, "source": source}
+
+    def _value_keys(
+        self, values: list[str], lengths: set[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(word count of each value, keys of the n-grams of the values with >= n words, keys
+        of the whole word sequence of the values with min_short..n-1 words), all values
+        tokenised and hashed at once; ``lengths`` gets the sequence lengths indexed."""
+        n = self.n
+        bounds = np.cumsum([0] + [len(v) + 1 for v in values])  # a value and its "\n"
+        hashes, starts, _ = self._words("\n".join(values))  # no word crosses a "\n"
+        value = np.searchsorted(bounds, starts, side="right") - 1  # of each word
+        counts = np.bincount(value, minlength=len(values))
+        first = np.cumsum(counts) - counts  # each value's first word
+        ngram = whole = np.zeros(0, dtype=np.uint64)
+        short_lengths = set(np.unique(counts[(counts >= self.min_short) & (counts < n)]).tolist())
+        for length, keys in windows(hashes, short_lengths | {n}, self._mult):
+            if length == n:
+                inside = value[: len(keys)] == value[n - 1 :]  # all n words in one value
+                ngram = keys[inside] ^ self._salt[n]
+                if inside.any():
+                    lengths.add(n)
+            if length in short_lengths:
+                whole = np.concatenate([whole, keys[first[counts == length]] ^ self._salt[length]])
+                lengths.add(length)
+        return counts, ngram, whole
 
     def warnings(self) -> list[str]:
         """One line per benchmark with values too short to check (the stages print them)."""
@@ -294,20 +281,36 @@ class Decontaminator:
             if c["values_too_short"]
         ]
 
+    def _words(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hash, start, end) of each word: ``\\w+`` runs of the original text, each
+        lower-cased on its own, so char positions are the original's even where lower()
+        changes length ("İ".lower() is 2 chars)."""
+        low, in_place = lowered(text)
+        if in_place:
+            cp = code_points(low)
+            starts, ends = word_spans(cp)
+            return self._hasher.spans(cp, starts, ends), starts, ends
+        starts, ends = word_spans(code_points(text))
+        words = [text[s:e].lower() for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        return self._hasher.words(words), starts, ends
+
     def _matches(self, text: str) -> list[tuple[int, int, str]]:
         """(char start, char end, benchmark) of each matching word sequence, by start."""
-        if not self._tables:
+        if not self.lengths:
             return []
-        # tokenize the original text and lower-case per token, so char positions are the
-        # original's even where lower() changes length ("İ".lower() is 2 chars)
-        ms = list(_TOKEN.finditer(text))
-        words = [m.group().lower() for m in ms]
+        hashes, starts, ends = self._words(text)
+        lengths, parts = [], []
+        for length, keys in windows(hashes, self.lengths, self._mult):
+            lengths.append(length)
+            parts.append(keys ^ self._salt[length])
+        if not parts:
+            return []
+        offsets = np.cumsum([0] + [len(p) for p in parts])
         found = []
-        for length, keys in self._keys.windows(words, set(self._tables)):
-            table, ids = self._tables[length]
-            pos = np.minimum(np.searchsorted(table, keys), len(table) - 1)
-            for i in np.flatnonzero(table[pos] == keys).tolist():
-                found.append((ms[i].start(), ms[i + length - 1].end(), self.names[ids[pos[i]]]))
+        for q, bench in self._index.lookup(np.concatenate(parts)):  # one lookup for all
+            j = int(np.searchsorted(offsets, q, side="right")) - 1
+            i, length = q - int(offsets[j]), lengths[j]
+            found.append((int(starts[i]), int(ends[i + length - 1]), self.names[bench]))
         return sorted(found)
 
     def check(self, text: str) -> DecontamResult:
@@ -340,6 +343,45 @@ class Decontaminator:
         if n_pieces > self.cfg.max_pieces or not kept:
             return DecontamResult(matches=counts, reason=reason, pieces=n_pieces)
         return DecontamResult(matches=counts, text="\n\n".join(kept), pieces=n_pieces)
+
+
+def _distinct(keys: np.ndarray) -> np.ndarray:
+    """The distinct values of ``keys``, sorted (one sort: faster than np.unique here)."""
+    keys = np.sort(keys)
+    return keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
+
+
+class _KeyIndex:
+    """A set of uint64 keys with a value each, for vectorised lookups: the keys sorted (one
+    searchsorted per query array), behind a bitmap of their top bits that rejects almost
+    every key of a clean document without touching the sorted array."""
+
+    def __init__(self, keys_by_value: list[np.ndarray]) -> None:
+        """``keys_by_value[v]``: the keys whose value is v (disjoint sets)."""
+        keys = np.concatenate([np.zeros(0, dtype=np.uint64), *keys_by_value])
+        values = np.repeat(
+            np.arange(len(keys_by_value), dtype=np.int32), [len(k) for k in keys_by_value]
+        )
+        order = np.argsort(keys)
+        self.keys, self.values = keys[order], values[order]
+        # >= 32 bits per key: ~3% of absent keys pass the bitmap
+        self._bits = max(16, int(len(keys) * 32).bit_length())
+        self._shift = np.uint64(64 - self._bits)
+        seen = np.zeros(1 << self._bits, dtype=bool)
+        seen[(keys >> self._shift).astype(np.intp)] = True
+        self._seen = seen
+
+    def lookup(self, queries: np.ndarray) -> list[tuple[int, int]]:
+        """(position in ``queries``, value) of each query that is a key."""
+        if not len(self.keys) or not len(queries):
+            return []
+        maybe = np.flatnonzero(self._seen[(queries >> self._shift).astype(np.intp)])
+        if not len(maybe):
+            return []
+        q = queries[maybe]
+        pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        hit = self.keys[pos] == q
+        return list(zip(maybe[hit].tolist(), self.values[pos[hit]].tolist(), strict=True))
 
 
 class DecontamStep:

@@ -34,21 +34,18 @@ document's shingle set is the sorted unique uint32 values (so its Jaccard is exa
 from __future__ import annotations
 
 import functools
-import io
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import xxhash
-from datasketch import MinHash, MinHashLSH
+from datasketch import MinHash
 
 from pipeline.errors import DatagenError
 from pipeline.records import stable_id
-from pipeline.runs import atomic_write_bytes, atomic_write_json, read_json
 
 _TOKEN = re.compile(r"\w+")
 SHINGLE_VERSION = 2  # bump when the shingle hashing changes (saved artefacts must match)
@@ -608,176 +605,3 @@ def find_duplicates(
         capped_buckets=capped,
         clusters=resolve(labels, members, exact),
     )
-
-
-# --------------------------------------------------------------------------- legacy
-# The web stage's own dedup (an index of signatures queried page by page, verified by the
-# estimated Jaccard) until it moves to the dedup stage (issue 9, branch i9-web); delete this
-# section with it. Its signatures come from Signer (one implementation).
-
-
-class ExactDeduper:
-    def __init__(self) -> None:
-        self._kept: dict[str, str] = {}  # hash -> smallest id seen
-        self._members: dict[str, list[str]] = {}
-
-    def add(self, doc_id: str, text: str) -> str:
-        h = exact_hash(text)
-        self.add_hash(doc_id, h)
-        return h
-
-    def add_hash(self, doc_id: str, h: str) -> None:
-        prev = self._kept.get(h)
-        if prev is None:
-            self._kept[h] = doc_id
-            self._members[h] = [doc_id]
-        else:
-            self._members[h].append(doc_id)
-            if doc_id < prev:
-                self._kept[h] = doc_id
-
-    def duplicates(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for h, ids in self._members.items():
-            kept = self._kept[h]
-            out.update({i: kept for i in ids if i != kept})
-        return out
-
-    def kept_id(self, text: str) -> str | None:
-        return self._kept.get(exact_hash(text))
-
-    def __len__(self) -> int:
-        return len(self._kept)
-
-    def save(self, folder: Path, only: set[str] | None = None) -> None:
-        data = {h: i for h, i in self._kept.items() if only is None or i in only}
-        atomic_write_json(folder / "exact_hashes.json", data)
-
-    @classmethod
-    def load(cls, folder: Path) -> ExactDeduper:
-        path = folder / "exact_hashes.json"
-        if not path.exists():
-            raise DatagenError(f"{path}: exact-dedup hash set not found")
-        ex = cls()
-        for h, i in read_json(path).items():
-            ex.add_hash(i, h)
-        return ex
-
-
-class MinHashDeduper:
-    """Signatures + a datasketch LSH index, verified by the estimated Jaccard (legacy)."""
-
-    def __init__(self, params: MinHashParams | None = None) -> None:
-        self.params = params or MinHashParams()
-        self._signer = Signer(self.params, all_positions=True)
-        self.bands, self.rows = self._signer.bands, self._signer.rows
-        self._perms = self._signer.permutations
-        self.lsh = MinHashLSH(num_perm=self.params.num_perm, params=(self.bands, self.rows))
-        self.ids: list[str] = []
-        self._sigs: list[np.ndarray] = []
-        self._sig_matrix: np.ndarray | None = None
-        self.quality: list[float] = []
-        self._pos: dict[str, int] = {}
-
-    def signatures(self, texts: Sequence[str]) -> np.ndarray:
-        """Full num_perm signatures (the LSH index and the estimate need every position)."""
-        return self._signer.signatures(*self._signer.shingles(texts))
-
-    def _minhash(self, sig: np.ndarray) -> MinHash:
-        return MinHash(
-            num_perm=self.params.num_perm,
-            seed=self.params.seed,
-            hashvalues=sig,
-            permutations=self._perms,
-            scheme="affine32",
-        )
-
-    def add_batch(
-        self, ids: Sequence[str], texts: Sequence[str], qualities: Sequence[float] | None = None
-    ) -> None:
-        sigs = self.signatures(texts)
-        empty = [len(_TOKEN.findall(t)) == 0 for t in texts]
-        self.add_signatures(ids, sigs, qualities, empty)
-
-    def add_signatures(
-        self,
-        ids: Sequence[str],
-        sigs: np.ndarray,
-        qualities: Sequence[float] | None = None,
-        empty: Sequence[bool] | None = None,
-    ) -> None:
-        qualities = qualities if qualities is not None else [0.0] * len(ids)
-        empty = empty if empty is not None else [False] * len(ids)
-        with self.lsh.insertion_session() as session:
-            for doc_id, sig, q, e in zip(ids, sigs, qualities, empty, strict=True):
-                if doc_id in self._pos:
-                    raise DatagenError(f"dedup: document id {doc_id!r} added twice")
-                k = len(self.ids)
-                self._pos[doc_id] = k
-                self.ids.append(doc_id)
-                self._sigs.append(np.asarray(sig, dtype=np.uint32))
-                self.quality.append(float(q))
-                if not e:  # no words: never a duplicate of anything
-                    session.insert(k, self._minhash(self._sigs[-1]), check_duplication=False)
-        self._sig_matrix = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def _matrix(self) -> np.ndarray:
-        if self._sig_matrix is None or len(self._sig_matrix) != len(self._sigs):
-            self._sig_matrix = (
-                np.stack(self._sigs)
-                if self._sigs
-                else np.zeros((0, self.params.num_perm), dtype=np.uint32)
-            )
-        return self._sig_matrix
-
-    def query_signature(self, sig: np.ndarray) -> list[tuple[str, float]]:
-        """Indexed documents whose estimated Jaccard with ``sig`` is >= threshold, best first."""
-        sig = np.asarray(sig, dtype=np.uint32)
-        cands = list(self.lsh.query(self._minhash(sig)))
-        if not cands:
-            return []
-        est = np.count_nonzero(self._matrix()[cands] == sig[None, :], axis=1) / len(sig)
-        hits = [(self.ids[k], float(e)) for k, e in zip(cands, est, strict=True)]
-        return sorted((h for h in hits if h[1] >= self.params.threshold), key=lambda x: -x[1])
-
-    def query(self, text: str) -> list[tuple[str, float]]:
-        if not _TOKEN.search(text):
-            return []
-        return self.query_signature(self.signatures([text])[0])
-
-    def save(self, folder: Path, only: set[str] | None = None) -> None:
-        keep = [k for k, i in enumerate(self.ids) if only is None or i in only]
-        m = self._matrix()[keep] if keep else np.zeros((0, self.params.num_perm), np.uint32)
-        for name, arr in (
-            ("signatures.npy", m),
-            ("quality.npy", np.array([self.quality[k] for k in keep], dtype=np.float64)),
-        ):
-            buf = io.BytesIO()
-            np.save(buf, arr)
-            atomic_write_bytes(folder / name, buf.getvalue())
-        atomic_write_json(folder / "ids.json", {"ids": [self.ids[k] for k in keep], "empty": []})
-        atomic_write_json(
-            folder / "params.json",
-            {**asdict(self.params), "scheme": "affine32", "shingle_version": SHINGLE_VERSION},
-        )
-
-    @classmethod
-    def load(cls, folder: Path) -> MinHashDeduper:
-        pp = folder / "params.json"
-        if not pp.exists():
-            raise DatagenError(f"{pp}: MinHash index not found")
-        meta = read_json(pp)
-        if meta.get("shingle_version") != SHINGLE_VERSION or meta.get("scheme") != "affine32":
-            raise DatagenError(f"{pp}: index was built by another datagen version; rebuild it")
-        fields = {
-            k: meta[k] for k in ("num_perm", "ngram", "threshold", "bands", "seed", "min_recall")
-        }
-        md = cls(MinHashParams(**fields))
-        sigs = np.load(folder / "signatures.npy")
-        quality = np.load(folder / "quality.npy")
-        ids = read_json(folder / "ids.json")["ids"]
-        md.add_signatures(ids, sigs, quality.tolist())
-        return md

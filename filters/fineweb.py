@@ -4,6 +4,7 @@ lines, share of characters in duplicated lines, and newlines per word (list-like
 
 from __future__ import annotations
 
+from filters.lines import duplicates
 from pipeline.config import FineWebQualityConfig
 from pipeline.records import Document
 
@@ -42,18 +43,6 @@ END_PUNCTUATION = (
 )
 
 
-def dup_line_chars(lines: list[str]) -> int:
-    """Characters in lines that repeat an earlier line."""
-    seen: set[str] = set()
-    chars = 0
-    for ln in lines:
-        if ln in seen:
-            chars += len(ln)
-        else:
-            seen.add(ln)
-    return chars
-
-
 class FineWebQualityFilter:
     family = "fineweb"
 
@@ -72,7 +61,7 @@ class FineWebQualityFilter:
             "short_line_ratio": (
                 sum(len(ln) <= self.cfg.short_line_length for ln in lines) / n if n else 0.0
             ),
-            "char_dup_ratio": dup_line_chars(lines) / chars,
+            "char_dup_ratio": duplicates(lines)[1] / chars,
             "list_ratio": text.count("\n") / words if words else 0.0,
         }
 

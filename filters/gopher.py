@@ -5,14 +5,25 @@ Both classes follow the score/keep protocol in ``filters.base``: ``score`` is a 
 the text, ``keep`` applies the thresholds from a pydantic config (``GopherQualityConfig`` /
 ``GopherRepetitionConfig`` in ``pipeline.config``) and returns None or ``family.metric``.
 They work on any text, synthetic or web (the web stage reuses them).
+
+Words are whitespace-separated (``str.split()``), lower-cased for the stop words and the
+n-grams; both filters read them from one numpy view of the lower-cased text
+(:func:`lower_words`: spans, lengths, hashes), computed once per text, so a document costs a
+few dozen array operations instead of a Python step per word and n-gram.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache, lru_cache
 
 import numpy as np
 
+from filters.codepoints import code_points, runs, tables
+from filters.lines import duplicates
+from filters.ngrams import WordHasher, multipliers, windows
 from pipeline.config import GopherQualityConfig, GopherRepetitionConfig
 from pipeline.records import Document
 
@@ -20,7 +31,52 @@ _BULLETS = ("-", "*", "•", "‣", "◦", "⁃", "·", "●", "○", "▪")
 _ELLIPSES = ("...", "…")
 _PARA_SPLIT = re.compile(r"\n\s*\n")
 _LINE_SPLIT = re.compile(r"\n+")
-_ALPHA = re.compile(r"[^\W\d_]")
+
+
+@cache
+def _hasher() -> WordHasher:
+    return WordHasher()
+
+
+@cache
+def _mult(n: int) -> np.ndarray:
+    return multipliers(n)
+
+
+@dataclass(frozen=True)
+class LowerWords:
+    """The words of ``text.lower().split()`` (the lower-cased words of ``text.split()``:
+    lower-casing keeps every character's whitespace class)."""
+
+    hashes: np.ndarray  # uint64 per word (filters.ngrams)
+    lens: np.ndarray  # characters per word
+    has_letter: np.ndarray  # bool: the word has a letter (re's [^\W\d_])
+    space_chars: int  # whitespace characters in the text
+
+
+@lru_cache(maxsize=4)  # the quality and repetition filters score the same text in turn
+def lower_words(text: str) -> LowerWords:
+    t = tables()
+    cp = code_points(text.lower())
+    idx = cp.astype(np.intp)  # an intp index gathers faster
+    starts, ends = runs(~t.space[idx])
+    letters = np.zeros(len(cp) + 1, dtype=np.int32)
+    np.cumsum(t.letter[idx], out=letters[1:])
+    lens = ends - starts
+    return LowerWords(
+        hashes=_hasher().spans(cp, starts, ends),
+        lens=lens,
+        has_letter=letters[ends] > letters[starts],
+        space_chars=len(cp) - int(lens.sum()),
+    )
+
+
+def _count_in(values: np.ndarray, sorted_set: np.ndarray) -> int:
+    """How many of ``values`` are in ``sorted_set`` (a few entries: one searchsorted)."""
+    if not len(sorted_set) or not len(values):
+        return 0
+    pos = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return int((sorted_set[pos] == values).sum())
 
 
 class GopherQualityFilter:
@@ -32,25 +88,30 @@ class GopherQualityFilter:
 
     def __init__(self, cfg: GopherQualityConfig | None = None) -> None:
         self.cfg = cfg or GopherQualityConfig()
-        self._stop = frozenset(w.lower() for w in self.cfg.stop_words)
+        # lower-cased, as the words are; one with a space in it matches no word
+        stop = sorted({w.lower() for w in self.cfg.stop_words} - {""})
+        stop = [w for w in stop if w.split() == [w]]
+        self._stop = np.sort(_hasher().words(stop))
 
     def score(self, doc: Document | str) -> dict[str, float]:
         text = doc if isinstance(doc, str) else doc.text
-        words = text.split()
-        n = len(words)
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        w = lower_words(text)
+        n = len(w.lens)
+        lines = [ln for ln in map(str.strip, text.splitlines()) if ln]
         n_lines = max(len(lines), 1)
         hashes = text.count("#")
         ellipses = text.count("...") + text.count("…")
+        # the original words' characters: lower-casing keeps every whitespace character
+        chars = len(text) - w.space_chars
         return {
             "n_words": float(n),
-            "mean_word_length": sum(len(w) for w in words) / n if n else 0.0,
+            "mean_word_length": chars / n if n else 0.0,
             "hash_word_ratio": hashes / n if n else 0.0,
             "ellipsis_word_ratio": ellipses / n if n else 0.0,
             "bullet_lines_ratio": sum(ln.startswith(_BULLETS) for ln in lines) / n_lines,
             "ellipsis_lines_ratio": sum(ln.endswith(_ELLIPSES) for ln in lines) / n_lines,
-            "alpha_words_ratio": sum(bool(_ALPHA.search(w)) for w in words) / n if n else 0.0,
-            "stop_words": float(sum(1 for w in words if w.lower() in self._stop)),
+            "alpha_words_ratio": int(w.has_letter.sum()) / n if n else 0.0,
+            "stop_words": float(_count_in(w.hashes, self._stop)),
         }
 
     def keep(self, s: dict[str, float]) -> str | None:
@@ -81,75 +142,69 @@ class GopherQualityFilter:
         return None
 
 
-def _dup_stats(items: list[str]) -> tuple[int, int]:
-    """Number of items that repeat an earlier item, and their total characters."""
-    seen: set[str] = set()
-    n_dup = chars = 0
-    for x in items:
-        if x in seen:
-            n_dup += 1
-            chars += len(x)
-        else:
-            seen.add(x)
-    return n_dup, chars
+def line_repetition(text: str) -> dict[str, float]:
+    """Duplicate paragraph and line fractions, by count and by characters (Gopher Table A1)."""
+    stripped = text.strip()
+    total = max(len(stripped), 1)
+    paras = [p.strip() for p in _PARA_SPLIT.split(stripped) if p.strip()]
+    lines = [ln.strip() for ln in _LINE_SPLIT.split(stripped) if ln.strip()]
+    p_dup, p_chars = duplicates(paras)
+    l_dup, l_chars = duplicates(lines)
+    return {
+        "dup_para_frac": p_dup / len(paras) if paras else 0.0,
+        "dup_para_char_frac": p_chars / total,
+        "dup_line_frac": l_dup / len(lines) if lines else 0.0,
+        "dup_line_char_frac": l_chars / total,
+    }
 
 
-_MULT = np.random.default_rng(20211208).integers(1, 2**62, size=16, dtype=np.uint64) * np.uint64(
-    2
-) + np.uint64(1)  # odd multipliers for n-gram keys (n <= 16)
+def repeated_ngram_chars(
+    hashes: np.ndarray, lens: np.ndarray, top_ns: Iterable[int], dup_ns: Iterable[int]
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Gopher's two n-gram repetition measures, in characters of words (``lens``):
 
+    - ``top[n]``: the most frequent n-gram's characters times its count, 0 when no n-gram
+      repeats (ties: the one that occurs first, as ``Counter.most_common``);
+    - ``dup[n]``: the characters of the words covered by every occurrence of an n-gram after
+      its first (overlapping occurrences count each word once). Close to, not identical
+      with, datatrove's ``find_all_duplicate``: that scans left to right, jumps n words past
+      each repeat and never records the n-grams it jumps over, so on overlapping or
+      interleaved repeats the two can differ slightly.
 
-class _Words:
-    """A text's words as integer ids, with numpy n-gram keys (computed once per text)."""
-
-    def __init__(self, words: list[str]) -> None:
-        vocab: dict[str, int] = {}
-        self.ids = np.fromiter(
-            (vocab.setdefault(w, len(vocab)) for w in words), dtype=np.uint64, count=len(words)
-        )
-        self.lens = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
-        # per-id random keys so that n-gram keys are order-sensitive and collision-resistant
-        rng = np.random.default_rng(len(vocab))
-        self._key = rng.integers(1, 2**63, size=max(len(vocab), 1), dtype=np.uint64)
-
-    def ngram_keys(self, n: int) -> np.ndarray:
-        m = len(self.ids) - n + 1
-        base = self._key[self.ids.astype(np.int64)]
-        acc = base[0:m] * _MULT[0]
-        for k in range(1, n):
-            acc = acc + base[k : k + m] * _MULT[k % len(_MULT)]
-        return acc
-
-    def top_ngram_chars(self, n: int) -> int:
-        """Characters covered by the most frequent n-gram (0 when no n-gram repeats)."""
-        if len(self.ids) < n:
-            return 0
-        keys = self.ngram_keys(n)
-        _, first, counts = np.unique(keys, return_index=True, return_counts=True)
-        top = counts.max()
-        if top < 2:
-            return 0
-        start = int(first[counts == top].min())  # ties: the first to occur (as Counter)
-        return int(self.lens[start : start + n].sum()) * int(top)
-
-    def dup_ngram_chars(self, n: int) -> int:
-        """Characters of words covered by repeated occurrences of an n-gram (every occurrence
-        after the first; overlapping n-grams count each word once). Close to, not identical
-        with, datatrove's ``find_all_duplicate``: that scans left to right, jumps n words past
-        each repeat and never records the n-grams it jumps over, so on overlapping or
-        interleaved repeats the two can differ slightly."""
-        if len(self.ids) < n:
-            return 0
-        keys = self.ngram_keys(n)
-        _, first, inv = np.unique(keys, return_index=True, return_inverse=True)
-        dup = np.flatnonzero(first[inv] != np.arange(len(keys)))
-        if len(dup) == 0:
-            return 0
-        diff = np.zeros(len(self.ids) + 1, dtype=np.int64)
-        np.add.at(diff, dup, 1)
-        np.add.at(diff, dup + n, -1)
-        covered = np.cumsum(diff[:-1]) > 0
-        return int(self.lens[covered].sum())
+    One pass over n = 2, 3, ...: n-grams that are equal are equal as (n - 1)-grams, so the
+    n-grams that can repeat start where an (n - 1)-gram repeats, and each n groups only those
+    (in clean text a small fraction of the words by n = 5)."""
+    top_ns, dup_ns = set(top_ns), set(dup_ns)
+    top = dict.fromkeys(top_ns, 0)
+    dup = dict.fromkeys(dup_ns, 0)
+    wanted = top_ns | dup_ns
+    n_words = len(hashes)
+    if not wanted or n_words == 0:
+        return top, dup
+    first_n = max(min(wanted), 1)
+    cand: np.ndarray | None = None  # window starts that may repeat (None: all)
+    for n, keys in windows(hashes, range(first_n, max(wanted) + 1), _mult(max(wanted))):
+        pos = np.arange(len(keys)) if cand is None else cand[cand < len(keys)]
+        if len(pos) < 2:
+            break
+        order = np.argsort(keys[pos], kind="stable")
+        spos = pos[order]  # by key; equal keys in text order
+        skeys = keys[spos]
+        head = np.ones(len(spos), dtype=bool)  # the first (earliest) of each group of equal keys
+        head[1:] = skeys[1:] != skeys[:-1]
+        heads = np.flatnonzero(head)
+        sizes = np.diff(np.append(heads, len(spos)))
+        if n in top_ns and sizes.max() >= 2:
+            best = int(sizes.max())
+            start = int(spos[heads[sizes == best]].min())
+            top[n] = int(lens[start : start + n].sum()) * best
+        if n in dup_ns and not head.all():
+            starts = spos[~head]
+            cover = np.bincount(starts, minlength=n_words + 1)
+            cover -= np.bincount(starts + n, minlength=n_words + 1)
+            dup[n] = int(lens[np.cumsum(cover[:n_words]) > 0].sum())
+        cand = np.sort(spos[np.repeat(sizes, sizes) >= 2])
+    return top, dup
 
 
 class GopherRepetitionFilter:
@@ -163,24 +218,16 @@ class GopherRepetitionFilter:
 
     def score(self, doc: Document | str) -> dict[str, float]:
         text = doc if isinstance(doc, str) else doc.text
-        stripped = text.strip()
-        total = max(len(stripped), 1)
-        paras = [p.strip() for p in _PARA_SPLIT.split(stripped) if p.strip()]
-        lines = [ln.strip() for ln in _LINE_SPLIT.split(stripped) if ln.strip()]
-        p_dup, p_chars = _dup_stats(paras)
-        l_dup, l_chars = _dup_stats(lines)
-        out = {
-            "dup_para_frac": p_dup / len(paras) if paras else 0.0,
-            "dup_para_char_frac": p_chars / total,
-            "dup_line_frac": l_dup / len(lines) if lines else 0.0,
-            "dup_line_char_frac": l_chars / total,
-        }
-        words = _Words(stripped.lower().split())
-        word_chars = max(int(words.lens.sum()), 1)
+        out = line_repetition(text)
+        w = lower_words(text)  # = text.strip().lower().split()
+        word_chars = max(int(w.lens.sum()), 1)
+        top, dup = repeated_ngram_chars(
+            w.hashes, w.lens, self.cfg.max_top_ngram_char_frac, self.cfg.max_dup_ngram_char_frac
+        )
         for n in sorted(self.cfg.max_top_ngram_char_frac):
-            out[f"top_{n}gram_char_frac"] = words.top_ngram_chars(n) / word_chars
+            out[f"top_{n}gram_char_frac"] = top[n] / word_chars
         for n in sorted(self.cfg.max_dup_ngram_char_frac):
-            out[f"dup_{n}gram_char_frac"] = words.dup_ngram_chars(n) / word_chars
+            out[f"dup_{n}gram_char_frac"] = dup[n] / word_chars
         return out
 
     def keep(self, s: dict[str, float]) -> str | None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
+from filters.fasttext_io import load_fasttext
 from pipeline.errors import DatagenError
 from pipeline.records import Document
 
@@ -30,38 +32,37 @@ def default_lid_model() -> Path:
     return path
 
 
-def load_fasttext(path: Path, what: str) -> object:
-    import fasttext
-
-    fasttext.FastText.eprint = lambda *a, **k: None  # a warning per load on stderr
-    if not path.exists():
-        raise DatagenError(f"{what}: {path}: no such model file")
-    try:
-        return fasttext.load_model(str(path))
-    except ValueError as e:
-        raise DatagenError(f"{what}: {path}: not a fastText model ({e})") from None
-
-
 class LanguageIdFilter:
     """Scores the probability of each wanted language; keeps a document whose best wanted
-    language reaches ``min_score``."""
+    language reaches ``min_score``. The model loads in ``setup`` (once per worker)."""
 
     family = "lid"
 
     def __init__(
-        self, languages: list[str], min_score: float, model_path: str | Path = "", top_k: int = 5
+        self,
+        languages: list[str],
+        min_score: float,
+        model_path: str | Path = "",
+        top_k: int = 5,
     ) -> None:
         self.languages = [lang.strip().lower() for lang in languages]
         self.min_score = min_score
         self.top_k = top_k
         self.path = Path(model_path) if model_path else default_lid_model()
-        self.model = load_fasttext(self.path, "web.lid_model")
+        if not self.path.is_file():
+            raise DatagenError(f"web.lid_model: {self.path}: no such model file")
+        self.model: Any = None
         self._last: tuple[str, list[tuple[str, float]]] | None = None
+
+    def setup(self) -> None:
+        if self.model is None:
+            self.model = load_fasttext(self.path, "web.lid_model")
 
     def predict(self, text: str) -> list[tuple[str, float]]:
         """Top languages with probabilities, best first (fastText wants one line)."""
         if self._last is not None and self._last[0] is text:
             return self._last[1]
+        self.setup()
         labels, probs = self.model.predict(" ".join(text.split()), k=self.top_k)
         out = [
             (lab.removeprefix("__label__"), min(float(p), 1.0))

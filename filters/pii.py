@@ -1,8 +1,9 @@
 """PII masking: e-mail addresses and IPv4/IPv6 addresses become placeholders.
 
 Candidates are found with regexes and IPs are confirmed with :mod:`ipaddress` (so version
-numbers like ``1.2.3`` or times like ``10:30:00`` stay). ``score`` counts, ``keep`` never
-drops (masking is a modification, not a filter); ``mask`` returns the new text and counts.
+numbers like ``1.2.3`` or times like ``10:30:00`` stay). A modifier (``pipeline.steps``), never
+a filter: ``mask`` returns the new text and counts; ``modify`` masks a document in place and
+keeps the counts on it as scores (``pii.emails``, ``pii.ipv4``, ``pii.ipv6``).
 """
 
 from __future__ import annotations
@@ -68,9 +69,7 @@ class PIIMasker:
             text = IPV6.sub(ip(6, "ipv6"), text)
         return text, counts
 
-    def score(self, doc: Document | str) -> dict[str, float]:
-        _, counts = self.mask(doc if isinstance(doc, str) else doc.text)
-        return {k: float(v) for k, v in counts.items()}
-
-    def keep(self, s: dict[str, float]) -> str | None:
-        return None
+    def modify(self, doc: Document) -> dict[str, int]:
+        doc.text, counts = self.mask(doc.text)
+        doc.scores.update({f"{self.family}.{k}": float(v) for k, v in counts.items()})
+        return counts

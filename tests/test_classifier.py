@@ -93,7 +93,7 @@ def test_model_file_or_label_errors_name_the_problem(trained, tmp_path):
     path, _ = trained
     with pytest.raises(DatagenError, match="not a label"):
         QualityClassifier(path, "__label__edu")
-    with pytest.raises(DatagenError, match="not found"):
+    with pytest.raises(DatagenError, match="classifier: .*none.bin: no such model file"):
         QualityClassifier(tmp_path / "none.bin")
     not_a_model = SHARED / "benchmarks/gsm8k/test.jsonl"
     with pytest.raises(DatagenError, match="not a fastText model"):

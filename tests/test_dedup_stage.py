@@ -220,8 +220,9 @@ def template(tmp_path_factory) -> Path:
         _args(root),
         stages=("plan", "generate", "annotate", "train_classifier"),
     )
-    r = datagen("run", "stage=web", *_args(root), "executor.workers=2", cwd=root)
-    assert r.returncode == 0, r.stderr
+    for stage in ("filter", "web"):  # web no longer needs filter: both are run
+        r = datagen("run", f"stage={stage}", *_args(root), "executor.workers=2", cwd=root)
+        assert r.returncode == 0, r.stderr
     return root
 
 

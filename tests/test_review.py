@@ -151,12 +151,10 @@ def test_review_page_renders_in_chromium_with_funnel_plots_and_samples(reviewed)
     svgs = re.findall(r"<svg class=\"hist\".*?</svg>", dom, flags=re.S)
     assert len(svgs) == 2 and all(s.count("<rect") >= 3 for s in svgs)
     # sampled documents: kept ones are in the stages' outputs, dropped ones show real reasons
-    kept_ids = {d.id for s in ("filter", "web") for d in read_shards(run.path / s, Document)}
-    shown = re.findall(r"id (\S+)\s+·\s+(?:filter|web)\s+·", text)
+    kept_ids = {d.id for d in read_shards(run.path / "dedup", Document)}
+    shown = re.findall(r"id (\S+)\s+·\s+(?:filter|web|dedup)\s+·", text)
     assert len(shown) == 12 and sum(i in kept_ids for i in shown) == 6
-    real = set(run.read_manifest("filter")["drop_reasons"]) | set(
-        run.read_manifest("web")["drop_reasons"]
-    )
+    real = {r for s in ("filter", "web", "dedup") for r in run.read_manifest(s)["drop_reasons"]}
     badges = re.findall(r'<span class="badge dropped">\s*dropped: (\S+)\s*</span>', dom)
     assert len(badges) == 6 and set(badges) <= real
     assert "http://" not in dom.split("<body")[0] and "<script" not in dom  # self-contained
@@ -197,9 +195,9 @@ def test_review_page_shows_every_stages_real_drop_counts(reviewed):
             if key in m:
                 assert f"{key}: {reasons(m[key])}" in counts, (stage, key)
                 checked += 1
-    # filter and web drops, generate's failures and finish reasons (annotate is skipped: the
-    # run is given a classifier, classifier.model_path)
-    assert checked == 4
+    # filter, web and dedup drops, generate's failures and finish reasons (annotate is skipped:
+    # the run is given a classifier, classifier.model_path)
+    assert checked == 5
     assert sum(run.read_manifest("web")["drop_reasons"].values()) > 100
 
 

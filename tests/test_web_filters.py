@@ -17,7 +17,7 @@ from web_testdata import (
 )
 
 from filters.blocklist import BlocklistFilter
-from filters.c4 import END_MARKS, C4Filter
+from filters.c4 import END_MARKS, C4Filter, C4LineRemover
 from filters.fineweb import FineWebQualityFilter
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from filters.lid import LanguageIdFilter, default_lid_model
@@ -126,12 +126,24 @@ def test_pii_masks_an_ip_address_at_the_end_of_a_sentence() -> None:
     assert "38.107.191.119" not in masked and counts["ipv4"] >= 2
 
 
-def test_pii_score_counts_and_never_drops() -> None:
+def test_pii_is_a_modifier_that_masks_in_place_and_records_counts() -> None:
     text = pages(DOLMA0)["https://maria-antoniak.github.io/2023/07/04/notes-on-mastodon.html"]
-    m = PIIMasker()
-    s = m.score(Document(id="x", text=text))
-    assert s["emails"] == len(EMAIL.findall(text)) >= 1
-    assert m.keep(s) is None
+    doc = Document(id="x", text=text)
+    counts = PIIMasker().modify(doc)
+    assert counts["emails"] == len(EMAIL.findall(text)) >= 1
+    assert doc.scores["pii.emails"] == counts["emails"]
+    assert doc.text == PIIMasker().mask(text)[0] and "<EMAIL>" in doc.text
+    assert doc.drop_reason is None  # a modifier never drops
+
+
+def test_c4_line_remover_replaces_the_text_by_the_lines_c4_keeps() -> None:
+    c4 = C4Filter()
+    text = pages(DOLMA0)["https://maria-antoniak.github.io/2023/07/04/notes-on-mastodon.html"]
+    doc = Document(id="x", text=text)
+    removed = C4LineRemover(c4).modify(doc)
+    res = c4.clean(text)
+    assert doc.text == res.text and removed == dict(res.removed)
+    assert sum(removed.values()) == res.lines_in - res.lines_out > 0
 
 
 def test_c4_keeps_only_lines_with_terminal_punctuation() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 import re
 import shutil
+import tarfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,7 +20,9 @@ from web_testdata import (
     CC,
     CCNET,
     DOLMA0,
+    DOLMA_JSONL,
     IAH,
+    POSTLIGHT,
     RESILIPARSE,
     WAYBACK,
     WEBIS_BIG,
@@ -35,6 +39,7 @@ from pipeline.web.readers import (
     InputSource,
     ReadStats,
     iter_source,
+    plan_parts,
     resolve_inputs,
 )
 
@@ -382,3 +387,85 @@ def test_a_latin1_label_is_read_as_windows_1252_like_browsers():
 
     dec = decode_html(b"<p>Vanuatu\x92s \x93space\x94</p>", "iso-8859-1")
     assert "Vanuatu\u2019s \u201cspace\u201d" in dec.text
+
+
+def test_tar_archive_yields_each_html_member_and_counts_the_rest() -> None:
+    with tarfile.open(POSTLIGHT) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        html = {m.name: tar.extractfile(m).read() for m in members if m.name.endswith(".html")}
+    recs, stats = read_all(POSTLIGHT)
+    assert resolve_inputs([str(POSTLIGHT)])[0].format == "tar"
+    assert {r.record_id: r.payload for r in recs} == html and len(recs) == 170
+    assert stats.record_types == {"tar_html": 170, "tar_other": len(members) - 170}
+    assert all(r.url == f"{POSTLIGHT.resolve().as_uri()}#{r.record_id}" for r in recs)
+    assert all(r.content_type == "text/html" and r.fetch_date for r in recs)
+    assert len({r.offset for r in recs}) == len(recs)  # the member's place in the archive
+    assert not stats.errors
+
+
+def test_a_tar_archive_is_sniffed_and_a_cut_one_keeps_the_members_before_the_cut(
+    tmp_path: Path,
+) -> None:
+    plain = tmp_path / "pages.data"  # no telling name: sniffed from the tar header
+    plain.write_bytes(lzma.decompress(POSTLIGHT.read_bytes()))
+    assert resolve_inputs([str(plain)]) == [InputSource(str(plain), "tar")]
+    whole, _ = read_all(plain)
+    cut = tmp_path / "cut.tar.xz"
+    cut.write_bytes(POSTLIGHT.read_bytes()[: POSTLIGHT.stat().st_size // 2])
+    recs, stats = read_all(cut)
+    assert 0 < len(recs) < len(whole)
+    assert [r.payload for r in recs] == [r.payload for r in whole[: len(recs)]]
+    assert stats.errors == {"truncated": 1} and str(cut) in stats.messages[0]
+
+
+def _read_parts(parts: list[InputSource]) -> tuple[list, ReadStats]:
+    stats = ReadStats()
+    return [r for p in parts for r in iter_source(p, stats)], stats
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["gz", "plain"])
+def test_a_large_jsonl_file_splits_into_row_ranges_that_read_as_the_whole(
+    tmp_path: Path, compressed: bool
+) -> None:
+    path = DOLMA_JSONL
+    if not compressed:  # a plain file: the ranges seek to their first line
+        path = tmp_path / "dolma.jsonl"
+        path.write_bytes(gzip.decompress(DOLMA_JSONL.read_bytes()))
+    src = resolve_inputs([str(path)])
+    assert plan_parts(src, 1000) == src  # 697 lines: one shard
+    parts = plan_parts(src, 200)
+    assert [(p.start, p.stop) for p in parts] == [(0, 200), (200, 400), (400, 600), (600, 697)]
+    assert all((p.byte_start is None) == compressed for p in parts)
+    whole, whole_stats = read_all(path)
+    split, split_stats = _read_parts(parts)
+    assert len(whole) == 697 == whole_stats.record_types["jsonl_line"]
+    assert [(r.offset, r.text, r.url) for r in split] == [(r.offset, r.text, r.url) for r in whole]
+    assert (split_stats.files, split_stats.bytes) == (1, path.stat().st_size)
+    assert split_stats.record_types == whole_stats.record_types
+
+
+def test_a_large_parquet_file_splits_into_row_ranges_that_read_as_the_whole(
+    tmp_path: Path,
+) -> None:
+    with gzip.open(DOLMA_JSONL, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    path = tmp_path / "dolma.parquet"
+    table = pa.table(
+        {"text": [r["text"] for r in rows], "url": [r["metadata"]["url"] for r in rows]}
+    )
+    pq.write_table(table, path, row_group_size=64)
+    src = resolve_inputs([str(path)])
+    parts = plan_parts(src, 150)
+    assert [(p.start, p.stop) for p in parts] == [
+        (i, min(i + 150, 697)) for i in range(0, 697, 150)
+    ]
+    whole, _ = read_all(path)
+    split, stats = _read_parts(parts)
+    assert len(whole) == 697
+    assert [(r.offset, r.text) for r in split] == [(r.offset, r.text) for r in whole]
+    assert stats.files == 1
+
+
+def test_warc_html_and_tar_inputs_are_one_shard_each() -> None:
+    src = resolve_inputs([str(RESILIPARSE), str(IAH), str(POSTLIGHT)])
+    assert plan_parts(src, 10) == src

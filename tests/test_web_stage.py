@@ -1,5 +1,6 @@
-"""The web stage end to end on real WARCs: funnel accounting, provenance, the shared dedup
-index with the synthetic data, the quality classifier, bad input."""
+"""The web stage end to end on real web data: funnel accounting, provenance, the pre-extraction
+checks, the quality classifier, sharding (one shard per file, large JSONL split by rows), bad
+input. Executors (local 1 / 2 workers, Ray) and kills are in test_web_executor.py."""
 
 from __future__ import annotations
 
@@ -15,230 +16,231 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from web_testdata import DOLMA0, DOLMA1, RESILIPARSE, WAYBACK, openstax_texts
+from web_testdata import (
+    ARC,
+    DOLMA0,
+    DOLMA1,
+    DOLMA_JSONL,
+    POSTLIGHT,
+    RESILIPARSE,
+    train_quality_model,
+)
 
-from filters.classifier import train_classifier
-from filters.dedup import ExactDeduper, MinHashDeduper, MinHashParams
-from pipeline.config import ClassifierConfig, PipelineConfig, load_config
+from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import DatagenError
 from pipeline.records import Document
-from pipeline.runs import Run, read_shards, shard_paths
+from pipeline.runs import Run, read_jsonl, read_shards, shard_paths
+from pipeline.stages import BY_NAME, run_pipeline, stage_hash
 from pipeline.stages import web as web_stage
-from pipeline.web.extract import Extractor, decode_html
-from pipeline.web.readers import ReadStats, iter_warc
 
 INPUTS = [DOLMA0, DOLMA1, RESILIPARSE]
+PRECHECK_OFF = ("web.precheck_language=false", "web.precheck_heuristics=false")
 
 
 def config(root: Path, *overrides: str, inputs: list[Path] | None = None) -> PipelineConfig:
     paths = ",".join(f"'{p}'" for p in (INPUTS if inputs is None else inputs))
     return load_config(
-        [f"run.root={root}", "run.name=t", f"web.inputs=[{paths}]", "web.workers=1", *overrides]
+        [
+            f"run.root={root}",
+            "run.name=t",
+            f"web.inputs=[{paths}]",
+            "executor.workers=1",
+            *overrides,
+        ]
     )
 
 
-def finish_filter_stage(
-    cfg: PipelineConfig, synthetic: dict[str, str] | None = None, model: Path | None = None
-) -> Run:
-    """A finished filter stage as the web stage reads it: the dedup index of kept synthetic
-    docs (real ExactDeduper / MinHashDeduper) and the classifier model it used."""
+def prepare(cfg: PipelineConfig, stages: tuple[str, ...] = ("plan", "generate", "annotate")) -> Run:
+    """``stages`` marked finished (hashes as the driver computes them), as if they had run; the
+    driver then runs train_classifier (real: a model file, or no model without labels)."""
     run = Run(cfg.run.root, cfg.run.name)
-    folder = run.stage_dir("filter")
-    if synthetic is not None:
-        d = cfg.dedup
-        ex = ExactDeduper()
-        md = MinHashDeduper(
-            MinHashParams(
-                num_perm=d.num_perm,
-                ngram=d.ngram,
-                threshold=d.threshold,
-                bands=d.bands,
-                seed=cfg.seed,
-            )
-        )
-        for doc_id, text in synthetic.items():
-            ex.add(doc_id, text)
-        md.add_batch(list(synthetic), list(synthetic.values()), [1.0] * len(synthetic))
-        ex.save(folder / "dedup_index")
-        md.save(folder / "dedup_index")
-    run.write_manifest(
-        "filter",
-        {
-            "stage": "filter",
-            "status": "finished",
-            "config_hash": "t",
-            "classifier_model": str(model) if model else None,
-        },
-    )
+    for name in stages:
+        run.stage_dir(name)
+        h = stage_hash(cfg, run, BY_NAME[name])
+        run.write_manifest(name, {"stage": name, "status": "finished", "config_hash": h})
     return run
 
 
-def run_web(cfg: PipelineConfig, run: Run) -> dict[str, Any]:
-    return web_stage.run(cfg, run, Console(file=io.StringIO()))
+def run_web(cfg: PipelineConfig) -> tuple[Run, dict[str, Any]]:
+    """train_classifier and web through the real driver (one in-process worker)."""
+    run = prepare(cfg)
+    return run, run_pipeline(cfg, "web", Console(file=io.StringIO()))[-1]
+
+
+def kept_docs(run: Run) -> list[Document]:
+    return list(read_shards(run.path / "web", Document))
+
+
+def dropped_docs(run: Run) -> list[Document]:
+    return list(read_shards(run.path / "web" / "dropped", Document))
 
 
 @pytest.fixture(scope="module")
 def quality_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real fastText classifier: OpenStax textbook modules (positive) vs Wayback SEO
-    directory pages (negative)."""
-    ex = Extractor()
-    seo = []
-    for r in iter_warc(str(WAYBACK), ReadStats()):
-        text = ex(decode_html(r.payload or b"", r.charset).text, r.url)
-        if text:
-            seo.append(text)
-        if len(seo) == 40:
-            break
-    good = openstax_texts()[:40]
-    path = tmp_path_factory.mktemp("clf") / "model.bin"
-    train_classifier(
-        good + seo,
-        [True] * len(good) + [False] * len(seo),
-        path,
-        ClassifierConfig(dim=16, epoch=10),
-        seed=1,
-    )
-    return path
+    return train_quality_model(tmp_path_factory.mktemp("clf") / "model.bin")
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, dict[str, Any]]:
-    root = tmp_path_factory.mktemp("web")
-    cfg = config(root, "web.keep_dropped=true", "web.workers=2")
-    run = finish_filter_stage(cfg, synthetic={})
-    return run, run_web(cfg, run)
+    return run_web(config(tmp_path_factory.mktemp("web"), "web.keep_dropped=true"))
 
 
 def test_funnel_adds_up_every_record_kept_or_dropped_once(first_run: tuple) -> None:
     run, m = first_run
-    kept = list(read_shards(run.path / "web", Document))
-    dropped = list(read_shards(run.path / "web" / "dropped", Document))
+    kept, dropped = kept_docs(run), dropped_docs(run)
     steps = {s["step"]: s for s in m["funnel"]}
-    assert [s["step"] for s in m["funnel"]] == list(web_stage.Funnel().steps)
+    assert [s["step"] for s in m["funnel"]] == [
+        "read",
+        "record",
+        "blocklist",
+        "precheck",
+        "extract",
+        "language",
+        "heuristics",
+        "clean",
+        "decontam",
+    ]  # no quality step: train_classifier had no labels, so no model
     assert steps["read"]["documents"] == len(kept) + len(dropped)
-    assert steps["kept"]["documents"] == len(kept) == m["documents"] > 0
+    assert m["funnel"][-1]["documents"] == len(kept) == m["documents"] > 0
     assert len({d.id for d in kept} | {d.id for d in dropped}) == steps["read"]["documents"]
     assert Counter(d.drop_reason for d in dropped) == Counter(m["drop_reasons"])
-    prev = None
-    for s in m["funnel"]:
-        if prev is not None:
-            assert s["documents"] == prev["documents"] - sum(s["dropped"].values())
-        prev = s
-    assert steps["kept"]["tokens"] == sum(len(d.text.split()) for d in kept)
+    for prev, s in zip(m["funnel"], m["funnel"][1:], strict=False):
+        assert s["documents"] == prev["documents"] - sum(s["dropped"].values())
+    assert m["funnel"][-1]["tokens"] == m["tokens"] == sum(len(d.text.split()) for d in kept)
     # the records read are exactly the content records the readers saw
     types = m["reader"]["record_types"]
     assert steps["read"]["documents"] == sum(
         types.get(t, 0) for t in ("response", "resource", "conversion")
     )
+    assert m["shards_total"] == 3 and m["shards_run"] == [0, 1, 2]  # one shard per file
+    assert "quality: no classifier" in m["notes"][0]
 
 
 def test_heavy_filtering_drops_non_english_and_low_quality(first_run: tuple) -> None:
     _, m = first_run
     reasons = m["drop_reasons"]
-    assert reasons.get("lid.other_language", 0) > 0  # the multilingual CC 2020 subset
+    # the multilingual CC 2020 subset: most of it goes before extraction
+    assert reasons.get("precheck.language", 0) > 0
     assert any(r.startswith(("gopher_", "c4.", "fineweb.")) for r in reasons)
-    steps = {s["step"]: s for s in m["funnel"]}
-    assert 0 < steps["kept"]["documents"] < steps["read"]["documents"]
+    assert 0 < m["documents"] < m["funnel"][0]["documents"]
 
 
 def test_kept_web_documents_carry_provenance_and_scores(first_run: tuple) -> None:
-    run, _ = first_run
-    kept = list(read_shards(run.path / "web", Document))
+    run, m = first_run
+    kept = kept_docs(run)
     for d in kept:
         assert d.source == "web" and d.language == "en" and d.drop_reason is None
         assert d.url and d.url.startswith("http")
         assert d.source_file and Path(d.source_file).name in {p.name for p in INPUTS}
         assert d.warc_record_id and d.warc_record_id.startswith("<urn:uuid:")
         assert d.offset is not None and d.fetch_date
-        assert d.scores["lid.en"] >= 0.65
+        assert d.scores["lid.en"] >= 0.65 and d.scores["precheck.lid_en"] >= 0.1
         assert {
             "gopher_quality.n_words",
             "c4.sentences",
             "fineweb.line_punct_ratio",
             "pii.emails",
+            "decontam.matches",
         } <= set(d.scores)
         assert "@" not in d.text or "<EMAIL>" in d.text
+    assert m["pii_masked"]["emails"] == sum(d.scores["pii.emails"] for d in kept) > 0
+    assert sum(m["c4_lines_removed"].values()) > 0
 
 
 def test_dropped_documents_keep_reason_and_scores(first_run: tuple) -> None:
     run, _ = first_run
-    dropped = list(read_shards(run.path / "web" / "dropped", Document))
-    lid_dropped = [d for d in dropped if d.drop_reason == "lid.other_language"]
-    assert lid_dropped and all(d.scores["lid.en"] < 0.65 for d in lid_dropped)
+    dropped = dropped_docs(run)
     assert all(d.drop_reason for d in dropped)
+    pre = [d for d in dropped if d.drop_reason == "precheck.language"]
+    assert pre and all(d.scores["precheck.lid_en"] < 0.1 for d in pre)
+    # dropped before extraction: the page's visible text is kept for review, not its HTML
+    assert all(d.text and "<" not in d.text[:200] and "lid.en" not in d.scores for d in pre)
+    binary = [d for d in dropped if d.drop_reason.startswith("extract.")]
+    assert all(d.text == "" for d in binary)
 
 
-def test_web_page_near_duplicating_a_synthetic_text_is_dropped(
-    first_run: tuple, tmp_path: Path
-) -> None:
-    run, _ = first_run
-    kept = sorted(read_shards(run.path / "web", Document), key=lambda d: -len(d.text))
-    near, exact = kept[0], kept[1]
-    words = near.text.split(" ")
-    for i in (len(words) // 3, 2 * len(words) // 3):
-        words[i] = words[i] + "s"  # two words changed: still a near duplicate
-    synthetic = {"syn-near": " ".join(words), "syn-exact": exact.text.upper()}
-    cfg = config(tmp_path, "web.keep_dropped=true")
-    run2 = finish_filter_stage(cfg, synthetic=synthetic)
-    m = run_web(cfg, run2)
-    dropped = {d.id: d for d in read_shards(run2.path / "web" / "dropped", Document)}
-    assert dropped[near.id].drop_reason == "dedup.near_synthetic"
-    assert dropped[near.id].kept_id == "syn-near"
-    assert dropped[exact.id].drop_reason == "dedup.exact_synthetic"
-    assert dropped[exact.id].kept_id == "syn-exact"
-    assert m["dedup"]["synthetic_in_index"] == 2
-    # one index: the saved web index holds the synthetic docs and the kept web docs
-    md = MinHashDeduper.load(run2.path / "web" / "dedup_index")
-    assert {"syn-near", "syn-exact"} <= set(md.ids)
-    assert len(md) == 2 + m["documents"]
+def test_the_prechecks_drop_only_pages_extraction_would_drop(tmp_path: Path) -> None:
+    """On real pages (a multilingual CC 2020 subset, a 2008 CC crawl), checking before
+    extraction keeps exactly the documents that extracting everything keeps."""
+    inputs = [RESILIPARSE, ARC]
+    _, on = run_web(config(tmp_path / "on", "web.keep_dropped=true", inputs=inputs))
+    run_off, off = run_web(config(tmp_path / "off", *PRECHECK_OFF, inputs=inputs))
+    run_on = Run(tmp_path / "on", "t")
+    pre = Counter(r for r in on["drop_reasons"] if r.startswith("precheck."))
+    assert {"precheck.language", "precheck.n_words", "precheck.top_2gram_char_frac"} <= set(pre)
+    assert not any(r.startswith("precheck.") for r in off["drop_reasons"])
+    kept_on = {d.id: d.text for d in kept_docs(run_on)}
+    assert kept_on == {d.id: d.text for d in kept_docs(run_off)}
+    assert len(kept_on) == on["documents"] > 5
+    # every page the prechecks dropped is dropped by a later step when they are off
+    off_steps = {s["step"] for s in off["funnel"]}
+    assert "precheck" not in off_steps and off["precheck"]["language"] is False
+    assert on["funnel"][0] == off["funnel"][0]
 
 
-def test_repeated_input_is_caught_as_web_duplicates(tmp_path: Path) -> None:
-    copy = tmp_path / "again.warc.gz"
-    shutil.copy(DOLMA0, copy)
-    cfg = config(tmp_path, inputs=[DOLMA0, copy])
-    run = finish_filter_stage(cfg)
-    m = run_web(cfg, run)
-    once = m["documents"]
-    assert once > 0
-    assert m["drop_reasons"]["dedup.exact_web"] == once
-    assert m["notes"] and "not found" in m["notes"][0] + m["notes"][-1]
-
-
-def test_quality_classifier_keeps_only_scores_above_min_quality(
+def test_quality_classifier_keeps_only_probabilities_above_min_quality(
     tmp_path: Path, quality_model: Path
 ) -> None:
-    # min_quality=0: every document gets P(positive) stored, none is dropped for it
-    cfg0 = config(tmp_path / "a", "web.min_quality=0")
-    run0 = finish_filter_stage(cfg0, synthetic={}, model=quality_model)
-    m0 = run_web(cfg0, run0)
-    assert m0["quality"]["model"] == str(quality_model)
-    probs = sorted(d.scores["quality.p_positive"] for d in read_shards(run0.path / "web", Document))
+    model = f"classifier.model_path={quality_model}"
+    # min_quality=0: every document gets classifier.prob, none is dropped for it
+    run0, m0 = run_web(config(tmp_path / "a", model, "web.min_quality=0"))
+    assert m0["quality"]["model"] == str(quality_model.resolve())
+    assert m0["quality"]["score"] == "classifier.prob"
+    probs = sorted(d.scores["classifier.prob"] for d in kept_docs(run0))
     assert len(probs) >= 4 and "quality.low_score" not in m0["drop_reasons"]
     cut = round((probs[len(probs) // 2 - 1] + probs[len(probs) // 2]) / 2, 6)
-    cfg = config(tmp_path / "b", "web.keep_dropped=true", f"web.min_quality={cut}")
-    run = finish_filter_stage(cfg, synthetic={}, model=quality_model)
-    m = run_web(cfg, run)
-    kept = list(read_shards(run.path / "web", Document))
-    low = [
-        d
-        for d in read_shards(run.path / "web" / "dropped", Document)
-        if d.drop_reason == "quality.low_score"
-    ]
+    run, m = run_web(
+        config(tmp_path / "b", model, "web.keep_dropped=true", f"web.min_quality={cut}")
+    )
+    kept = kept_docs(run)
+    low = [d for d in dropped_docs(run) if d.drop_reason == "quality.low_score"]
     assert kept and low
-    assert all(d.scores["quality.p_positive"] >= cut for d in kept)
-    assert all(d.scores["quality.p_positive"] < cut for d in low)
+    assert all(d.scores["classifier.prob"] >= cut for d in kept)
+    assert all(d.scores["classifier.prob"] < cut for d in low)
     assert len(kept) + len(low) == len(probs)
     steps = {s["step"]: s for s in m["funnel"]}
     assert steps["quality"]["dropped"] == {"quality.low_score": len(low)}
+    assert not any("quality.p_positive" in d.scores for d in kept)  # one name: classifier.prob
+
+
+def test_repeated_input_is_not_deduplicated_here(tmp_path: Path) -> None:
+    """Dedup is the dedup stage's (one rule for web and synthetic documents): the web stage
+    keeps both copies of a repeated file and writes no dedup index."""
+    copy = tmp_path / "again.warc.gz"
+    shutil.copy(DOLMA0, copy)
+    run, m = run_web(config(tmp_path, inputs=[DOLMA0, copy]))
+    kept = kept_docs(run)
+    assert m["documents"] == len(kept) > 0 and m["shards_total"] == 2
+    first = [d.text for d in kept if d.source_file == str(DOLMA0)]
+    assert first == [d.text for d in kept if d.source_file == str(copy)]
+    assert not any(r.startswith("dedup") for r in m["drop_reasons"])
+    assert "dedup" not in m and not (run.path / "web" / "dedup_index").exists()
+
+
+def test_a_large_jsonl_input_is_split_into_shards_that_add_up_to_the_whole(tmp_path: Path) -> None:
+    run1, one = run_web(config(tmp_path / "one", inputs=[DOLMA_JSONL]))
+    run4, four = run_web(config(tmp_path / "four", "executor.shard_docs=200", inputs=[DOLMA_JSONL]))
+    assert (one["shards_total"], four["shards_total"]) == (1, 4)
+    assert len(shard_paths(run4.path / "web")) == 4
+    docs = kept_docs(run4)
+    assert [d.model_dump_json() for d in docs] == [d.model_dump_json() for d in kept_docs(run1)]
+    assert four["funnel"] == one["funnel"] and four["reader"] == one["reader"]
+    assert one["funnel"][0]["documents"] == 697 and four["documents"] > 50
+
+
+def test_html_pages_in_a_tar_archive_are_read_and_filtered(tmp_path: Path) -> None:
+    run, m = run_web(config(tmp_path, inputs=[POSTLIGHT]))
+    kept = kept_docs(run)
+    assert m["reader"]["record_types"]["tar_html"] == 170 == m["funnel"][0]["documents"]
+    assert 50 < len(kept) < 170  # news pages: most kept; Japanese ones dropped
+    assert m["drop_reasons"].get("precheck.language", 0) > 10
+    assert all(d.url and d.url.startswith(POSTLIGHT.resolve().as_uri() + "#") for d in kept)
 
 
 def test_truncated_input_is_counted_and_the_stage_finishes(tmp_path: Path) -> None:
     cut = tmp_path / "cut.warc.gz"
     cut.write_bytes(DOLMA0.read_bytes()[: DOLMA0.stat().st_size // 2])
-    cfg = config(tmp_path, inputs=[cut, DOLMA1])
-    run = finish_filter_stage(cfg)
-    m = run_web(cfg, run)
+    _, m = run_web(config(tmp_path, inputs=[cut, DOLMA1]))
     assert sum(m["reader"]["errors"].values()) == 1
     assert str(cut) in m["reader"]["error_messages"][0]
     assert m["funnel"][0]["documents"] > 0
@@ -251,46 +253,53 @@ def test_an_empty_file_among_the_inputs_is_skipped_with_a_warning(tmp_path: Path
     hollow = folder / "b.warc.gz"  # the real file with its content removed: an empty gzip
     hollow.write_bytes(gzip.compress(gzip.decompress(DOLMA1.read_bytes())[:0]))
     cfg = config(tmp_path, inputs=[folder])
-    run = finish_filter_stage(cfg)
+    run = prepare(cfg)
     out = io.StringIO()
-    m = web_stage.run(cfg, run, Console(file=out, width=300))
-    assert m["reader"]["errors"] == {"empty_file": 1}
+    m = run_pipeline(cfg, "web", Console(file=out, width=300))[-1]
+    assert m["reader"]["errors"] == {"empty_file": 1} and m["shards_total"] == 2
     assert f"web: {hollow}: empty file (nothing to read); skipped" in out.getvalue()
-    assert m["funnel"][0]["documents"] > 0
+    assert m["funnel"][0]["documents"] > 0 and run.is_finished("web")
+
+
+def test_a_lone_surrogate_in_jsonl_text_is_replaced_not_a_crash(tmp_path: Path) -> None:
+    # a real CCNet document with a lone surrogate escape (legal JSON, not encodable UTF-8)
+    row = json.loads(gzip.decompress(DOLMA_JSONL.read_bytes()).splitlines()[0])
+    row["text"] = row["text"].replace("A New Home?", "A New Home\ud800?", 1)
+    path = tmp_path / "odd.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    assert "\\ud800" in path.read_text(encoding="utf-8")
+    run, _ = run_web(
+        config(tmp_path, "web.keep_dropped=true", "web.c4.enabled=false", inputs=[path])
+    )
+    docs = kept_docs(run) + dropped_docs(run)
+    assert len(docs) == 1 and docs[0].text.startswith("A New Home??")
 
 
 def test_missing_input_fails_before_any_work(tmp_path: Path) -> None:
     cfg = config(tmp_path, inputs=[DOLMA0, tmp_path / "missing.warc.gz"])
-    run = finish_filter_stage(cfg)
+    prepare(cfg)
     with pytest.raises(DatagenError, match="missing.warc.gz: no such file"):
-        run_web(cfg, run)
-    assert not (run.path / "web").exists()
+        run_pipeline(cfg, "web", Console(file=io.StringIO()))
+    assert not (Run(cfg.run.root, "t").path / "web").exists()
 
 
-def test_web_needs_a_finished_filter_stage(tmp_path: Path) -> None:
+def test_web_needs_a_finished_train_classifier_stage(tmp_path: Path) -> None:
     cfg = config(tmp_path)
-    with pytest.raises(DatagenError, match="stage 'filter' has not finished"):
-        run_web(cfg, Run(cfg.run.root, cfg.run.name))
+    with pytest.raises(DatagenError, match="stage 'train_classifier' has not finished"):
+        web_stage.run(cfg, Run(cfg.run.root, cfg.run.name), Console(file=io.StringIO()))
 
 
 def test_no_inputs_finishes_with_an_empty_output(tmp_path: Path) -> None:
-    cfg = config(tmp_path, inputs=[])
-    run = finish_filter_stage(cfg)
-    m = run_web(cfg, run)
-    assert m["documents"] == 0 and "no inputs" in m["note"]
+    run, m = run_web(config(tmp_path, inputs=[]))
+    assert m["documents"] == 0 and "no inputs" in m["note"] and m["status"] == "finished"
     assert shard_paths(run.path / "web") == []
 
 
-def test_rerun_after_a_kill_removes_stale_shards(tmp_path: Path) -> None:
-    cfg = config(tmp_path, inputs=[DOLMA1])
-    run = finish_filter_stage(cfg)
-    folder = run.stage_dir("web")
-    stale = folder / "part-00042.jsonl.zst"
-    stale.write_bytes(b"partial")
-    m = run_web(cfg, run)
-    assert not stale.exists()
-    assert sum(1 for _ in read_shards(folder, Document)) == m["documents"]
-    json.dumps(m)  # the manifest is plain JSON
+def test_web_workers_is_gone_and_says_where_parallelism_moved(tmp_path: Path) -> None:
+    with pytest.raises(DatagenError, match="unknown config key 'web.workers'"):
+        config(tmp_path, "web.workers=2")
+    with pytest.raises(DatagenError, match="unknown config key 'web.dedup'"):
+        config(tmp_path, "web.dedup=false")
 
 
 def test_preflight_rejects_a_missing_input_before_any_stage_runs(tmp_path: Path) -> None:
@@ -304,22 +313,17 @@ def test_preflight_rejects_a_missing_input_before_any_stage_runs(tmp_path: Path)
     web_stage.preflight(config(tmp_path))  # the real inputs pass
 
 
-def test_extraction_pool_shuts_down_when_the_consumer_stops_early() -> None:
-    records = iter_warc(str(DOLMA0), ReadStats())
-    stream = web_stage.prepared_stream(records, 2, "trafilatura", True, False)
-    first = [next(stream) for _ in range(3)]
-    stream.close()  # returns (the feeder thread is released), no hang
-    assert len(first) == 3 and all(p.rec.url for p in first)
-
-
-def test_a_lone_surrogate_in_jsonl_text_is_replaced_not_a_crash() -> None:
-    from pipeline.web.readers import WebRecord
-
-    web_stage._init_worker("trafilatura", True, False)
-    text = json.loads('"Real text\\ud800 with a lone surrogate.\\n\\n  second line  "')
-    p = web_stage.prepare(WebRecord(source_file="x.jsonl", offset=1, text=text))
-    assert p.text == "Real text? with a lone surrogate.\nsecond line"
-    Document(id="x", text=p.text).model_dump_json()  # serialisable
+def test_the_markers_hold_each_shards_stats_and_the_manifest_their_sum(first_run: tuple) -> None:
+    run, m = first_run
+    markers = sorted((run.path / "web" / "completions").glob("*.json"))
+    per = [json.loads(p.read_text())["stats"] for p in markers]
+    assert len(per) == m["shards_total"] == 3
+    assert sum(s["funnel"]["read"]["documents"] for s in per) == m["funnel"][0]["documents"]
+    kept = [
+        sum(1 for _ in read_jsonl(run.path / f"web/part-{i:05d}.jsonl.zst", Document))
+        for i in range(3)
+    ]
+    assert kept == [s["funnel"]["decontam"]["documents"] for s in per]
 
 
 # as if pip had not installed lxml_html_clean (pip 23 on Python 3.11 skips it): importing
@@ -344,28 +348,3 @@ def test_a_missing_extractor_package_is_one_line_before_any_stage_runs(tmp_path:
     assert lines[0].startswith("datagen: error: web.extractor=trafilatura: cannot import it")
     assert "lxml_html_clean" in lines[0] and "pip install -e ." in lines[0]
     assert not (tmp_path / "runs").exists()  # no stage started
-
-
-def test_a_missing_extractor_package_in_the_workers_is_one_error(tmp_path: Path) -> None:
-    script = NO_LXML_HTML_CLEAN + (
-        "from pipeline.errors import DatagenError\n"
-        "from pipeline.stages import web\n"
-        "from pipeline.web.readers import ReadStats, iter_warc\n"
-        f"records = iter_warc({str(DOLMA0)!r}, ReadStats())\n"
-        "try:\n"
-        "    next(web.prepared_stream(records, 2, 'trafilatura', True, False))\n"
-        "except DatagenError as e:\n"
-        "    print('pool:', e)\n"
-        "web._init_worker('trafilatura', True, False)  # what each worker runs first\n"
-        "try:\n"
-        "    web.prepare(next(records))\n"
-        "except DatagenError as e:\n"
-        "    print('worker:', e)\n"
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0 and r.stderr == "", r.stderr
-    out = r.stdout.strip().splitlines()
-    assert [ln.split(":")[0] for ln in out] == ["pool", "worker"]
-    assert all("web.extractor=trafilatura: cannot import it" in ln for ln in out)

@@ -25,6 +25,10 @@ WAYBACK = OTHER / "copycat_wayback-snapshots-topic-02.warc.gz"
 DOLMA0 = OTHER / "dolma_sample-0000.warc.gz"
 DOLMA1 = OTHER / "dolma_sample-0001.warc.gz"
 CCNET = sorted((WEB / "ccnet_text").glob("*.jsonl.gz"))
+WEB_LARGE = SHARED / "web_large"
+DOLMA_JSONL = WEB_LARGE / "cc_samples/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
+HTML_PAGES = WEB_LARGE / "html_pages"
+POSTLIGHT = HTML_PAGES / "postlight_parser_fixtures.tar.xz"
 OPENSTAX = SHARED / "text/openstax_python/introduction-python-programming.modules_text.jsonl"
 
 
@@ -47,3 +51,25 @@ def warcio_payloads(path: Path) -> dict[str, bytes]:
 def openstax_texts() -> list[str]:
     lines = OPENSTAX.read_text(encoding="utf-8").splitlines()
     return [json.loads(line)["text"] for line in lines if line.strip()]
+
+
+def train_quality_model(path: Path) -> Path:
+    """A real fastText classifier: OpenStax textbook modules (positive) vs Wayback SEO
+    directory pages (negative), as extracted by the web stage's extractor."""
+    from filters.classifier import train_classifier
+    from pipeline.config import ClassifierConfig
+    from pipeline.web.extract import Extractor, decode_html
+    from pipeline.web.readers import ReadStats, iter_warc
+
+    ex = Extractor()
+    seo = []
+    for r in iter_warc(str(WAYBACK), ReadStats()):
+        text = ex(decode_html(r.payload or b"", r.charset).text, r.url)
+        if text:
+            seo.append(text)
+        if len(seo) == 40:
+            break
+    good = openstax_texts()[:40]
+    labels = [True] * len(good) + [False] * len(seo)
+    train_classifier(good + seo, labels, path, ClassifierConfig(dim=16, epoch=10), seed=1)
+    return path

@@ -58,7 +58,8 @@ STAGES: tuple[StageSpec, ...] = (
         ("generate", "train_classifier"),
         "heuristics, classifier, decontamination",
     ),
-    StageSpec("web", ("filter",), "read, extract and filter web data (WARC, HTML, JSONL)"),
+    # web reads only the classifier train_classifier chose (not the filter's output)
+    StageSpec("web", ("train_classifier",), "read, extract and filter web data (WARC, HTML)"),
     StageSpec("dedup", ("filter", "web"), "exact + MinHash near-dup removal, synthetic and web"),
     StageSpec("emit", ("dedup",), "mix, split, tokenize: the corpus (parquet + tokens)"),
 )

@@ -77,7 +77,8 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     c = cfg.classifier
     if c.model_path:
         path = cfg.project_path(c.model_path)
-        clf = QualityClassifier(path, c.positive_label)  # DatagenError if missing / wrong label
+        # DatagenError if missing / wrong label
+        clf = QualityClassifier(path, c.positive_label, "classifier.model_path")
         console.print(f"train_classifier: using {path} (labels {', '.join(clf.labels)})")
         return {
             "model_path": str(path.resolve()),

@@ -1,72 +1,60 @@
-"""The web funnel: documents and (whitespace) tokens left after each step, drops per reason.
+"""The web stage's funnel and reader counts, from the stats of its shards merged in order.
 
-Every record read is either kept or dropped exactly once; :meth:`Funnel.check` verifies that
-``read == kept + all drops`` before the manifest is written.
+The funnel is ``Stats.funnel_list()``: the ``read`` row (records read; tokens are words of the
+raw records, HTML markup included), then one row per step with the documents and words left
+after it and its drops per reason. :func:`check` verifies that every record read is kept or
+dropped exactly once before the manifest is written.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
-STEPS = (
-    "read",
-    "extract",
-    "language",
-    "blocklist",
-    "heuristics",
-    "quality",
-    "dedup",
-    "decontam",
-    "kept",
-)
+from pipeline.steps import Stats
+from pipeline.web.readers import MAX_MESSAGES, ReadStats
+
+READ = "read"
+_READER = "reader."
 
 
-class Funnel:
-    def __init__(self, steps: tuple[str, ...] = STEPS) -> None:
-        self.steps = steps
-        self.docs: Counter[str] = Counter()
-        self.tokens: Counter[str] = Counter()
-        self.dropped: dict[str, Counter[str]] = {s: Counter() for s in steps}
+def add_read_stats(stats: Stats, read: ReadStats) -> None:
+    """A shard's reader counts, as counters that add up over shards."""
+    stats.add(f"{_READER}files", read.files)
+    stats.add(f"{_READER}bytes", read.bytes)
+    for k, v in read.record_types.items():
+        stats.add(f"{_READER}record_types.{k}", v)
+    for k, v in read.errors.items():
+        stats.add(f"{_READER}errors.{k}", v)
 
-    def passed(self, step: str, tokens: int) -> None:
-        self.docs[step] += 1
-        self.tokens[step] += tokens
 
-    def drop(self, step: str, reason: str) -> None:
-        self.dropped[step][reason] += 1
+def counts_under(stats: Stats, prefix: str) -> dict[str, int]:
+    """The counters named ``prefix`` + key, as {key: n}, sorted."""
+    n = len(prefix)
+    return dict(sorted((k[n:], int(v)) for k, v in stats.counts.items() if k.startswith(prefix)))
 
-    def drop_reasons(self) -> dict[str, int]:
-        out: Counter[str] = Counter()
-        for c in self.dropped.values():
-            out.update(c)
-        return dict(sorted(out.items()))
 
-    @property
-    def n_dropped(self) -> int:
-        return sum(sum(c.values()) for c in self.dropped.values())
+def reader_summary(stats: Stats, messages: list[str]) -> dict[str, Any]:
+    """The manifest's ``reader`` entry: counts over all shards, the first messages."""
+    c = stats.counts
+    return {
+        "files": int(c.get(f"{_READER}files", 0)),
+        "bytes": int(c.get(f"{_READER}bytes", 0)),
+        "record_types": counts_under(stats, f"{_READER}record_types."),
+        "errors": counts_under(stats, f"{_READER}errors."),
+        "error_messages": messages[:MAX_MESSAGES],
+    }
 
-    def check(self) -> None:
-        """read == kept + dropped, and each step's survivors are the previous step's minus
-        its drops (an accounting bug fails loudly instead of publishing wrong numbers)."""
-        prev = None
-        for s in self.steps:
-            if prev is not None and self.docs[s] != self.docs[prev] - sum(self.dropped[s].values()):
-                raise AssertionError(
-                    f"web funnel: step '{s}' has {self.docs[s]} documents, "
-                    f"expected {self.docs[prev]} - drops"
-                )
-            prev = s
-        if self.docs["read"] != self.docs[self.steps[-1]] + self.n_dropped:
-            raise AssertionError("web funnel: read != kept + dropped")
 
-    def as_list(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "step": s,
-                "documents": self.docs[s],
-                "tokens": self.tokens[s],
-                "dropped": dict(sorted(self.dropped[s].items())),
-            }
-            for s in self.steps
-        ]
+def check(rows: list[dict[str, Any]]) -> None:
+    """Each step's documents are the previous step's minus its drops, and read == kept +
+    dropped: an accounting bug fails loudly instead of publishing wrong numbers."""
+    for prev, row in zip(rows, rows[1:], strict=False):
+        if row["documents"] != prev["documents"] - sum(row["dropped"].values()):
+            raise AssertionError(
+                f"web funnel: step '{row['step']}' has {row['documents']} documents, "
+                f"expected {prev['documents']} - drops"
+            )
+    read = rows[0]["documents"] if rows else 0
+    drops = sum(sum(r["dropped"].values()) for r in rows)
+    if rows and read != rows[-1]["documents"] + drops:
+        raise AssertionError("web funnel: read != kept + dropped")

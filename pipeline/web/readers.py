@@ -1,5 +1,9 @@
-"""Streaming readers for web data: WARC/WET (warcio), ARC v1/v2, HTML files, JSONL (plain,
-.gz, .zst), parquet and Hugging Face ``datasets`` (streaming).
+"""Streaming readers for web data: WARC/WET (warcio), ARC v1/v2, HTML files, tar archives of
+HTML files (.tar, .tar.gz, .tar.xz, .tar.bz2), JSONL (plain, .gz, .zst), parquet and Hugging
+Face ``datasets`` (streaming).
+
+:func:`plan_parts` cuts the inputs into the web stage's shards: one per file (or dataset), a
+JSONL or parquet file with more than ``executor.shard_docs`` rows into row ranges of that many.
 
 Every reader yields :class:`WebRecord` one at a time and never holds a file in memory. Damage
 is counted in :class:`ReadStats` (one line per problem naming the file and offset) and the
@@ -24,12 +28,14 @@ import contextlib
 import glob as globlib
 import gzip
 import io
+import lzma
 import os
 import re
+import tarfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -53,11 +59,12 @@ from pipeline.files import (
     FileDamage,
     one_line,
     open_binary,
-    raw_pos,
+    parse_json_line,
 )
-from pipeline.files import iter_jsonl as read_json_lines
+from pipeline.files import iter_lines as iter_file_lines
+from pipeline.shards import Slice, count_lines, iter_lines, plan_shards
 
-FORMATS = ("warc", "arc", "html", "jsonl", "parquet", "hf")
+FORMATS = ("warc", "arc", "html", "tar", "jsonl", "parquet", "hf")
 
 # name endings -> format; WET is WARC with "conversion" records, WAT is WARC metadata only
 _SUFFIXES: tuple[tuple[str, str], ...] = (
@@ -72,6 +79,11 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".htm", "html"),
     (".html.gz", "html"),
     (".xhtml", "html"),
+    (".tar", "tar"),
+    (".tar.gz", "tar"),
+    (".tgz", "tar"),
+    (".tar.xz", "tar"),
+    (".tar.bz2", "tar"),
     *((suffix, "jsonl") for suffix in JSONL_SUFFIXES),
     (".parquet", "parquet"),
 )
@@ -98,7 +110,6 @@ class WebRecord:
     http_status: int | None = None
     payload: bytes | None = None  # raw bytes to extract from (HTML)
     text: str | None = None  # already plain text (WET conversion, JSONL, parquet, HF)
-    pos: int = 0  # input bytes consumed so far in this file (for progress)
 
 
 @dataclass
@@ -128,14 +139,23 @@ class ReadStats:
 
 @dataclass(frozen=True)
 class InputSource:
-    """A resolved input: a file with its format, or a HF dataset name."""
+    """A resolved input: a file with its format, or a HF dataset name; for a JSONL or parquet
+    file split into shards, rows ``start`` to ``stop`` (exclusive; None = to the end) of it
+    (``byte_start``: where row ``start`` begins in a plain JSONL file)."""
 
     path: str
     format: str
+    start: int = 0
+    stop: int | None = None
+    byte_start: int | None = None
 
     @property
     def size(self) -> int:
         return 0 if self.format == "hf" else os.path.getsize(self.path)
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.stop is None
 
 
 # --------------------------------------------------------------------------- resolving
@@ -151,9 +171,11 @@ def sniff_format(path: Path) -> str | None:
     """Guess a format from the first bytes (after gzip/zstd decompression)."""
     try:
         with open_binary(path) as f:
-            head = f.read(64)
+            head = f.read(512)
     except (DatagenError, OSError, *DAMAGE_ERRORS):
         return None
+    if head[257:262] == b"ustar":
+        return "tar"
     head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"WARC/"):
         return "warc"
@@ -343,7 +365,6 @@ def iter_warc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
                     wr = _warc_record(rec, it, path, stats)
                     off = it.get_record_offset()
                     if wr is not None:
-                        wr.pos = raw.tell()
                         yield wr
                 return
             except ArchiveLoadFailed as e:
@@ -389,7 +410,6 @@ def _iter_warc_stream(path: str, stats: ReadStats, skip: int) -> Iterator[WebRec
                 wr = _warc_record(rec, it, path, stats)
                 off = it.get_record_offset()
                 if wr is not None:
-                    wr.pos = raw.tell()
                     yield wr
         except (
             ArchiveLoadFailed,
@@ -561,9 +581,7 @@ def iter_arc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
                     stats.record_types["arc_header"] += 1
                 else:
                     stats.record_types["arc_record"] += 1
-                    wr = _arc_record(path, rec_off, url, date, mime, body)
-                    wr.pos = raw_pos(f)
-                    yield wr
+                    yield _arc_record(path, rec_off, url, date, mime, body)
                 line = f.readline()
         except (OSError, *DAMAGE_ERRORS) as e:
             stats.error(
@@ -628,8 +646,42 @@ def iter_html(path: str, stats: ReadStats) -> Iterator[WebRecord]:
         fetch_date=mtime,
         content_type="text/html",
         payload=data,
-        pos=os.path.getsize(path),
     )
+
+
+# --------------------------------------------------------------------------- tar archives
+def iter_tar(path: str, stats: ReadStats) -> Iterator[WebRecord]:
+    """The HTML files (``.html``, ``.htm``, ``.xhtml``, ``.html.gz``) in a tar archive (plain,
+    gzip, xz or bzip2), streamed member by member; other members are counted as
+    ``tar_other``. A record's offset is the member's position in the archive, its record id
+    the member's path."""
+    base = Path(path).resolve().as_uri()
+    try:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            for i, member in enumerate(tar):
+                if not member.isfile() or format_of(member.name) != "html":
+                    stats.record_types["tar_other"] += 1
+                    continue
+                f = tar.extractfile(member)
+                data = f.read() if f is not None else b""
+                if data.startswith(GZIP_MAGIC):
+                    data = gzip.decompress(data)
+                stats.record_types["tar_html"] += 1
+                yield WebRecord(
+                    source_file=path,
+                    offset=i,
+                    url=f"{base}#{member.name}",
+                    record_id=member.name,
+                    fetch_date=datetime.fromtimestamp(member.mtime, UTC).isoformat(),
+                    content_type="text/html",
+                    payload=data,
+                )
+    except (tarfile.TarError, lzma.LZMAError, OSError, *DAMAGE_ERRORS) as e:
+        stats.error(
+            "truncated",
+            path,
+            f"archive ends in damage ({one_line(e)}); the members before it were read",
+        )
 
 
 # --------------------------------------------------------------------------- JSONL
@@ -642,19 +694,31 @@ def _field(obj: Any, dotted: str) -> Any:
 
 
 def iter_jsonl(
-    path: str, stats: ReadStats, text_field: str, url_field: str, date_field: str
+    path: str,
+    stats: ReadStats,
+    text_field: str,
+    url_field: str,
+    date_field: str,
+    start: int = 0,
+    stop: int | None = None,
+    byte_start: int | None = None,
 ) -> Iterator[WebRecord]:
-    def bad_line(number: int, why: str) -> None:
-        stats.error("bad_json", f"{path}:{number}", f"{why}; skipped")
-
+    """Lines ``start`` to ``stop`` (0-based, exclusive; None = to the end) of a JSONL file; a
+    plain file seeks to ``byte_start``, a compressed one skips the lines before ``start``
+    without parsing them. Damaged compressed data ends the range (counted as truncated)."""
     try:
-        for line in read_json_lines(path, on_error=bad_line):
-            obj = line.value
+        for number, raw in _numbered_lines(path, start, stop, byte_start):
+            if not raw.strip():
+                continue
+            obj, why = parse_json_line(path, number, raw)
+            if why is not None:
+                stats.error("bad_json", f"{path}:{number}", f"{why}; skipped")
+                continue
             text = _field(obj, text_field)
             if not isinstance(text, str):
                 stats.error(
                     "missing_text",
-                    f"{path}:{line.number}",
+                    f"{path}:{number}",
                     f"no string field '{text_field}' (web.text_field); skipped",
                 )
                 continue
@@ -663,21 +727,48 @@ def iter_jsonl(
             date = _field(obj, date_field)
             yield WebRecord(
                 source_file=path,
-                offset=line.number,
+                offset=number,
                 url=url if isinstance(url, str) else None,
                 fetch_date=iso_date(date) if isinstance(date, str) else None,
                 content_type="text/plain",
                 text=text,
-                pos=line.pos,
             )
     except FileDamage as e:
         stats.error("truncated", e.where, e.what)
 
 
+def _numbered_lines(
+    path: str, start: int, stop: int | None, byte_start: int | None
+) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line) for lines ``start`` to ``stop`` of a file."""
+    if byte_start is not None:  # a plain file: seek to the range
+        end = _END if stop is None else stop
+        yield from enumerate(
+            iter_lines(Slice(path=path, start=start, stop=end, byte_start=byte_start)), start + 1
+        )
+        return
+    for number, raw, _ in iter_file_lines(path):
+        if stop is not None and number > stop:
+            return
+        if number > start:
+            yield number, raw
+
+
+_END = 1 << 62  # "to the end of the file" as a line number
+
+
 # --------------------------------------------------------------------------- parquet
 def iter_parquet(
-    path: str, stats: ReadStats, text_field: str, url_field: str, date_field: str
+    path: str,
+    stats: ReadStats,
+    text_field: str,
+    url_field: str,
+    date_field: str,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[WebRecord]:
+    """Rows ``start`` to ``stop`` (0-based, exclusive; None = to the end) of a parquet file,
+    reading only the row groups that hold them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -693,22 +784,35 @@ def iter_parquet(
             f"columns: {', '.join(sorted(names))}"
         )
     cols = [c for c in (text_field, url_field, date_field) if c in names]
-    row = 0
+    end = _END if stop is None else stop
+    groups: list[int] = []
+    row = first = 0  # row: index of the next row read
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if first + n > start and first < end:
+            if not groups:
+                row = first
+            groups.append(g)
+        first += n
     try:
-        for batch in pf.iter_batches(batch_size=256, columns=cols):
+        for batch in pf.iter_batches(batch_size=256, columns=cols, row_groups=groups):
             d = batch.to_pydict()
             for i in range(batch.num_rows):
+                r, row = row, row + 1
+                if r < start:
+                    continue
+                if r >= end:
+                    return
                 text = d[text_field][i]
-                row += 1
                 if not isinstance(text, str):
-                    stats.error("missing_text", f"{path} row {row}", "text is null; skipped")
+                    stats.error("missing_text", f"{path} row {r + 1}", "text is null; skipped")
                     continue
                 stats.record_types["parquet_row"] += 1
                 url = d[url_field][i] if url_field in d else None
                 date = d[date_field][i] if date_field in d else None
                 yield WebRecord(
                     source_file=path,
-                    offset=row - 1,
+                    offset=r,
                     url=url,
                     fetch_date=iso_date(str(date)) if date is not None else None,
                     content_type="text/plain",
@@ -716,6 +820,17 @@ def iter_parquet(
                 )
     except (pa.ArrowInvalid, OSError) as e:
         stats.error("corrupt_record", f"{path} row {row}", f"unreadable ({one_line(e)})")
+
+
+def parquet_rows(path: str) -> int | None:
+    """Rows of a parquet file from its footer; None when the file is not readable."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except (pa.ArrowInvalid, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------- HF datasets
@@ -763,29 +878,62 @@ def iter_source(
     hf_split: str = "train",
     hf_config: str | None = None,
 ) -> Iterator[WebRecord]:
-    """All records of one input; an empty file is counted as ``empty_file`` and yields
-    nothing."""
-    stats.files += 1
+    """All records of one input (or of its rows ``src.start`` to ``src.stop``); an empty file
+    is counted as ``empty_file`` and yields nothing. A file split into row ranges counts as a
+    file (and its bytes) in the range that starts it."""
+    if src.start == 0:
+        stats.files += 1
     if src.format != "hf":
         size = src.size
-        stats.bytes += size
+        if src.start == 0:
+            stats.bytes += size
         if src.format == "empty" or size == 0:
             stats.error("empty_file", src.path, "empty file (nothing to read); skipped")
             return
+    fields = (text_field, url_field, date_field)
     if src.format == "warc":
         yield from iter_warc(src.path, stats)
     elif src.format == "arc":
         yield from iter_arc(src.path, stats)
     elif src.format == "html":
         yield from iter_html(src.path, stats)
+    elif src.format == "tar":
+        yield from iter_tar(src.path, stats)
     elif src.format == "jsonl":
-        yield from iter_jsonl(src.path, stats, text_field, url_field, date_field)
+        yield from iter_jsonl(src.path, stats, *fields, src.start, src.stop, src.byte_start)
     elif src.format == "parquet":
-        yield from iter_parquet(src.path, stats, text_field, url_field, date_field)
+        yield from iter_parquet(src.path, stats, *fields, src.start, src.stop)
     elif src.format == "hf":
-        yield from iter_hf(src.path, stats, text_field, url_field, date_field, hf_split, hf_config)
+        yield from iter_hf(src.path, stats, *fields, hf_split, hf_config)
     else:  # pragma: no cover - resolve_inputs only returns known formats
         raise DatagenError(f"{src.path}: unknown format '{src.format}'")
+
+
+def plan_parts(sources: list[InputSource], shard_docs: int) -> list[InputSource]:
+    """The web stage's shards: one per input, except that a JSONL or parquet file with more
+    than ``shard_docs`` rows becomes row ranges of ``shard_docs`` rows. Depends only on the
+    inputs and ``shard_docs``. A compressed JSONL file that cannot be read to its end is one
+    shard (its reader reports the damage)."""
+    parts: list[InputSource] = []
+    for src in sources:
+        if src.format == "jsonl":
+            try:
+                n = count_lines(Path(src.path))
+            except (OSError, *DAMAGE_ERRORS):
+                n = 0
+            if n > shard_docs:
+                for spec in plan_shards([Path(src.path)], shard_docs):
+                    s = spec.slices[0]
+                    parts.append(replace(src, start=s.start, stop=s.stop, byte_start=s.byte_start))
+                continue
+        elif src.format == "parquet":
+            rows = parquet_rows(src.path) or 0
+            if rows > shard_docs:
+                for start in range(0, rows, shard_docs):
+                    parts.append(replace(src, start=start, stop=min(start + shard_docs, rows)))
+                continue
+        parts.append(src)
+    return parts
 
 
 __all__ = [
@@ -795,6 +943,7 @@ __all__ = [
     "WebRecord",
     "format_of",
     "iter_source",
+    "plan_parts",
     "resolve_inputs",
     "sniff_format",
 ]

@@ -1,124 +1,160 @@
-"""Heuristic filter throughput (score + keep) on real text, one core.
+"""Per-document filter chain throughput, as the filter stage runs it, on one core.
 
-Documents: every WARC page (trafilatura text), CCNet doc, WikiText article and OpenStax module
-in ../shared/data, as Documents with 3 required words each (taken from the text). Each filter
-family is timed alone, then the whole per-document chain the filter stage runs (decontam against
-the five default benchmarks, length, truncation, stock opener, Gopher quality, Gopher
-repetition, constraints). The Gopher repetition n-gram rules are also timed in a
-straightforward pure-Python form (datatrove-style) for comparison.
+Documents: every WARC page (trafilatura text), CCNet document, WikiText article and OpenStax
+module in ../shared/data (393 texts, 8 kB on average), each with 3 required words taken from
+its text. The chain is the filter stage's own: ``pipeline.stages.filter.build_steps`` with the
+default config (decontamination against the five default benchmarks, length, truncation,
+stock opener, Gopher quality, Gopher repetition, constraints; no classifier) run by
+``pipeline.steps.run_steps`` over batches of ``dedup.batch_size`` documents, as
+``filter_shard`` does. Each filter family is also timed alone (every document scored), and
+the chain and families "before" (the implementation of datagen 785b4a0, kept in
+tests/filters_reference.py) in the same rounds. Rounds are interleaved (each round times
+every row once, in turn); the table gives medians and the load average of each round.
 
-Run:  .venv/bin/python scripts/bench/heuristics.py --repeats 5
+Run:  flock /work/bench.lock .venv/bin/python scripts/bench/heuristics.py --rounds 7
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
 import time
-from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from filters_testdata import (  # noqa: E402
-    ccnet_docs,
-    openstax_modules,
-    web_pages,
-    wikitext_articles,
-)
+import filters_reference as ref  # noqa: E402
+from filters_testdata import bench_texts  # noqa: E402
 
-from filters.base import apply_filters  # noqa: E402
+from filters.codepoints import tables  # noqa: E402
 from filters.constraints import ConstraintFilter  # noqa: E402
-from filters.decontam import Decontaminator  # noqa: E402
+from filters.decontam import DecontamStep  # noqa: E402
 from filters.gopher import GopherQualityFilter, GopherRepetitionFilter  # noqa: E402
-from filters.heuristics import LengthFilter, StockOpenerFilter, TruncationFilter  # noqa: E402
-from pipeline.config import DecontamConfig, FilterConfig  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.records import Document  # noqa: E402
+from pipeline.shards import batched  # noqa: E402
+from pipeline.stages.filter import build_steps  # noqa: E402
+from pipeline.steps import FilterStep, Stats, Step, run_steps  # noqa: E402
+
+NO_CLASSIFIER = {"path": None, "applied": False, "note": "benchmark: no model"}
 
 
-def reference_repetition(text: str) -> dict[str, float]:
-    """Gopher repetition n-gram scores the straightforward way (tuples in Counter / set, as
-    datatrove's GopherRepetitionFilter does): the comparison for filters.gopher's numpy path."""
-    words = text.strip().lower().split()
-    total = max(sum(len(w) for w in words), 1)
-    out = {}
-    for n in (2, 3, 4):
-        c = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-        if c:
-            gram, k = c.most_common(1)[0]
-            out[f"top_{n}"] = sum(len(w) for w in gram) * k / total if k > 1 else 0.0
-    for n in range(5, 11):
-        seen: set[tuple[str, ...]] = set()
-        rep, i = 0, 0
-        while i < len(words) - n + 1:
-            g = tuple(words[i : i + n])
-            if g in seen:
-                rep += sum(len(w) for w in g)
-                i += n
-            else:
-                seen.add(g)
-                i += 1
-        out[f"dup_{n}"] = rep / total
+def _previous(f: object) -> object:
+    if isinstance(f, GopherQualityFilter):
+        return ref.GopherQualityFilter(f.cfg)
+    if isinstance(f, GopherRepetitionFilter):
+        return ref.GopherRepetitionFilter(f.cfg)
+    if isinstance(f, ConstraintFilter):
+        return ref.ConstraintFilter(f.min_coverage)
+    return f
+
+
+def previous(steps: list[Step], cfg: PipelineConfig) -> list[Step]:
+    """The same steps with the previous implementation of every filter that changed."""
+    for s in steps:
+        if isinstance(s, FilterStep):
+            s.filters = [_previous(f) for f in s.filters]  # type: ignore[misc]
+        elif isinstance(s, DecontamStep):
+            s.decon = ref.ReferenceDecontaminator(cfg.decontam)
+    return steps
+
+
+def families(steps: list[Step]) -> dict[str, list[Step]]:
+    """Each filter family as a step of its own that scores every document."""
+    out: dict[str, list[Step]] = {}
+    for s in steps:
+        if isinstance(s, DecontamStep):
+            out["decontam"] = [s]
+        elif isinstance(s, FilterStep):
+            for f in s.filters:
+                out.setdefault(f.family, []).append(FilterStep(f.family, [f], drop=False))
+    cheap = ("length", "truncated", "stock_opener")
+    out["length + truncated + stock_opener"] = [x for k in cheap for x in out.pop(k)]
     return out
+
+
+def run_chain(steps: Sequence[Step], docs: list[Document], batch: int) -> Stats:
+    stats = Stats()
+    for b in batched(docs, batch):
+        run_steps(steps, b, stats)
+    return stats
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
-    texts = (
-        web_pages(()) + ccnet_docs() + wikitext_articles() + [m["text"] for m in openstax_modules()]
-    )
-    docs = [
+    texts = bench_texts()
+    base = [
         Document(id=str(i), text=t, finish_reason="stop", required_words=t.split()[5:8])
         for i, t in enumerate(texts)
     ]
     mb = sum(len(t.encode()) for t in texts) / 1e6
-    f = FilterConfig(min_constraint_coverage=0.5)
-    decon = Decontaminator(DecontamConfig())
-    families = {
-        "length + truncated + stock_opener": [
-            LengthFilter(f.min_chars, f.max_chars),
-            TruncationFilter(),
-            StockOpenerFilter(f.stock_openers),
-        ],
-        "gopher_quality": [GopherQualityFilter(f.gopher_quality)],
-        "gopher_repetition": [GopherRepetitionFilter(f.gopher_repetition)],
-        "constraints (lemminflect)": [ConstraintFilter(f.min_constraint_coverage)],
-    }
-    print(f"{len(docs)} docs, {mb:.2f} MB, one core, median of {args.repeats}")
-    print("| filter | median s | docs/s | MB/s |")
-    print("|---|---|---|---|")
-
-    def timed(name: str, fn: object) -> None:
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            fn()  # type: ignore[operator]
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        print(f"| {name} | {med:.3f} | {len(docs) / med:,.0f} | {mb / med:.2f} |")
-
-    for name, fl in families.items():
-        timed(name, lambda fl=fl: [apply_filters(d.model_copy(), fl, Counter()) for d in docs])
-    timed(
-        "gopher_repetition n-grams, pure-Python reference (datatrove-style)",
-        lambda: [reference_repetition(d.text) for d in docs],
+    cfg = PipelineConfig()
+    t0 = time.perf_counter()
+    tables()
+    steps = build_steps(cfg, NO_CLASSIFIER)
+    for s in steps:
+        s.setup()
+    setup_s = time.perf_counter() - t0
+    old = previous(build_steps(cfg, NO_CLASSIFIER), cfg)
+    for s in old:
+        s.setup()
+    rows: dict[str, Callable[[list[Document]], object]] = {}
+    for name, fam in families(steps).items():
+        rows[name] = lambda d, fam=fam: run_chain(fam, d, cfg.dedup.batch_size)
+    rows["chain (filter stage steps)"] = lambda d: run_chain(steps, d, cfg.dedup.batch_size)
+    old_fam = families(old)
+    for name in ("gopher_quality", "gopher_repetition", "constraints", "decontam"):
+        rows[f"{name}, before"] = lambda d, f=old_fam[name]: run_chain(f, d, cfg.dedup.batch_size)
+    rows["chain, before"] = lambda d: run_chain(old, d, cfg.dedup.batch_size)
+    # the same decisions both ways (tests/test_filter_equivalence.py checks every score)
+    new_st, old_st = (
+        run_chain(s, [d.model_copy(deep=True) for d in base], 256) for s in (steps, old)
     )
-    timed("decontam (13-grams, 5 benchmarks)", lambda: [decon.check(d.text) for d in docs])
-    chain = [x for fl in families.values() for x in fl]
+    assert new_st.model_dump() == old_st.model_dump(), "the chains disagree"
 
-    def stage_chain() -> None:
-        for d in docs:
-            if decon.check(d.text).reason is None:
-                apply_filters(d.model_copy(), chain, Counter())
-
-    timed("whole chain (as the filter stage)", stage_chain)
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    loads = []
+    for _ in range(args.rounds):
+        loads.append(os.getloadavg()[0])
+        for name, fn in rows.items():
+            docs = [d.model_copy(deep=True) for d in base]  # fresh records, not timed
+            t = time.perf_counter()
+            fn(docs)
+            times[name].append(time.perf_counter() - t)
+    print(
+        f"{len(base)} docs, {mb:.2f} MB ({mb * 1e3 / len(base):.1f} kB/doc), one core, "
+        f"{args.rounds} interleaved rounds, medians; load average per round "
+        f"{', '.join(f'{x:.2f}' for x in loads)}; steps setup {setup_s:.2f} s"
+    )
+    print("| filter | median s | docs/s | MB/s | before docs/s | speed-up |")
+    print("|---|---|---|---|---|---|")
+    out = {}
+    for name in rows:
+        if name.endswith(", before"):
+            continue
+        med = statistics.median(times[name])
+        before = f"{name.split(' (')[0]}, before"
+        row = f"| {name} | {med:.3f} | {len(base) / med:,.0f} | {mb / med:.2f} |"
+        out[name] = {"median_s": med, "docs_per_s": len(base) / med}
+        if before in times:
+            b = statistics.median(times[before])
+            row += f" {len(base) / b:,.0f} | {b / med:.1f}x |"
+            out[name]["before_docs_per_s"] = len(base) / b
+        else:
+            row += " | |"
+        print(row)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": out, "loads": loads}, indent=2))
 
 
 if __name__ == "__main__":

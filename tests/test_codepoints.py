@@ -1,0 +1,107 @@
+"""The numpy text views agree with Python itself: every code point's classes, the words of
+real texts, and the word hashes' definition."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from filters_testdata import ccnet_docs, openstax_modules, wikitext_articles
+
+from filters.codepoints import (
+    N_CODE_POINTS,
+    code_points,
+    lowered,
+    split_spans,
+    tables,
+    word_spans,
+)
+from filters.ngrams import _BASES, _EXACT_WORD, _PRIMES, WordHasher, multipliers, windows
+
+
+def _real_texts() -> list[str]:
+    return ccnet_docs() + wikitext_articles()[:20] + [m["text"] for m in openstax_modules()]
+
+
+def test_tables_match_python_for_every_code_point():
+    t = tables()
+    word, letter = re.compile(r"\w"), re.compile(r"[^\W\d_]")
+    for c in range(N_CODE_POINTS):
+        ch = chr(c)
+        assert t.space[c] == ch.isspace() == bool(re.match(r"\s", ch)), hex(c)
+        assert t.word[c] == bool(word.match(ch)), hex(c)
+        assert t.letter[c] == bool(letter.match(ch)), hex(c)
+
+
+def test_lower_case_is_one_character_of_the_same_classes_but_for_dotted_capital_i():
+    t = tables()
+    for c in range(N_CODE_POINTS):
+        low = chr(c).lower()
+        if c == 0x130:  # 'İ' -> 'i' + combining dot above (not \w): lowered() reports it
+            assert low == "i\u0307" and not t.word[0x307]
+            continue
+        assert len(low) == 1, hex(c)
+        o = ord(low)
+        assert (t.space[o], t.word[o], t.letter[o]) == (t.space[c], t.word[c], t.letter[c])
+    # 'Σ' depends on its neighbours (a word's final 'ς' is 'σ' in a longer text)
+    assert "ΟΔΟΣ".lower() + ".α" != "ΟΔΟΣ.Α".lower()
+    assert not lowered("ΟΔΟΣ")[1] and not lowered("İstanbul")[1] and lowered("Straße")[1]
+
+
+def test_spans_are_python_words_on_real_text():
+    for text in _real_texts() + ["", "  ", "a\x00b \ud800x", "\u2028x\x1cy\x85z"]:
+        cp = code_points(text)
+        assert len(cp) == len(text)
+        s, e = split_spans(cp)
+        assert [text[a:b] for a, b in zip(s, e, strict=True)] == text.split()
+        s, e = word_spans(cp)
+        assert [text[a:b] for a, b in zip(s, e, strict=True)] == re.findall(r"\w+", text)
+
+
+def _python_hash(word: str) -> int:
+    """The definition of a word's hash, in Python integers."""
+    out = 0
+    for p, b in zip(_PRIMES, _BASES, strict=True):
+        h = sum((ord(c) + 1) * pow(b, j, p) for j, c in enumerate(word)) % p
+        out = (out << 32) | h
+    return out
+
+
+def test_word_hashes_follow_their_definition_inside_any_text():
+    hasher = WordHasher()
+    text = openstax_modules()[0]["text"]
+    words = text.split()
+    got = hasher.words(words).tolist()
+    assert got == [_python_hash(w) for w in words]
+    # the same words inside the text (other positions), and inside a text with a word longer
+    # than the exact-sum limit (the reduced path)
+    long_word = "".join(words)[: 3 * _EXACT_WORD]
+    for body in (text, long_word + " " + text):
+        cp = code_points(body)
+        s, e = split_spans(cp)
+        h = hasher.spans(cp, s, e).tolist()
+        assert h[-len(words) :] == got
+    assert hasher.words([long_word]).tolist() == [_python_hash(long_word)]
+
+
+def test_ngram_windows_of_every_length_come_from_one_pass():
+    hasher = WordHasher()
+    words = wikitext_articles()[0].lower().split()[:500]
+    h = hasher.words(words)
+    mult = multipliers(13)
+    got = dict(windows(h, {3, 8, 13}, mult))
+    for n in (3, 8, 13):
+        expect = [
+            sum(int(h[i + k]) * int(mult[k]) for k in range(n)) % 2**64
+            for i in range(len(words) - n + 1)
+        ]
+        assert got[n].tolist() == expect
+    assert multipliers(5).tolist() == multipliers(13)[:5].tolist()
+    assert (multipliers(13) % 2 == 1).all()
+
+
+@pytest.mark.parametrize("seed", [0, 13])
+def test_multipliers_are_distinct(seed: int):
+    m = multipliers(64, seed)
+    assert len(np.unique(m)) == 64
