@@ -274,3 +274,13 @@ def test_selective_training_reads_the_scores(scored, tmp_path):
         p.unlink()
     with pytest.raises(SystemExit, match=r"\.ds\.loss: missing; run emit with"):
         mod.main(["--run", str(bare.path), "--steps", "2", "--select-top", "0.6"])
+
+
+def test_the_key_goes_to_a_plain_http_endpoint_only_when_allowed(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-token-scores-1a2b3c4d")
+    cfg = TokenScoresConfig(enabled=True, base_url="http://10.9.8.7:8000/v1", max_retries=0)
+    with pytest.raises(DatagenError) as e:
+        open_reference(cfg, load_tokenizer("smollm2"))
+    msg = str(e.value)
+    assert msg.startswith("emit.token_scores.base_url: $OPENAI_API_KEY is not sent to 10.9.8.7")
+    assert "emit.token_scores.allow_insecure_key=true" in msg and "sk-test" not in msg
