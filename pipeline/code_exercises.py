@@ -6,20 +6,30 @@ The teacher answers one JSON object (:data:`ANSWER_SCHEMA`: ``instruction``, ``s
 ``tests``); :func:`parse_answer` turns it into a :class:`~pipeline.records.CodeExercise` or
 raises :class:`UnparsedAnswer` with the reason (the caller records a failure, never an empty
 exercise); :func:`verify` runs the tests of many exercises in the sandbox.
+
+:class:`ExerciseChecker` is what generate runs on each answer as it arrives: parse, verify in
+the sandbox (in a bounded thread pool, off the event loop), and with ``generate.repair_rounds``
+send a failing exercise back to the teacher with its failing output, once per round, through
+the same client (cache, budget and ledger apply), and verify the repaired one again.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
+import os
 import re
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.records import CodeExercise
 from pipeline.sandbox import Sandbox, SandboxResult
+from pipeline.teacher.structured import schema_format
 
 FORMAT = "code_exercises"
 
@@ -40,16 +50,8 @@ ANSWER_SCHEMA: dict[str, Any] = CodeAnswer.model_json_schema()
 
 
 def response_format(mode: str) -> dict[str, Any] | None:
-    """The ``response_format`` request parameter: ``json_object`` (llama.cpp: a grammar from
-    the schema), ``json_schema`` (OpenAI / vLLM structured outputs), ``off`` (prompt only)."""
-    if mode == "json_object":
-        return {"type": "json_object", "schema": ANSWER_SCHEMA}
-    if mode == "json_schema":
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": "code_exercise", "schema": ANSWER_SCHEMA, "strict": True},
-        }
-    return None
+    """The ``response_format`` of an exercise request (``generate.structured``)."""
+    return schema_format(mode, "code_exercise", ANSWER_SCHEMA)
 
 
 class UnparsedAnswer(ValueError):
@@ -167,3 +169,95 @@ def verify(
     """Each exercise with its sandbox verdict, in order (``sandbox.workers`` at once)."""
     results = sandbox.run_many([(e.solution, e.tests) for e in exercises], progress)
     return [with_result(e, r) for e, r in zip(exercises, results, strict=True)]
+
+
+# --------------------------------------------------------------------------- in generate
+class Answer(Protocol):
+    """What the checker needs of a teacher completion (pipeline.teacher.Completion)."""
+
+    text: str
+
+
+# (messages, item id) -> the teacher's answer; raises the client's errors
+Complete = Callable[[list[dict[str, str]], str], Awaitable[Any]]
+# (verdict or "unparsed", the failing output) -> the user message asking for a repair
+RepairPrompt = Callable[[str, str], str]
+
+
+@dataclass
+class Checked:
+    """An answer after parsing, verification and repair rounds."""
+
+    exercise: CodeExercise | None  # None: no answer parsed (``reason`` says why)
+    reason: str = ""  # the last parse failure ("" when an exercise parsed)
+    answers: list[Any] = field(default_factory=list)  # every completion, the first included
+    repair_error: str = ""  # a repair request that failed for good (the last verdict stands)
+
+
+class ExerciseChecker:
+    """Parse, verify and repair code exercises; ``workers`` sandboxes at once in a thread pool
+    (each waits on its own sandbox process), so the event loop keeps sending requests."""
+
+    def __init__(self, sandbox: Sandbox, rounds: int, repair_prompt: RepairPrompt) -> None:
+        self.sandbox = sandbox
+        self.rounds = rounds
+        self.repair_prompt = repair_prompt
+        workers = sandbox.cfg.workers or os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
+
+    async def start(self) -> str:
+        """Probe the sandbox's isolation once (a refusal is a DatagenError before any request
+        is sent); returns the isolation in use."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, lambda: self.sandbox.isolation
+        )
+
+    async def verify(self, ex: CodeExercise) -> CodeExercise:
+        loop = asyncio.get_running_loop()
+        r = await loop.run_in_executor(self.pool, self.sandbox.run, ex.solution, ex.tests)
+        return with_result(ex, r)
+
+    async def check(
+        self, messages: list[dict[str, str]], first: Answer, complete: Complete, item_id: str
+    ) -> Checked:
+        """``first`` checked; while it fails and rounds remain, the conversation so far plus
+        the failing output goes back to the teacher. The result is the first exercise that
+        passed, else the last one that parsed, else the last parse failure."""
+        from pipeline.teacher import TeacherError
+
+        out = Checked(exercise=None, answers=[first])
+        convo = list(messages)
+        answer = first
+        for round_ in range(self.rounds + 1):
+            try:
+                ex: CodeExercise | None = parse_answer(answer.text)
+            except UnparsedAnswer as e:
+                ex, out.reason = None, str(e)
+            if ex is not None:
+                out.exercise = await self.verify(ex.model_copy(update={"repairs": round_}))
+                out.reason = ""
+                if out.exercise.verified == "passed":
+                    break
+            if round_ == self.rounds:
+                break
+            failing = (
+                ("unparsed", out.reason)
+                if ex is None
+                else (out.exercise.verified or "error", out.exercise.error or "")  # type: ignore[union-attr]
+            )
+            convo += [
+                {"role": "assistant", "content": answer.text},
+                {"role": "user", "content": self.repair_prompt(*failing)},
+            ]
+            try:
+                answer = await complete(convo, f"{item_id}/repair-{round_ + 1}")
+            except TeacherError as e:
+                out.repair_error = e.reason
+                break
+            out.answers.append(answer)
+        if out.exercise is not None:
+            out.reason = ""
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -56,16 +56,62 @@ class RunConfig(Section):
         return v
 
 
+class TopicsConfig(Section):
+    """Topic expansion: the teacher grows seed subjects into a topic tree (subject -> topics ->
+    subtopics), de-duplicated; its leaves replace ``plan.topics_file`` (pipeline.topics)."""
+
+    expand: bool = False
+    seeds_file: str = "data/subjects.tsv"  # area <tab> subject: the tree's roots
+    seeds: int = Field(0, ge=0)  # seed subjects drawn from the file (seeded); 0 = all
+    per_subject: int = Field(20, ge=1, le=200)  # topics asked for per seed subject
+    per_topic: int = Field(10, ge=0, le=200)  # subtopics per topic; 0 = the tree stops at topics
+    # two topics whose normalised word sets have a Jaccard >= this are one (the first is kept)
+    near_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    max_tokens: int = Field(1024, ge=16)  # per topic-list answer
+    # the answer's form (pipeline.teacher.structured): auto = llama.cpp's grammar on the
+    # embedded teacher, json_schema on a teacher.base_url
+    structured: str = Field("auto", pattern="^(auto|off|json_object|json_schema)$")
+
+
+# TinyStories (Eldan & Li 2023, section 2): each story asks for a random subset of these
+STORY_FEATURES = ["dialogue", "plot twist", "bad ending", "moral", "foreshadowing", "conflict"]
+
+
 class PlanConfig(Section):
     n: int = Field(24, ge=1)
     words_per_prompt: int = Field(3, ge=0, le=20)
+    # one word per listed part of speech (NOUN, VERB, ADJ: the pos column of words_file),
+    # TinyStories' noun + verb + adjective; set, it replaces words_per_prompt
+    word_pos: list[str] = []
     formats: list[str] = ["textbook", "exercises"]
+    # the style axis, drawn for formats whose template uses {{ style }}
+    styles: list[str] = ["worked example", "Socratic dialogue", "lecture notes", "story", "Q&A"]
+    # with style "story": each feature is asked for with this probability (seeded)
+    story_features: list[str] = STORY_FEATURES
+    story_feature_p: float = Field(0.3, ge=0.0, le=1.0)
+    topics: TopicsConfig = TopicsConfig()
     topics_file: str = "data/topics.tsv"
+
+    @field_validator("word_pos", mode="before")
+    @classmethod
+    def _pos_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            v = [x.upper() if isinstance(x, str) else x for x in v]
+            if bad := [x for x in v if x not in ("NOUN", "VERB", "ADJ")]:
+                raise PydanticCustomError(
+                    "word_pos", "parts of speech are NOUN, VERB, ADJ (not {bad})", {"bad": bad}
+                )
+        return v
+
     audiences_file: str = "data/audiences.txt"
     words_file: str = "data/words.tsv"
     # optional JSONL of web extracts ({"text": ...}) to ground requests on, Cosmopedia-style
     seed_texts: str = ""
     seed_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # a seeded request's topic: match = one of the topics that best fit the extract (TF-IDF
+    # cosine, drawn among the best seed_topic_k); derive = the teacher takes it from the extract
+    seed_topic: str = Field("match", pattern="^(match|derive)$")
+    seed_topic_k: int = Field(5, ge=1)
     # items per file of the plan and of generate's outputs (both are read lazily, file by file)
     shard_items: int = Field(100_000, ge=1)
 
@@ -167,6 +213,19 @@ class TeacherConfig(Section):
         return None if p is None else p.for_mode(self.mode)
 
 
+class GenerateConfig(Section):
+    """generate's handling of code exercises (format ``code_exercises``)."""
+
+    # a failing exercise (tests failed, timed out, errored, or an answer that did not parse)
+    # goes back to the teacher with its failing output, once per round; the answer is checked
+    # again. Each round is one more request per failing item (cached and budgeted)
+    repair_rounds: int = Field(0, ge=0, le=10)
+    # the answer's form: json_object = llama.cpp's grammar from the schema, json_schema =
+    # OpenAI / vLLM structured outputs, off = the prompt alone; auto = json_object on the
+    # embedded teacher, json_schema on any teacher.base_url
+    structured: str = Field("auto", pattern="^(auto|off|json_object|json_schema)$")
+
+
 class BudgetConfig(Section):
     max_cost_usd: float | None = Field(None, ge=0)
 
@@ -221,6 +280,49 @@ class AnnotateConfig(Section):
     # json_object = llama.cpp's form, json_schema = OpenAI/vLLM structured outputs, off = a
     # plain "Educational score: N" line; auto = json_object on the embedded teacher (the 135M
     # model never reaches a score line unconstrained), off elsewhere
+    structured: str = Field("auto", pattern="^(auto|off|json_object|json_schema)$")
+
+
+class ReviseConfig(Section):
+    """phi-4 critique and revision (pipeline/stages/revise.py)."""
+
+    rounds: int = Field(0, ge=0, le=5)  # 0 = off: later stages read generate's outputs
+    critique_prompt: str = "prompts/revise_critique.j2"
+    rewrite_prompt: str = "prompts/revise_rewrite.j2"
+    critique_max_tokens: int = Field(256, ge=16)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # of the critique; rewrites: teacher's
+    max_doc_chars: int = Field(4000, ge=100)  # the draft is cut to this in the critique prompt
+    structured: str = Field("auto", pattern="^(auto|off|json_object|json_schema)$")
+
+
+class ReverseConfig(Section):
+    """Instruction reversal (pipeline/stages/reverse.py)."""
+
+    n: int = Field(0, ge=0)  # documents to reverse (a seeded sample); 0 = off
+    # empty: the web stage's kept output; else a JSONL file of {"text", "id"?} (code snippets)
+    input: str = ""
+    prompt: str = "prompts/reverse.j2"
+    max_tokens: int = Field(160, ge=8)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_doc_chars: int = Field(3000, ge=100)
+    min_chars: int = Field(200, ge=1)  # shorter texts answer nothing worth asking
+    # answerability (overlap-based): this share of the instruction's content words must occur
+    # in the text, and the instruction must not copy the text
+    min_overlap: float = Field(0.5, ge=0.0, le=1.0)
+    max_instruction_words: int = Field(120, ge=4)
+
+
+class PreferencesConfig(Section):
+    """Preference pairs, Zephyr dDPO / UltraFeedback style (pipeline/stages/preferences.py)."""
+
+    n: int = Field(0, ge=0)  # plan prompts to sample completions for (seeded); 0 = off
+    samples: int = Field(4, ge=2, le=16)  # completions per prompt (UltraFeedback: 4)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)  # higher than generate's, for variety
+    max_tokens: int = Field(600, ge=8)  # of each completion
+    rate_prompt: str = "prompts/preferences_rate.j2"
+    rate_max_tokens: int = Field(200, ge=16)
+    max_doc_chars: int = Field(4000, ge=100)  # a completion is cut to this in the rating prompt
+    rejected: str = Field("worst", pattern="^(worst|random)$")  # which lower-rated sample
     structured: str = Field("auto", pattern="^(auto|off|json_object|json_schema)$")
 
 
@@ -528,7 +630,7 @@ class EmitConfig(Section):
     tokenizer: str = "smollm2"
     eot_token: str = "<|endoftext|>"  # appended after every document in the token shards
     shard_tokens: int = Field(50_000_000, ge=1)  # a shard closes once it holds this many tokens
-    batch_size: int = Field(1000, ge=1)  # documents per tokenizer call
+    batch_size: int = Field(1000, ge=1)  # documents per tokenizer call and parquet row group
     # score used as "quality" (annealing, the quality column); empty: the classifier's
     # probability (classifier.prob, on filter and web documents alike), else none
     quality_key: str = ""
@@ -563,7 +665,9 @@ class PipelineConfig(Section):
     dry_run: bool = False
     plan: PlanConfig = PlanConfig()
     teacher: TeacherConfig = TeacherConfig()
+    generate: GenerateConfig = GenerateConfig()
     budget: BudgetConfig = BudgetConfig()
+    revise: ReviseConfig = ReviseConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     filter: FilterConfig = FilterConfig()
@@ -572,6 +676,8 @@ class PipelineConfig(Section):
     decontam: DecontamConfig = DecontamConfig()
     web: WebConfig = WebConfig()
     emit: EmitConfig = EmitConfig()
+    reverse: ReverseConfig = ReverseConfig()
+    preferences: PreferencesConfig = PreferencesConfig()
     review: ReviewConfig = ReviewConfig()
     executor: ExecutorConfig = ExecutorConfig()
 

@@ -78,6 +78,14 @@ class PromptLibrary:
         blob = json.dumps(sorted(sources.items())).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def variables(self, name: str) -> set[str]:
+        """The variables a template's own source uses (not those of files it includes)."""
+        try:
+            source, _, _ = self.env.loader.get_source(self.env, self.template_name(name))  # type: ignore[union-attr]
+            return meta.find_undeclared_variables(self.env.parse(source))
+        except jinja2.TemplateError as e:
+            raise DatagenError(f"{self.folder / self.template_name(name)}: {e}") from None
+
     def render(self, fmt: str, **variables: object) -> list[dict[str, str]]:
         try:
             tmpl = self.env.get_template(self.template_name(fmt))

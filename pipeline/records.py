@@ -31,6 +31,8 @@ class PlanItem(BaseModel):
     format: str
     words: list[str]
     seed_text: str | None = None  # optional web extract the request is grounded on
+    style: str = ""  # plan.styles ("" for formats whose template has no style)
+    features: list[str] = Field(default_factory=list)  # TinyStories story features
 
 
 # a code exercise's tests run against its solution in the sandbox (pipeline.sandbox): passed,
@@ -53,6 +55,49 @@ class CodeExercise(BaseModel):
     runtime_s: float | None = None  # sandbox wall clock, interpreter start-up included
     error: str | None = None  # the traceback or limit hit (redacted, its tail)
     isolation: Isolation | None = None  # how the sandbox ran it
+    repairs: int = 0  # repair rounds this exercise took (generate.repair_rounds)
+
+
+class Critique(BaseModel):
+    """The teacher's rubric critique of one text (prompts/revise_critique.j2): criterion
+    ratings 1-5 and their sum, the score a revision must beat."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    critique: str
+    ratings: dict[str, int]  # correctness, clarity, pedagogy, required_words
+    score: int  # the sum of the ratings, 4-20
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class RevisionRound(BaseModel):
+    """One round: the critique of the current text, the rewrite, the rewrite's critique."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int
+    critique: Critique  # of the text going into this round
+    revised: str  # the rewrite
+    revised_critique: Critique
+    accepted: bool  # the rewrite scored higher and replaced the text
+    rewrite_prompt_tokens: int = 0
+    rewrite_completion_tokens: int = 0
+    rewrite_finish_reason: str | None = None
+
+
+class Revision(BaseModel):
+    """What the revise stage did to a document: the draft, every round, the final score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    draft: str
+    draft_critique: Critique | None = None
+    rounds: list[RevisionRound] = Field(default_factory=list)
+    draft_score: int | None = None
+    final_score: int | None = None
+    model: str | None = None
+    error: str | None = None  # why it stopped early (a failed request, an unparseable critique)
 
 
 class Document(BaseModel):
@@ -68,6 +113,8 @@ class Document(BaseModel):
     subject: str | None = None
     audience: str | None = None
     format: str | None = None
+    style: str | None = None
+    features: list[str] = Field(default_factory=list)
     required_words: list[str] = Field(default_factory=list)
     # generation provenance (synthetic)
     template: str | None = None
@@ -79,6 +126,7 @@ class Document(BaseModel):
     latency_s: float | None = None
     created_at: str | None = None
     code: CodeExercise | None = None  # format code_exercises: the exercise and its verdict
+    revision: Revision | None = None  # the revise stage: draft, critiques, rewrites
     # web provenance
     url: str | None = None
     source_file: str | None = None
@@ -104,3 +152,13 @@ class Failure(BaseModel):
     created_at: str = Field(default_factory=utc_now)
     template: str | None = None
     model: str | None = None
+
+
+# the one name of the quality classifier's probability on every record (filter and web)
+QUALITY_KEY = "classifier.prob"
+
+
+def quality_of(scores: dict[str, float], key: str = "") -> float | None:
+    """A document's quality score: ``scores[key]`` if a key is given (``emit.quality_key``),
+    else the classifier probability; None if the record has none."""
+    return scores.get(key or QUALITY_KEY)

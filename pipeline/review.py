@@ -5,17 +5,20 @@ highlighted, teacher model, scores, keep/drop reason), the funnel of every stage
 length and quality, the most frequent first sentences and openers, distinct-1/2/3 ratios and the
 near-duplicate rate. Plots are inline SVG and styles inline CSS: no network needed to open it.
 
-It also builds the funnel table the emit stage puts in its dataset card.
+It streams: one pass over each side keeps mergeable counters (documents, length and quality
+histograms, drops per reason) and a bottom-k sample of documents, never the whole output. The
+funnel table comes from ``pipeline.card``, which the emit stage's dataset card uses too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import html
 import math
-import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,172 +26,17 @@ import pyarrow.parquet as pq
 from jinja2 import Environment
 from markupsafe import Markup
 
+from pipeline.card import funnel, reasons_text
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
-from pipeline.records import Document, utc_now
-from pipeline.runs import Run, atomic_write_text, read_shards, shard_paths
+from pipeline.records import Document, quality_of, utc_now
+from pipeline.runs import Run, atomic_write_text, read_jsonl, read_shards, shard_paths
 
 # the stages whose output folders hold documents (kept in the folder, dropped in dropped/)
 DOC_STAGES = ("generate", "filter", "web", "dedup", "emit")
 DEFAULT_STAGES = ("filter", "web", "dedup")  # what `datagen review` shows without stage=
 NEAR_DUP_THRESHOLD = 0.8  # Jaccard on word 5-grams, Lee et al. 2022 (arXiv:2107.06499)
 WORD = re.compile(r"\w+", re.UNICODE)
-
-
-# --------------------------------------------------------------------------- funnel
-def _stage_order(run: Run) -> list[str]:
-    from pipeline.stages import STAGES
-
-    names = [s.name for s in STAGES]
-    present = (
-        [p.name for p in sorted(run.path.iterdir()) if (p / "manifest.json").exists()]
-        if run.path.exists()
-        else []
-    )
-    return [n for n in names if n in present] + [n for n in present if n not in names]
-
-
-# the per-reason counts the stages write: filter and web drop_reasons (every dropped document
-# once), generate and annotate failure_reasons (requests lost), generate finish_reasons
-COUNT_KEYS = ("drop_reasons", "failure_reasons", "finish_reasons")
-STEP_KEYS = ("step", "documents", "tokens", "dropped")  # pipeline.web.funnel.Funnel.as_list()
-
-
-def _counts(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """The stage's per-reason counts (an empty dict: the stage reported none of that kind)."""
-    return {k: dict(manifest[k]) for k in COUNT_KEYS if isinstance(manifest.get(k), dict)}
-
-
-def _steps(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """A stage's step funnel (the web stage's ``funnel``): documents and tokens left after each
-    step and the documents it dropped per reason; [] when the stage has none."""
-    steps = manifest.get("funnel")
-    if not isinstance(steps, list):
-        return []
-    return [s for s in steps if isinstance(s, dict) and all(k in s for k in STEP_KEYS)]
-
-
-def funnel(run: Run) -> list[dict[str, Any]]:
-    """One row per stage that wrote a manifest: status, summary numbers, per-reason counts and
-    its step funnel (web)."""
-    rows = []
-    for name in _stage_order(run):
-        m = run.read_manifest(name) or {}
-        summary = m.get("summary") if isinstance(m.get("summary"), dict) else {}
-        rows.append(
-            {
-                "stage": name,
-                "status": m.get("status", "?"),
-                "summary": summary,
-                "counts": _counts(m),
-                "steps": _steps(m),
-                "elapsed_s": m.get("elapsed_s"),
-            }
-        )
-    return rows
-
-
-def _reasons(d: dict[str, int]) -> str:
-    return ", ".join(f"{a}={b}" for a, b in d.items()) or "none"
-
-
-def dataset_card(cfg: PipelineConfig, run: Run, emit: dict[str, Any]) -> str:
-    """The README.md written beside the emitted corpus."""
-    tok = emit["tokenizer"]
-    lines = [
-        f"# datagen corpus: {run.name}",
-        "",
-        f"Built {utc_now()} by `datagen run` (seed {cfg.seed}). Sources: "
-        + ", ".join(
-            f"{k} ({v['documents']} documents, {v['tokens']:,} tokens)"
-            for k, v in emit["sources"].items()
-        )
-        + ".",
-        "",
-        "## Splits",
-        "",
-        "| split | source | documents | unique documents | tokens |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for split, s in emit["splits"].items():
-        for src, v in s["by_source"].items():
-            lines.append(
-                f"| {split} | {src} | {v['documents']} | {v['unique_documents']} "
-                f"| {v['tokens']:,} |"
-            )
-        lines.append(f"| **{split}** | all | {s['documents']} | | {s['tokens']:,} |")
-    lines += [
-        "",
-        "Mix multipliers (tokens emitted / tokens available, per source): "
-        + "; ".join(
-            f"{split}: " + ", ".join(f"{k} x{v:g}" for k, v in m.items())
-            for split, m in emit["multipliers"].items()
-        ),
-        "",
-    ]
-    notes = emit["inputs"].get("notes") or {}
-    for k, v in notes.items():
-        lines.append(f"- note ({k}): {v}")
-    lines += [
-        "",
-        "## Tokenizer",
-        "",
-        f"`{tok['name']}` from `{tok['source']}` (sha256 {tok['sha256']}), vocab "
-        f"{tok['vocab_size']}, end-of-text `{tok['eot_token']}` = {tok['eot_id']}, tokens stored "
-        f"as {tok['dtype']}. The same tokenizer is saved as `tokenizer.json` here.",
-        "",
-        "## Files",
-        "",
-        "- `text/<split>/part-NNNNN.parquet`: id, text, source, origin, format, quality, topic, "
-        "subject, audience, required_words, model, template, created_at, url, source_file, "
-        "warc_record_id, fetch_date, language, n_tokens, repeat.",
-        "- `tokens/<split>/part-NNNNN.ds`: flat little-endian token ids, every document followed "
-        "by the end-of-text id; `.ds.index`: little-endian uint64 end offset of each document "
-        "(in tokens); `.ds.metadata`: tokenizer id and token count (datatrove's layout). Text "
-        "and token shards with the same number hold the same documents in the same order.",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        'ds = load_dataset("parquet", data_files={"train": "text/train/*.parquet",',
-        '                                         "validation": "text/val/*.parquet"})',
-        "import numpy as np",
-        f'tokens = np.memmap("tokens/train/part-00000.ds", dtype="{tok["dtype"]}", mode="r")',
-        'ends = np.fromfile("tokens/train/part-00000.ds.index", dtype="<u8")',
-        "```",
-        "",
-        "## Funnel",
-        "",
-        "| stage | status | result | drops |",
-        "|---|---|---|---|",
-    ]
-    rows = [r for r in funnel(run) if r["stage"] != "emit"]
-    rows.append(
-        {
-            "stage": "emit",
-            "status": "finished",
-            "summary": emit["summary"],
-            "counts": {},
-            "steps": [],
-        }
-    )
-    for row in rows:
-        res = ", ".join(f"{k}={v}" for k, v in row["summary"].items())
-        drops = "; ".join(f"{k}: {_reasons(d)}" for k, d in row["counts"].items())
-        lines.append(f"| {row['stage']} | {row['status']} | {res} | {drops} |")
-    for row in rows:
-        if row["steps"]:
-            lines += [
-                "",
-                f"### {row['stage']} funnel (documents and words left after each step)",
-                "",
-                "| step | documents | tokens | dropped here |",
-                "|---|---:|---:|---|",
-            ]
-            lines += [
-                f"| {s['step']} | {s['documents']:,} | {s['tokens']:,} | {_reasons(s['dropped'])} |"
-                for s in row["steps"]
-            ]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- documents
@@ -201,6 +49,7 @@ def _doc_view(d: Document, stage: str, kept: bool) -> dict[str, Any]:
         "subject": d.subject,
         "audience": d.audience,
         "format": d.format,
+        "style": d.style,
         "required_words": list(d.required_words),
         "model": d.model,
         "url": d.url,
@@ -213,7 +62,8 @@ def _doc_view(d: Document, stage: str, kept: bool) -> dict[str, Any]:
 
 def _emit_docs(run: Run) -> Iterator[dict[str, Any]]:
     for p in sorted((run.path / "emit" / "text" / "train").glob("part-*.parquet")):
-        for row in pq.read_table(p).to_pylist():
+        rows = (r for b in pq.ParquetFile(p).iter_batches(batch_size=1000) for r in b.to_pylist())
+        for row in rows:
             if row.get("repeat", 0):
                 continue  # a repeated copy: the document was already shown
             scores = {"quality": row["quality"]} if row.get("quality") is not None else {}
@@ -225,6 +75,7 @@ def _emit_docs(run: Run) -> Iterator[dict[str, Any]]:
                 "subject": row["subject"],
                 "audience": row["audience"],
                 "format": row["format"],
+                "style": row.get("style"),
                 "required_words": row["required_words"] or [],
                 "model": row["model"],
                 "url": row["url"],
@@ -241,11 +92,12 @@ def _stage_docs(run: Run, stage: str, kept: bool) -> Iterator[dict[str, Any]]:
             yield from _emit_docs(run)
         return
     if stage == "generate":  # generate appends Documents to numbered JSONL files; nothing dropped
-        if kept:
-            from pipeline.stages.generate import iter_outputs
+        if kept:  # generate's own drafts (iter_outputs would give revise's rewrites)
+            from pipeline.stages.generate import output_files
 
-            for d in iter_outputs(run):
-                yield _doc_view(d, stage, kept)
+            for path in output_files(run.path / "generate"):
+                for d in read_jsonl(path, Document):
+                    yield _doc_view(d, stage, kept)
         return
     folder = run.path / stage if kept else run.path / stage / "dropped"
     for d in read_shards(folder, Document):
@@ -262,39 +114,73 @@ def _has_docs(run: Run, stage: str) -> bool:
     return bool(shard_paths(run.path / stage)) or bool(shard_paths(run.path / stage / "dropped"))
 
 
-def _reservoir(items: Iterable[dict], k: int, rng: random.Random) -> tuple[list[dict], int]:
-    """A uniform sample of ``k`` items in one pass (Algorithm R), and the number seen."""
-    sample: list[dict] = []
-    n = 0
-    for n, item in enumerate(items, 1):
-        if len(sample) < k:
-            sample.append(item)
-        else:
-            j = rng.randrange(n)
-            if j < k:
-                sample[j] = item
-    return sample, n
+class Sample:
+    """A uniform sample of ``k`` documents in one pass: the ``k`` whose seeded hash of
+    (stage, side, id) is smallest (bottom-k sampling). It does not depend on the order the
+    documents come in, and two samples of disjoint parts merge into the sample of the whole."""
+
+    def __init__(self, k: int, seed: int) -> None:
+        self.k = k
+        self.seed = seed
+        # (-key, id, arrival, doc): the largest key on top; arrival breaks ties of equal ids
+        self._heap: list[tuple[int, str, int, dict[str, Any]]] = []
+        self._seen = 0
+
+    def key(self, d: dict[str, Any]) -> int:
+        raw = f"{self.seed}\x1f{d['stage']}\x1f{d['kept']}\x1f{d['id']}".encode()
+        return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+
+    def add(self, d: dict[str, Any], key: int | None = None) -> None:
+        self._seen += 1
+        item = (-(self.key(d) if key is None else key), d["id"], self._seen, d)
+        if len(self._heap) < self.k:
+            heapq.heappush(self._heap, item)
+        elif item[:2] > self._heap[0][:2]:
+            heapq.heapreplace(self._heap, item)
+
+    def merge(self, other: Sample) -> Sample:
+        for neg, _, _, d in other._heap:
+            self.add(d, -neg)
+        return self
+
+    def items(self) -> list[dict[str, Any]]:
+        """The sampled documents, smallest hash first (the first ``n`` are a sample too)."""
+        return [t[3] for t in sorted(self._heap, key=lambda t: (-t[0], t[1], t[2]))]
+
+
+LENGTH_BIN = 0.1  # length histogram bins: a tenth of a decade of words
+QUALITY_BINS = 20  # quality histogram bins over [0, 1]
+
+
+class Counts:
+    """Mergeable counters over every document of one side (kept or dropped): the number of
+    documents, histograms of length (log words) and quality, and drops per reason."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.length: Counter[int] = Counter()
+        self.quality: Counter[int] = Counter()
+        self.reasons: Counter[str] = Counter()
+
+    def add(self, d: dict[str, Any]) -> None:
+        self.n += 1
+        words = len(WORD.findall(d["text"]))
+        self.length[int(math.log10(max(words, 1)) / LENGTH_BIN)] += 1
+        q = quality_of(d["scores"])
+        if q is not None and math.isfinite(q):
+            self.quality[min(QUALITY_BINS - 1, max(0, int(q * QUALITY_BINS)))] += 1
+        if not d["kept"]:
+            self.reasons[d["drop_reason"] or "?"] += 1
+
+    def merge(self, other: Counts) -> Counts:
+        self.n += other.n
+        self.length.update(other.length)
+        self.quality.update(other.quality)
+        self.reasons.update(other.reasons)
+        return self
 
 
 # --------------------------------------------------------------------------- statistics
-# the one name filter and web give the quality classifier's probability (then any *.quality)
-QUALITY_KEYS = ("classifier.prob",)
-
-
-def quality_of(scores: dict[str, float], key: str = "") -> float | None:
-    """The document's quality score: ``scores[key]`` if a key is given, else the first of
-    QUALITY_KEYS present, else the first score named ``*.quality``; None if there is none."""
-    if key:
-        return scores.get(key)
-    for k in QUALITY_KEYS:
-        if k in scores:
-            return scores[k]
-    for k in sorted(scores):
-        if k.endswith(".quality"):
-            return scores[k]
-    return None
-
-
 def distinct_n(texts: list[str], n: int) -> float:
     """Distinct n-grams / all n-grams over the texts (Li et al. 2016, distinct-n)."""
     seen: set[tuple[str, ...]] = set()
@@ -305,6 +191,30 @@ def distinct_n(texts: list[str], n: int) -> float:
         total += len(grams)
         seen.update(grams)
     return len(seen) / total if total else 0.0
+
+
+def diversity_by_axis(
+    docs: list[dict[str, Any]], axes: tuple[str, ...] = ("format", "style"), openers: int = 3
+) -> list[dict[str, Any]]:
+    """Output diversity per value of each plan axis: documents, distinct-1/2/3 of their texts
+    and their most frequent openers (documents without the axis are left out)."""
+    rows = []
+    for axis in axes:
+        groups: dict[str, list[str]] = {}
+        for d in docs:
+            if d.get(axis):
+                groups.setdefault(str(d[axis]), []).append(d["text"])
+        for value, texts in sorted(groups.items()):
+            rows.append(
+                {
+                    "axis": axis,
+                    "value": value,
+                    "docs": len(texts),
+                    "d": [distinct_n(texts, n) for n in (1, 2, 3)],
+                    "openers": Counter(opener(t) for t in texts).most_common(openers),
+                }
+            )
+    return rows
 
 
 def near_dup_rate(texts: list[str], seed: int) -> float:
@@ -340,52 +250,44 @@ def opener(text: str, words: int = 3) -> str:
 
 
 def histogram_svg(
-    series: dict[str, list[float]], title: str, bins: int = 20, log_x: bool = False
+    series: dict[str, Counter[int]], title: str, width: float, log_x: bool = False
 ) -> Markup:
-    """Side-by-side bar histogram of each named series as inline SVG."""
+    """Side-by-side bar histogram of binned counts (bin ``i`` covers ``[i*width,
+    (i+1)*width)``, of log10 values when ``log_x``) as inline SVG; from the first to the last
+    non-empty bin."""
     colors = {"kept": "#2e7d32", "dropped": "#c62828"}
-    vals = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
+    used = [i for c in series.values() for i, n in c.items() if n]
     w, h, pad = 560, 200, 34
-    if not vals:
+    if not used:
         return Markup(
             f'<svg class="hist" width="{w}" height="40" role="img" '
             f'aria-label="{html.escape(title)}"><text x="4" y="24">{html.escape(title)}'
             f": no values</text></svg>"
         )
-
-    def tf(v: float) -> float:
-        return math.log10(max(v, 1.0)) if log_x else v
-
-    lo, hi = min(map(tf, vals)), max(map(tf, vals))
-    hi = hi if hi > lo else lo + 1.0
-    counts = {}
-    for name, s in series.items():
-        c = [0] * bins
-        for v in s:
-            if v is None or not math.isfinite(v):
-                continue
-            c[min(bins - 1, int((tf(v) - lo) / (hi - lo) * bins))] += 1
-        counts[name] = c
-    top = max(max(c) for c in counts.values()) or 1
+    first, last = min(used), max(used)
+    bins = last - first + 1
+    top = max(n for c in series.values() for n in c.values()) or 1
     bw = (w - 2 * pad) / bins
     parts = [
         f'<svg class="hist" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 30}"'
         f' role="img" aria-label="{html.escape(title)}">',
         f'<text x="{pad}" y="14" font-size="13" font-weight="bold">{html.escape(title)}</text>',
     ]
-    k = len(counts)
-    for j, (name, c) in enumerate(counts.items()):
-        for i, n in enumerate(c):
+    k = len(series)
+    for j, (name, c) in enumerate(series.items()):
+        for i in range(first, last + 1):
+            n = c.get(i, 0)
             if not n:
                 continue
             bh = (h - 40) * n / top
-            x = pad + i * bw + j * bw / k
+            x = pad + (i - first) * bw + j * bw / k
             parts.append(
-                f'<rect x="{x:.1f}" y="{h - bh:.1f}" width="{bw / k - 1:.1f}" '
+                f'<rect x="{x:.1f}" y="{h - bh:.1f}" width="{max(bw / k - 1, 0.5):.1f}" '
                 f'height="{bh:.1f}" fill="{colors.get(name, "#1565c0")}">'
                 f"<title>{name}: {n}</title></rect>"
             )
     parts.append(f'<line x1="{pad}" y1="{h}" x2="{w - pad}" y2="{h}" stroke="#333"/>')
+    lo, hi = first * width, (last + 1) * width
     for frac in (0.0, 0.5, 1.0):
         v = lo + frac * (hi - lo)
         label = f"{10**v:,.0f}" if log_x else f"{v:.3g}"
@@ -396,8 +298,8 @@ def histogram_svg(
     parts.append(
         f'<text x="{pad}" y="{h + 30}" font-size="11">max bar {top}; '
         + ", ".join(
-            f'<tspan fill="{colors.get(n, "#1565c0")}">{n} {sum(c)}</tspan>'
-            for n, c in counts.items()
+            f'<tspan fill="{colors.get(n, "#1565c0")}">{n} {sum(c.values())}</tspan>'
+            for n, c in series.items()
         )
         + "</text>"
     )
@@ -466,8 +368,8 @@ font:13px/1.4 ui-monospace,monospace} mark{background:#ffe082}
 </style></head><body>
 <h1>datagen review: run <code>{{ run_name }}</code>, stage {{ stages|join(" + ") }}</h1>
 <p class="meta">{{ created }} &middot; {{ n_kept }} kept and {{ n_dropped }} dropped documents
-in the stage output; statistics over {{ n_stats_kept }} kept / {{ n_stats_dropped }} dropped
-(sampled with seed {{ seed }}).</p>
+in the stage output; counts, histograms and drop reasons over all of them, text statistics over
+{{ n_stats_kept }} kept / {{ n_stats_dropped }} dropped (sampled with seed {{ seed }}).</p>
 
 <h2 id="funnel">Funnel</h2>
 <table id="funnel-stages"><tr><th>stage</th><th>status</th><th>result</th>
@@ -484,7 +386,7 @@ in the stage output; statistics over {{ n_stats_kept }} kept / {{ n_stats_droppe
 <td class="num">{{ "{:,}".format(s.documents) }}</td>
 <td class="num">{{ "{:,}".format(s.tokens) }}</td><td>{{ reasons(s.dropped) }}</td></tr>
 {% endfor %}</table>{% endfor %}
-{% if drop_reasons %}<table><tr><th>drop reason (in this sample)</th><th>documents</th></tr>
+{% if drop_reasons %}<table><tr><th>drop reason (stage output)</th><th>documents</th></tr>
 {% for r, c in drop_reasons %}<tr><td>{{ r }}</td><td class="num">{{ c }}</td></tr>{% endfor %}
 </table>{% endif %}
 
@@ -492,6 +394,7 @@ in the stage output; statistics over {{ n_stats_kept }} kept / {{ n_stats_droppe
 <div class="plots">{{ hist_len }}{{ hist_q }}</div>
 
 <h2 id="diversity">Diversity (kept)</h2>
+<p class="meta">over the sample of {{ n_stats_kept }} kept documents</p>
 <table><tr><th>distinct-1</th><th>distinct-2</th><th>distinct-3</th>
 <th>near-duplicate rate (MinHash Jaccard &ge; {{ near_dup_threshold }})</th></tr>
 <tr><td class="num">{{ "%.3f"|format(d1) }}</td><td class="num">{{ "%.3f"|format(d2) }}</td>
@@ -504,6 +407,13 @@ in the stage output; statistics over {{ n_stats_kept }} kept / {{ n_stats_droppe
 <table><tr><th>most frequent openers (first 3 words)</th><th>docs</th></tr>
 {% for s, c in openers %}<tr><td>{{ s }}</td><td class="num">{{ c }}</td></tr>{% endfor %}
 </table></div>
+{% if by_axis %}<table><tr><th>axis</th><th>value</th><th>docs</th><th>distinct-1</th>
+<th>distinct-2</th><th>distinct-3</th><th>most frequent openers</th></tr>
+{% for r in by_axis %}<tr><td>{{ r.axis }}</td><td>{{ r.value }}</td>
+<td class="num">{{ r.docs }}</td>{% for x in r.d %}<td class="num">{{ "%.3f"|format(x) }}</td>
+{% endfor %}<td>{% for s, c in r.openers %}{{ s }} ({{ c }}){% if not loop.last %}; {% endif %}
+{% endfor %}</td></tr>{% endfor %}
+</table>{% endif %}
 
 {% for title, docs in sections %}
 <h2 id="{{ title.split()[0]|lower }}">{{ title }}</h2>
@@ -536,7 +446,7 @@ def _resolve_stages(run: Run, stage: str | None) -> list[str]:
         if stage not in DOC_STAGES:
             raise DatagenError(
                 f"review: stage '{stage}' has no documents to review "
-                f"(choose one of: {', '.join(DOC_STAGES)})"
+                f"(choose one of: {', '.join(DOC_STAGES)}, revise, reverse, preferences)"
             )
         if not _has_docs(run, stage):
             raise DatagenError(
@@ -553,40 +463,45 @@ def _resolve_stages(run: Run, stage: str | None) -> list[str]:
     return chosen
 
 
+def _side(run: Run, stages: list[str], kept: bool, k: int, seed: int) -> tuple[Counts, Sample]:
+    """One pass over one side of the stages' documents: counters over all, a sample of k
+    (per stage, then merged: the same as one pass over all of them)."""
+    counts, sample = Counts(), Sample(k, seed)
+    for s in stages:
+        c, smp = Counts(), Sample(k, seed)
+        for d in _stage_docs(run, s, kept):
+            c.add(d)
+            smp.add(d)
+        counts.merge(c)
+        sample.merge(smp)
+    return counts, sample
+
+
 def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
-    """Write the review page for ``stage`` (default: filter, web and dedup) and return its path."""
+    """Write the review page for ``stage`` (default: filter, web and dedup) and return its path.
+
+    One streaming pass per side: counts and histograms over every document, text statistics
+    (distinct-n, near duplicates, first sentences) over a seeded sample of at most
+    ``review.max_stats_docs``; the documents shown are the first ``review.n`` of that sample."""
+    from pipeline.review_recipes import STAGES as RECIPE_STAGES
+    from pipeline.review_recipes import write_recipe_review
+
+    if stage in RECIPE_STAGES:  # revise, reverse, preferences: pairs side by side
+        return write_recipe_review(cfg, stage)
     run = Run(cfg.run.root, cfg.run.name)
     stages = _resolve_stages(run, stage)
     rcfg = cfg.review
-    rng = random.Random(cfg.seed)
-    kept: list[dict] = []
-    dropped: list[dict] = []
-    n_kept = n_dropped = 0
     # dedup reads the kept documents of filter and web: when it ran, its kept set is the
     # final one (each document counted once), and every stage's dropped ones are shown
     kept_from = ["dedup"] if "dedup" in stages else stages
-    for s in stages:
-        d, nd = _reservoir(_stage_docs(run, s, False), rcfg.max_stats_docs, rng)
-        dropped += d
-        n_dropped += nd
-        if s in kept_from:
-            k, nk = _reservoir(_stage_docs(run, s, True), rcfg.max_stats_docs, rng)
-            kept += k
-            n_kept += nk
-    show_kept = rng.sample(kept, min(rcfg.n, len(kept)))
-    show_dropped = rng.sample(dropped, min(rcfg.n, len(dropped)))
+    kept_c, kept_s = _side(run, kept_from, True, rcfg.max_stats_docs, cfg.seed)
+    drop_c, drop_s = _side(run, stages, False, rcfg.max_stats_docs, cfg.seed)
+    kept, dropped = kept_s.items(), drop_s.items()
+    show_kept, show_dropped = kept[: rcfg.n], dropped[: rcfg.n]
     for d in show_kept + show_dropped:
         d["html"] = highlight(d["text"], d["required_words"])
 
     kept_texts = [d["text"] for d in kept]
-    lengths = {
-        "kept": [len(WORD.findall(d["text"])) for d in kept],
-        "dropped": [len(WORD.findall(d["text"])) for d in dropped],
-    }
-    quality = {
-        "kept": [quality_of(d["scores"]) for d in kept],
-        "dropped": [quality_of(d["scores"]) for d in dropped],
-    }
     page = (
         Environment(autoescape=True)
         .from_string(PAGE)
@@ -595,15 +510,24 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
             stages=stages,
             created=utc_now(),
             seed=cfg.seed,
-            n_kept=n_kept,
-            n_dropped=n_dropped,
+            n_kept=kept_c.n,
+            n_dropped=drop_c.n,
             n_stats_kept=len(kept),
             n_stats_dropped=len(dropped),
             funnel=funnel(run),
-            reasons=_reasons,
-            drop_reasons=Counter(d["drop_reason"] or "?" for d in dropped).most_common(),
-            hist_len=histogram_svg(lengths, "length (words, log scale)", log_x=True),
-            hist_q=histogram_svg(quality, "quality score"),
+            reasons=reasons_text,
+            drop_reasons=drop_c.reasons.most_common(),
+            hist_len=histogram_svg(
+                {"kept": kept_c.length, "dropped": drop_c.length},
+                "length (words, log scale)",
+                LENGTH_BIN,
+                log_x=True,
+            ),
+            hist_q=histogram_svg(
+                {"kept": kept_c.quality, "dropped": drop_c.quality},
+                "quality score",
+                1 / QUALITY_BINS,
+            ),
             d1=distinct_n(kept_texts, 1),
             d2=distinct_n(kept_texts, 2),
             d3=distinct_n(kept_texts, 3),
@@ -611,6 +535,7 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
             near_dup_threshold=NEAR_DUP_THRESHOLD,
             first_sentences=Counter(first_sentence(t) for t in kept_texts).most_common(10),
             openers=Counter(opener(t) for t in kept_texts).most_common(10),
+            by_axis=diversity_by_axis(kept),
             sections=[
                 (f"Kept documents ({len(show_kept)} sampled)", show_kept),
                 (f"Dropped documents ({len(show_dropped)} sampled)", show_dropped),

@@ -13,18 +13,20 @@ marker (``pipeline.executor``). Memory per shard is one batch of records, not th
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import zstandard
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import DatagenError
 from pipeline.files import GZIP_MAGIC, ZSTD_MAGIC, open_binary
-from pipeline.runs import file_mode
+from pipeline.runs import atomic_write_bytes, file_mode
 
 M = TypeVar("M", bound=BaseModel)
 _CHUNK = 1 << 20
@@ -209,3 +211,49 @@ class RecordWriter:
             self.close()
         else:
             self.abort()
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    """``np.save`` to ``path`` atomically (temp + fsync + rename)."""
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class BinaryWriter:
+    """Stream raw bytes (arrays or ``bytes``) into ``path``, which appears only when complete:
+    until then the data sits in ``.<name>.<pid>.tmp`` (as ``RecordWriter`` does for records).
+    ``sha256`` (when asked for) and ``size`` cover what was written."""
+
+    def __init__(self, path: Path, sha256: bool = False) -> None:
+        self.path = path
+        self.size = 0
+        self._hash = hashlib.sha256() if sha256 else None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed in __exit__
+        os.chmod(self._tmp, file_mode())
+
+    def write(self, data: np.ndarray | bytes) -> None:
+        b = data.tobytes() if isinstance(data, np.ndarray) else data
+        self._f.write(b)
+        self.size += len(b)
+        if self._hash is not None:
+            self._hash.update(b)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest() if self._hash is not None else ""
+
+    def __enter__(self) -> BinaryWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self._f.close()
+            self._tmp.unlink(missing_ok=True)
+            return
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.path)

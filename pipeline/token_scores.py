@@ -501,20 +501,6 @@ def score_shards(
 SCORE_SUFFIXES = (".ds.loss", ".ds.mask", ".ds.loss.json")
 
 
-def clear_keeping_scores(folder: Path) -> None:
-    """Delete everything under ``folder`` except score files: emit rewrites the same shards
-    (same config, same bytes), and their scores, checked against the new shard's sha256 in
-    :func:`score_shard`, need not be paid for again."""
-    if not folder.is_dir():
-        return
-    for p in sorted(folder.rglob("*"), reverse=True):
-        if p.is_dir():
-            if not any(p.iterdir()):
-                p.rmdir()
-        elif not p.name.endswith(SCORE_SUFFIXES):
-            p.unlink()
-
-
 def _remove_orphans(shards: Sequence[Path]) -> None:
     """Score files whose shard is gone (an earlier run wrote more shards)."""
     live = {p.name for p in shards}

@@ -29,6 +29,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from pipeline.errors import DatagenError
 from pipeline.runs import atomic_write_bytes
+from pipeline.shards import BinaryWriter
 
 BUNDLED = "smollm2"
 _GGUF_SPECIAL = 3  # llama.cpp token type CONTROL
@@ -197,30 +198,60 @@ def load_tokenizer(spec: str, eot_token: str = "<|endoftext|>") -> LoadedTokeniz
 
 
 # --------------------------------------------------------------------------- shards
+class TokenShardWriter:
+    """Stream documents' tokens into ``path`` (.ds), then ``.ds.index`` and ``.ds.metadata``;
+    each appears under its final name only when complete (temp + fsync + rename, the ``.ds``
+    first). Memory: the documents' end offsets (8 bytes each), never the tokens."""
+
+    def __init__(self, path: Path, dtype: np.dtype, tokenizer_id: str) -> None:
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.tokenizer_id = tokenizer_id
+        self._ends: list[int] = []
+        self._n = 0
+        self._out = BinaryWriter(path, sha256=True)
+        self.info: dict[str, object] = {}
+
+    def write(self, doc: np.ndarray) -> None:
+        """One document's tokens (already ending with end-of-text)."""
+        self._out.write(np.ascontiguousarray(doc, dtype=self.dtype))
+        self._n += len(doc)
+        self._ends.append(self._n)
+
+    def __enter__(self) -> TokenShardWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._out.__exit__(exc_type, *exc)
+        if exc_type is not None:
+            return
+        ends = np.array(self._ends, dtype="<u8")
+        n = self._n
+        index_path = self.path.with_name(self.path.name + ".index")
+        meta_path = self.path.with_name(self.path.name + ".metadata")
+        _write_array(index_path, ends)
+        meta = f"{self.tokenizer_id}|{self.dtype.itemsize}\n{n}\n{n:,} tokens"
+        atomic_write_bytes(meta_path, meta.encode())
+        self.info = {
+            "path": self.path.name,
+            "index": index_path.name,
+            "tokens": n,
+            "documents": len(ends),
+            "bytes": self._out.size,
+            "sha256": self._out.sha256,
+            "index_sha256": hashlib.sha256(ends.tobytes()).hexdigest(),
+        }
+
+
 def write_token_shard(
     path: Path, docs: Sequence[np.ndarray], dtype: np.dtype, tokenizer_id: str
 ) -> dict[str, object]:
-    """Write ``path`` (.ds), ``.ds.index`` and ``.ds.metadata``; each appears under its final
-    name only when complete (temp + fsync + rename). Each doc already ends with end-of-text."""
-    lengths = np.fromiter((len(d) for d in docs), dtype=np.uint64, count=len(docs))
-    ends = np.cumsum(lengths, dtype=np.uint64).astype("<u8")
-    tokens = np.concatenate(docs).astype(dtype, copy=False) if docs else np.zeros(0, dtype)
-    n = int(ends[-1]) if len(ends) else 0
-    meta = f"{tokenizer_id}|{np.dtype(dtype).itemsize}\n{n}\n{n:,} tokens"
-    index_path = path.with_name(path.name + ".index")
-    meta_path = path.with_name(path.name + ".metadata")
-    sha = _write_array(path, tokens)
-    _write_array(index_path, ends)
-    atomic_write_bytes(meta_path, meta.encode())
-    return {
-        "path": path.name,
-        "index": index_path.name,
-        "tokens": n,
-        "documents": len(docs),
-        "bytes": path.stat().st_size,
-        "sha256": sha,
-        "index_sha256": hashlib.sha256(ends.tobytes()).hexdigest(),
-    }
+    """Write ``path`` (.ds), ``.ds.index`` and ``.ds.metadata`` from in-memory documents (each
+    already ends with end-of-text); returns what the manifest records of the shard."""
+    with TokenShardWriter(path, dtype, tokenizer_id) as w:
+        for d in docs:
+            w.write(d)
+    return w.info
 
 
 def _write_array(path: Path, arr: np.ndarray) -> str:

@@ -7,6 +7,9 @@
   `wordfreq` package (frequencies) and `lemminflect` (parts of speech, base forms).
 - data/topics.tsv: chapter/section titles of OpenStax "Introduction to Python Programming"
   (CC BY 4.0), read from the CNXML archive in ../shared/data/text/openstax_python.
+- data/subjects.tsv: seed subjects for topic expansion (plan.topics.expand): the chapter
+  titles of 8 OpenStax textbooks (CC BY 4.0; the Python one and the 7 in
+  ../shared/data/text_reference/openstax_cc_by, at their last CC BY commit), area = book title.
 - data/audiences.txt: the audience set of Cosmopedia (HuggingFace, Apache-2.0).
 Provenance and licenses are written to data/PROVENANCE.md.
 """
@@ -26,6 +29,7 @@ OPENSTAX = (
     SHARED / "text" / "openstax_python" / "osbooks-introduction-python-programming.cnxml.tar.xz"
 )
 
+OPENSTAX_CC_BY = SHARED / "text_reference" / "openstax_cc_by"
 # Cosmopedia's audiences (github.com/huggingface/cosmopedia, prompts; Ben Allal et al. 2024)
 COSMOPEDIA_AUDIENCES = [
     "young children",
@@ -66,27 +70,45 @@ def build_words(n: int, zipf_min: float, zipf_max: float) -> list[tuple[str, flo
 
 
 def build_topics() -> list[tuple[str, str]]:
+    return [(c, t) for _, c, t in _book(OPENSTAX)]
+
+
+def _book(archive: Path) -> list[tuple[str, str, str]]:
+    """(book title, chapter title, module title) of each module of a book, in book order;
+    a book archive holds several collections (statistics: two books), each one is read."""
     titles: dict[str, str] = {}
-    with tarfile.open(OPENSTAX) as tar:
-        coll = None
+    colls = []
+    with tarfile.open(archive) as tar:
         for m in tar.getmembers():
             if m.name.endswith(".collection.xml"):
-                coll = tar.extractfile(m).read()
+                colls.append((m.name, tar.extractfile(m).read()))
             elif m.name.endswith("index.cnxml"):
                 root = ET.parse(io.BytesIO(tar.extractfile(m).read())).getroot()
                 t = root.find("c:title", NS)
                 mid = Path(m.name).parent.name
                 if t is not None and t.text:
                     titles[mid] = " ".join(t.text.split())
-    assert coll is not None, "collection XML not found"
-    topics = []
-    for sub in ET.fromstring(coll).iter(f"{{{NS['col']}}}subcollection"):
-        chapter = sub.find("md:title", NS).text.strip()
-        for mod in sub.iter(f"{{{NS['col']}}}module"):
-            title = titles.get(mod.get("document"), "")
-            if title and title not in SKIP_TITLES:
-                topics.append((chapter, title))
-    return topics
+    assert colls, f"{archive}: no collection XML"
+    out = []
+    for _, coll in sorted(colls):
+        root = ET.fromstring(coll)
+        book = " ".join(root.find("col:metadata/md:title", NS).text.split())
+        for sub in root.iter(f"{{{NS['col']}}}subcollection"):
+            if sub.find(f".//{{{NS['col']}}}subcollection") is not None:
+                continue  # a unit of chapters: its chapters are read
+            chapter = " ".join(sub.find("md:title", NS).text.split())
+            for mod in sub.iter(f"{{{NS['col']}}}module"):
+                title = titles.get(mod.get("document"), "")
+                if title and title not in SKIP_TITLES:
+                    out.append((book, chapter, title))
+    return out
+
+
+def build_subjects() -> list[tuple[str, str]]:
+    """(book, chapter) of every chapter of the Python book and the CC BY reference books.
+    Statistics nests units of chapters: the innermost subcollection is the chapter."""
+    books = [OPENSTAX, *sorted(OPENSTAX_CC_BY.glob("*.cnxml.tar.xz"))]
+    return list(dict.fromkeys((b, c) for path in books for b, c, _ in _book(path)))
 
 
 def main() -> None:
@@ -102,6 +124,10 @@ def main() -> None:
     )
     topics = build_topics()
     (data / "topics.tsv").write_text("subject\ttopic\n" + "".join(f"{s}\t{t}\n" for s, t in topics))
+    subjects = build_subjects()
+    (data / "subjects.tsv").write_text(
+        "area\tsubject\n" + "".join(f"{a}\t{s}\n" for a, s in subjects)
+    )
     (data / "audiences.txt").write_text("\n".join(COSMOPEDIA_AUDIENCES) + "\n")
     (data / "PROVENANCE.md").write_text(f"""# data/ provenance
 
@@ -111,10 +137,13 @@ Built by `python scripts/build_data.py` (do not edit by hand).
 |---|---|---|---|
 | words.tsv | {len(words)} | `wordfreq` {version("wordfreq")} (Zipf frequency, English, band {args.zipf_min}-{args.zipf_max}); parts of speech and base forms from `lemminflect` {version("lemminflect")} | wordfreq data CC BY-SA 4.0 (code Apache-2.0); lemminflect MIT |
 | topics.tsv | {len(topics)} | chapter and section titles of OpenStax "Introduction to Python Programming" (CNXML in ../shared/data/text/openstax_python, repository snapshot d6d069bb) | CC BY 4.0, attribution: "Introduction to Python Programming", OpenStax |
+| subjects.tsv | {len(subjects)} | chapter titles (area = book title) of 8 OpenStax textbooks: "Introduction to Python Programming" (as topics.tsv) and the 7 books in ../shared/data/text_reference/openstax_cc_by (statistics, business statistics, philosophy, anatomy and physiology, psychology, US history, American government) at their last CC BY 4.0 commit (commits in its PROVENANCE.txt) | CC BY 4.0, attribution: "<book title>", OpenStax |
 | audiences.txt | {len(COSMOPEDIA_AUDIENCES)} | the audience set of Cosmopedia (HuggingFace), prompt-building code | Apache-2.0 |
 | blocklist.txt | - | empty default URL/domain blocklist for the web stage; format in its comments | - |
 """)
-    print(f"words={len(words)} topics={len(topics)} audiences={len(COSMOPEDIA_AUDIENCES)}")
+    print(
+        f"words={len(words)} topics={len(topics)} subjects={len(subjects)} audiences={len(COSMOPEDIA_AUDIENCES)}"
+    )
 
 
 if __name__ == "__main__":

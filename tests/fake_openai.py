@@ -51,10 +51,13 @@ class FakeOpenAI:
         completion_tokens: int = 50,
         prompt_tokens: int | None = 100,
         rate_window: tuple[int, float] | None = None,
+        answer: Callable[[dict], str] | None = None,
     ) -> None:
         """``prompt_tokens=None``: bill one prompt token per UTF-8 byte of the messages (what a
         byte-level tokenizer does at worst). ``rate_window=(n, s)``: at most n requests per
-        window of s seconds, announced in x-ratelimit-* headers; more get a 429."""
+        window of s seconds, announced in x-ratelimit-* headers; more get a 429.
+        ``answer(body)``: the content for a request body (default: an echo of the prompt);
+        tests give code exercises or topic lists this way."""
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.script = script or (lambda key: [])
@@ -73,6 +76,8 @@ class FakeOpenAI:
         self.window_start = 0.0
         self.window_count = 0
         self.rate_limited = 0  # 429s sent for the rate window
+        self.answer = answer
+        self.response_formats: list[object] = []  # each request's response_format (or None)
         # /v1/completions with echo=true, logprobs (vLLM's prompt log-probabilities): given
         # token ids, log p(ids[j] | ids[:j]) for j >= 1; decode_token names each id
         self.prompt_logprobs: Callable[[list[int]], list[float]] | None = None
@@ -171,6 +176,7 @@ class FakeOpenAI:
         self.auth_headers.add(request.headers.get("Authorization", ""))
         key = request_key(body["messages"])
         self.total += 1
+        self.response_formats.append(body.get("response_format"))
         if time.monotonic() < self.quiet_until:
             self.early += 1
         if self.rate_window:
@@ -247,7 +253,10 @@ class FakeOpenAI:
 
     def completion(self, body: dict, key: str, fault: str) -> dict:
         """The chat completion for ``body``; counts it as a success when it is one."""
-        text = "" if fault == "empty" else self._text(body["messages"])
+        if fault == "empty":
+            text = ""
+        else:
+            text = self.answer(body) if self.answer else self._text(body["messages"])
         if fault == "surrogate":
             text += " \ud800 (a lone surrogate)"
         if fault not in ("empty", "slow", "trickle"):  # those arrive after the client gave up

@@ -13,8 +13,6 @@ from filters_testdata import ccnet_docs, openstax_modules, web_pages, wikitext_a
 
 from filters.dedup import (
     BUCKET_ANCHORS,
-    ExactDeduper,
-    MinHashDeduper,
     MinHashParams,
     Signer,
     candidate_curve,
@@ -78,8 +76,8 @@ def test_signatures_are_datasketch_affine32_minhash_of_the_shingle_sets():
         ref.update_batch([int(x) for x in s.shingle_set(i)])
         assert np.array_equal(ref.hashvalues[:used], s.signatures[i])
     assert s.empty.tolist() == [False] * 5 + [True, False]
-    # the legacy index signs every position
-    full = MinHashDeduper(params).signatures(texts[:2])
+    # all_positions signs every one of the num_perm positions, as datasketch does
+    full = Signer(params, all_positions=True).sign(texts[:2]).signatures
     ref = MinHash(num_perm=112, seed=99, hashfunc=lambda x: x)
     ref.update_batch([int(x) for x in s.shingle_set(1)])
     assert np.array_equal(ref.hashvalues, full[1])
@@ -265,35 +263,3 @@ def test_bands_rows_derived_from_threshold_or_given():
     assert all(dec[k] == 0.0 for k in ("0.5", "0.6", "0.7", "0.75"))
     assert all(dec[k] == cand[k] for k in ("0.8", "0.85", "0.9", "0.95"))
     assert list(candidate_curve(params, (0.801, 0.8))) == ["0.801", "0.8"]
-
-
-# --------------------------------------------------------------------------- legacy
-# (the web stage's own index, until it moves to the dedup stage)
-def test_legacy_index_saves_and_loads_signatures_not_texts(tmp_path, corpus):
-    md = MinHashDeduper(MinHashParams(seed=11))
-    ids = [i for i in sorted(corpus) if "-" not in i]
-    md.add_batch(ids, [corpus[i] for i in ids], [0.5] * len(ids))
-    md.save(tmp_path, only=set(ids[:10]))
-    files = {p.name for p in tmp_path.iterdir()}
-    assert files == {"signatures.npy", "quality.npy", "ids.json", "params.json"}
-    assert corpus[ids[0]][:200] not in "".join(
-        p.read_text(errors="ignore") for p in tmp_path.iterdir()
-    )
-    back = MinHashDeduper.load(tmp_path)
-    assert back.ids == ids[:10] and (back.bands, back.rows) == (md.bands, md.rows)
-    hits = back.query(corpus[f"{ids[3]}-near"])
-    assert hits and hits[0][0] == ids[3] and hits[0][1] >= 0.8
-    assert back.query(corpus[ids[12]]) == []  # not in the saved subset
-    with pytest.raises(DatagenError, match="params.json"):
-        MinHashDeduper.load(tmp_path / "missing")
-
-
-def test_legacy_exact_dedup_normalizes_case_and_whitespace(tmp_path):
-    t = ccnet_docs()[0]
-    ex = ExactDeduper()
-    ex.add("b", t)
-    ex.add("a", "  " + t.upper().replace(" ", "\n ") + "\n")
-    ex.add("c", ccnet_docs()[1])
-    assert ex.duplicates() == {"b": "a"}
-    ex.save(tmp_path)
-    assert ExactDeduper.load(tmp_path).kept_id(t) == "a"

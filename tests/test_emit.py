@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -246,45 +241,6 @@ def test_phases_without_quality_scores_is_an_error(real_run, tmp_path):
     root = copy_run(real_run, tmp_path).path.parent
     with pytest.raises(DatagenError, match="emit.phases: no input document has a quality"):
         run_emit(root, "emit.quality_key=nope.quality", "emit.phases=[{name: anneal}]")
-
-
-def test_killed_emit_leaves_only_whole_shards_and_reruns_cleanly(real_run, tmp_path):
-    """SIGKILL emit while it writes many small shards: every file under a final name is
-    complete, and a rerun gives the same corpus as an uninterrupted run."""
-    root = copy_run(real_run, tmp_path / "killed", without=("emit",)).path.parent
-    many = ["emit.shard_tokens=1", "emit.mix.textbook.weight=20"]  # a shard per document
-    args = [f"run.root={root}", "run.name=t", *many]
-    code = (
-        "import sys; from rich.console import Console; from pipeline.config import load_config;"
-        "from pipeline.runs import Run; from pipeline.stages import emit;"
-        "cfg = load_config(sys.argv[1:]);"
-        "emit.run(cfg, Run(cfg.run.root, cfg.run.name), Console(quiet=True))"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        cwd=Path(__file__).parents[1],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-    )
-    tok_dir = root / "t" / "emit" / "tokens" / "train"
-    while proc.poll() is None and len(list(tok_dir.glob("part-*.ds.index"))) < 3:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL  # killed mid-write, not finished
-    for ds in tok_dir.glob("part-*.ds"):
-        idx = ds.with_name(ds.name + ".index")
-        if idx.exists():  # the index is written after its .ds: both whole
-            assert int(np.fromfile(idx, "<u8")[-1]) * 2 == ds.stat().st_size
-    for p in (root / "t" / "emit" / "text" / "train").glob("part-*.parquet"):
-        assert pq.read_table(p).num_rows > 0  # a half-written parquet would not parse
-    again = run_emit(root, *many)
-    clean_root = copy_run(real_run, tmp_path / "clean", without=("emit",)).path.parent
-    clean = run_emit(clean_root, *many)
-    assert len(again["shards"]["train"]) >= 20
-    assert [s["tokens"]["sha256"] for s in again["shards"]["train"]] == [
-        s["tokens"]["sha256"] for s in clean["shards"]["train"]
-    ]
-    left = [p for p in (root / "t" / "emit").rglob("*") if p.name.endswith(".tmp")]
-    assert left == []
 
 
 def test_dataset_card_shows_the_real_funnels(built, real_run):

@@ -21,7 +21,15 @@ from markupsafe import escape
 from pipeline.config import load_config
 from pipeline.errors import DatagenError
 from pipeline.records import Document
-from pipeline.review import distinct_n, highlight, near_dup_rate, write_review
+from pipeline.review import (
+    Counts,
+    Sample,
+    _doc_view,
+    distinct_n,
+    highlight,
+    near_dup_rate,
+    write_review,
+)
 from pipeline.runs import Run, read_shards
 
 
@@ -170,21 +178,26 @@ def test_review_page_shows_the_real_web_funnel(reviewed):
     assert rows[1:] == [
         [s["step"], f"{s['documents']:,}", f"{s['tokens']:,}", reasons(s["dropped"])] for s in steps
     ]
-    assert [r[0] for r in rows[1:]] == [
-        "read", "extract", "language", "blocklist", "heuristics",
-        "quality", "dedup", "decontam", "kept",
+    names = [r[0] for r in rows[1:]]
+    assert names == [
+        "read", "record", "blocklist", "precheck", "extract", "language", "heuristics",
+        "clean", "quality", "decontam",
     ]  # fmt: skip
     by_step = {s["step"]: s for s in steps}
     # web.min_quality drops some real pages; the heuristics drop many
     assert by_step["quality"]["dropped"]["quality.low_score"] > 0
     assert sum(by_step["heuristics"]["dropped"].values()) > 10
-    assert f"quality.low_score={by_step['quality']['dropped']['quality.low_score']}" in rows[6][3]
+    low = by_step["quality"]["dropped"]["quality.low_score"]
+    assert f"quality.low_score={low}" in rows[1 + names.index("quality")][3]
 
 
 def test_review_page_shows_every_stages_real_drop_counts(reviewed):
     _, run, _, dom = reviewed
     rows = table(dom, "funnel-stages")[1:]
-    order = ["plan", "generate", "annotate", "train_classifier", "filter", "web", "dedup", "emit"]
+    order = [
+        *("plan", "generate", "revise", "annotate", "train_classifier", "filter", "web"),
+        *("dedup", "emit", "reverse", "preferences"),
+    ]
     assert [r[0] for r in rows] == order and all(r[1] == "finished" for r in rows)
     checked = 0
     for stage, (_, _, result, counts) in zip(order, rows, strict=True):
@@ -283,3 +296,36 @@ def test_review_of_generate_reads_its_outputs_file(real_run, tmp_path):
     assert f"{n} kept and 0 dropped" in html_text and "Kept documents (3 sampled)" in html_text
     plan = [json.loads(line) for line in (run.path / "plan" / "plan.jsonl").open()]
     assert sum(str(escape(p["topic"])) in html_text for p in plan) >= 3
+
+
+def test_review_sample_and_counters_merge_into_the_one_pass_result(real_run):
+    """The review's statistics stream: counters and the bottom-k sample of two halves of the
+    real documents (in any order) merge into those of one pass over all of them."""
+    docs = [
+        _doc_view(d, s, kept)
+        for s in ("filter", "web", "dedup")
+        for kept in (True, False)
+        for d in read_shards(real_run.path / s / ("" if kept else "dropped"), Document)
+    ]
+    assert len(docs) > 100
+    one_c, one_s = Counts(), Sample(25, seed=3)
+    for d in docs:
+        one_c.add(d)
+        one_s.add(d)
+    halves = [(Counts(), Sample(25, seed=3)) for _ in range(2)]
+    for i, d in enumerate(reversed(docs)):
+        halves[i % 2][0].add(d)
+        halves[i % 2][1].add(d)
+    c = halves[1][0].merge(halves[0][0])
+    smp = halves[1][1].merge(halves[0][1])
+    assert (c.n, c.length, c.quality, c.reasons) == (
+        one_c.n,
+        one_c.length,
+        one_c.quality,
+        one_c.reasons,
+    )
+    assert c.n == len(docs) and sum(c.reasons.values()) == sum(not d["kept"] for d in docs)
+    assert [(d["stage"], d["id"]) for d in smp.items()] == [
+        (d["stage"], d["id"]) for d in one_s.items()
+    ]
+    assert len(one_s.items()) == 25 and len({d["stage"] for d in one_s.items()}) > 1

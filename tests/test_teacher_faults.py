@@ -26,19 +26,24 @@ def test_odd_answers_fail_one_item_each_and_a_rerun_does_not_ask_again(tmp_path)
     """A Retry-After that is neither seconds nor a date, a usage field that is not a number,
     a lone surrogate in the content: none of them may abort the run."""
     kinds = [["429bad"], ["badusage"] * 9, ["surrogate"], []]
-    fake = FakeOpenAI(script=lambda key: kinds[int(key, 16) % 4])
+    order: dict[str, int] = {}  # requests get the kinds in turn, whatever their keys hash to
+
+    def kind(key: str) -> list[str]:
+        return kinds[order.setdefault(key, len(order)) % 4]
+
+    fake = FakeOpenAI(script=kind)
     with ServerThread(fake) as srv:
         args = gen_args(srv.url, "plan.n=16", *FAST)
         r = datagen(*args, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert "Traceback" not in r.stderr
-        seen = {tuple(kinds[int(k, 16) % 4]) for k in fake.attempts}
+        seen = {tuple(kind(k)) for k in fake.attempts}
         assert len(seen) == 4  # every kind occurred
         outputs, failures = (
             read_jsonl(tmp_path / GEN / "outputs.jsonl"),
             read_jsonl(tmp_path / GEN / "failures.jsonl"),
         )
-        n_bad = sum(kinds[int(k, 16) % 4] == kinds[1] for k in fake.attempts)
+        n_bad = sum(kind(k) == kinds[1] for k in fake.attempts)
         assert len(failures) == n_bad and len(outputs) == 16 - n_bad
         assert all(
             f["reason"].startswith("malformed_response: usage.prompt_tokens is not a token count")

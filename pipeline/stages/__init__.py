@@ -51,17 +51,20 @@ class StageSpec:
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("plan", about="seeded requests: topic x audience x format x words"),
     StageSpec("generate", ("plan",), "the teacher writes each request (resumable, cached)"),
-    StageSpec("annotate", ("generate",), "the teacher rates a sample for educational value"),
+    StageSpec("revise", ("generate",), "the teacher critiques and rewrites drafts (phi-4)"),
+    StageSpec("annotate", ("revise",), "the teacher rates a sample for educational value"),
     StageSpec("train_classifier", ("annotate",), "a fastText quality model on the ratings"),
     StageSpec(
         "filter",
-        ("generate", "train_classifier"),
+        ("revise", "train_classifier"),
         "heuristics, classifier, decontamination",
     ),
     # web reads only the classifier train_classifier chose (not the filter's output)
     StageSpec("web", ("train_classifier",), "read, extract and filter web data (WARC, HTML)"),
     StageSpec("dedup", ("filter", "web"), "exact + MinHash near-dup removal, synthetic and web"),
     StageSpec("emit", ("dedup",), "mix, split, tokenize: the corpus (parquet + tokens)"),
+    StageSpec("reverse", ("web",), "the teacher writes the instruction each web text answers"),
+    StageSpec("preferences", ("plan",), "sampled completions rated: chosen/rejected pairs"),
 )
 BY_NAME = {s.name: s for s in STAGES}
 SUPERSEDED = ".superseded"  # earlier outputs of redone stages: <run>/.superseded/<stage>-<hash>

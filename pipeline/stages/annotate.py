@@ -18,17 +18,20 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 
+from pipeline import judging
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.prompting import PromptLibrary, describe
 from pipeline.records import Document, Failure, stable_id, utc_now
-from pipeline.runs import STOPPED_BUDGET, JsonlAppender, Run, read_jsonl, repair_jsonl_tail
+from pipeline.runs import STOPPED_BUDGET, JsonlAppender, Run, read_jsonl
 from pipeline.secrets import env_secret, redact
+from pipeline.teacher.structured import schema_format
+from pipeline.teacher.structured import structured_mode as _structured_mode
 
 # teacher.base_url decides annotate.structured=auto (see structured_mode)
 CONFIG_KEYS = ("annotate", "teacher.model", "teacher.base_url", "classifier.model_path", "seed")
@@ -78,20 +81,11 @@ RATING_SCHEMA = {
 
 
 def structured_mode(cfg: PipelineConfig) -> str:
-    if cfg.annotate.structured != "auto":
-        return cfg.annotate.structured
-    return "off" if cfg.teacher.base_url else "json_object"
+    return _structured_mode(cfg.annotate.structured, cfg.teacher, endpoint="off")
 
 
 def response_format(mode: str) -> dict[str, Any] | None:
-    if mode == "json_object":
-        return {"type": "json_object", "schema": RATING_SCHEMA}
-    if mode == "json_schema":
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": "rating", "schema": RATING_SCHEMA, "strict": True},
-        }
-    return None
+    return schema_format(mode, "rating", RATING_SCHEMA)
 
 
 def parse_rating(text: str, structured: bool) -> tuple[int, str] | None:
@@ -103,10 +97,8 @@ def parse_rating(text: str, structured: bool) -> tuple[int, str] | None:
         obj = json.loads(text)
     except json.JSONDecodeError:
         return None
-    score = obj.get("score") if isinstance(obj, dict) else None
-    if isinstance(score, float) and score.is_integer():  # 3.0 is a 3; 3.5 is not a score
-        score = int(score)
-    if not isinstance(score, int) or isinstance(score, bool) or not 0 <= score <= 5:
+    score = judging.int_field(obj, "score", 0, 5) if isinstance(obj, dict) else None
+    if score is None:
         return None
     return score, str(obj.get("justification", "")).strip()
 
@@ -116,11 +108,18 @@ def justification(text: str) -> str:
     return (text[: m[-1].start()] if m else text).strip()
 
 
-def sample_documents(docs: Iterable[Document], n: int, seed: int) -> list[Document]:
+class _HasId(Protocol):
+    id: str
+
+
+D = TypeVar("D", bound=_HasId)
+
+
+def sample_documents(docs: Iterable[D], n: int, seed: int) -> list[D]:
     """A seeded sample of ``n`` documents in one pass over any number of them: those with the
     smallest hash of (seed, id), so the sample depends neither on the order generate wrote them
     in nor on how many runs it took; returned sorted by id. Memory holds the sample only."""
-    heap: list[tuple[int, str, Document]] = []  # a max-heap on the hash (negated)
+    heap: list[tuple[int, str, D]] = []  # a max-heap on the hash (negated)
     in_heap: set[int] = set()
     for d in docs:
         h = _sample_hash(seed, d.id)
@@ -141,18 +140,11 @@ def _sample_hash(seed: int, doc_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-def _ids(path: Path, model: type[BaseModel]) -> set[str]:
-    if not path.exists():
-        return set()
-    repair_jsonl_tail(path)
-    return {r.id for r in read_jsonl(path, model)}  # type: ignore[attr-defined]
+_ids = judging.recorded_ids
 
 
 def _template(cfg: PipelineConfig) -> tuple[PromptLibrary, str]:
-    path = cfg.project_path(cfg.annotate.prompt).resolve()
-    if not path.is_file():
-        raise DatagenError(f"annotate.prompt: template {path} not found")
-    return PromptLibrary(path.parent), path.name.removesuffix(".j2")
+    return judging.template(cfg, cfg.annotate.prompt, "annotate.prompt")
 
 
 def _needs_template(cfg: PipelineConfig) -> bool:
@@ -181,6 +173,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         console.print("annotate: classifier.model_path is set; nothing to label")
         return {"skipped": "classifier.model_path is set", "summary": {"skipped": "model_path"}}
     run.require_finished("generate", "annotate")
+    run.require_finished("revise", "annotate")
     from pipeline.stages.generate import iter_outputs
 
     read = Counter[str]()

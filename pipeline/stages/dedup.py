@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import shutil
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -61,9 +60,17 @@ from pipeline.executor import (
     run_shards,
     worker_cached,
 )
-from pipeline.records import Document
+from pipeline.records import QUALITY_KEY, Document
 from pipeline.runs import Run, atomic_write_bytes, atomic_write_json, read_json, shard_paths
-from pipeline.shards import RecordWriter, ShardSpec, batched, plan_shards, read_slices
+from pipeline.shards import (
+    BinaryWriter,
+    RecordWriter,
+    ShardSpec,
+    batched,
+    plan_shards,
+    read_slices,
+    save_npy,
+)
 from pipeline.steps import Stats
 
 # what defines the output: every dedup key but batch_size and reduce_docs (they shape the work,
@@ -80,7 +87,6 @@ CONFIG_KEYS = (
 )
 WORK = ".work"
 SOURCES = ("synthetic", "web")
-QUALITY_KEY = "classifier.prob"
 _MAX_GID = 2**32  # document numbers are packed two to a uint64 in the bucket round
 
 
@@ -96,38 +102,6 @@ def preflight(cfg: PipelineConfig) -> None:
 
 
 # --------------------------------------------------------------------------- sign
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-class _BinaryWriter:
-    """Stream arrays' raw bytes into ``path``, which appears only when complete: until then
-    the data sits in ``.<name>.<pid>.tmp`` (as ``RecordWriter`` does for records)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed in __exit__
-
-    def write(self, arr: np.ndarray) -> None:
-        self._f.write(arr.tobytes())
-
-    def __enter__(self) -> _BinaryWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None:
-            self._f.close()
-            self._tmp.unlink(missing_ok=True)
-            return
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self._tmp, self.path)
-
-
 def sign_shard(job: ShardJob) -> Stats:
     """Exact hashes, shingle sets and band keys of one input shard (no text)."""
     p = job.payload
@@ -144,7 +118,7 @@ def sign_shard(job: ShardJob) -> Stats:
     exact: list[np.ndarray] = []
     keys: list[np.ndarray] = []
     counts: list[np.ndarray] = []
-    with _BinaryWriter(out / "shingles.u32") as shingles:
+    with BinaryWriter(out / "shingles.u32") as shingles:
         for batch in batched(read_slices(spec.slices, Document), cfg.dedup.batch_size):
             s = signer.sign([d.text for d in batch])
             shingles.write(s.shingles)
@@ -166,7 +140,7 @@ def sign_shard(job: ShardJob) -> Stats:
     local = np.arange(n, dtype=np.uint64)
     # exact hashes sorted: a buckets task reads its hash range with a binary search
     order = np.lexsort((local, ex[:, 1], ex[:, 0]))
-    _save_npy(out / "exact.npy", np.stack([ex[order, 0], ex[order, 1], local[order]]))
+    save_npy(out / "exact.npy", np.stack([ex[order, 0], ex[order, 1], local[order]]))
     # band keys sorted per band (documents with shingles only), with each one's exact group
     alive = np.flatnonzero(nsh > 0)
     rows = []
@@ -175,8 +149,8 @@ def sign_shard(job: ShardJob) -> Stats:
         o = np.lexsort((alive, g, k))
         rows.append(np.stack([k[o], g[o], alive[o].astype(np.uint64)]))
     bands = np.stack(rows) if rows else np.zeros((0, 3, 0), np.uint64)
-    _save_npy(out / "bands.npy", bands)
-    _save_npy(out / "offsets.npy", offsets)
+    save_npy(out / "bands.npy", bands)
+    save_npy(out / "offsets.npy", offsets)
     buf = io.BytesIO()
     np.savez(
         buf,
@@ -229,7 +203,7 @@ def buckets_task(job: ShardJob) -> Stats:
         a, b, capped = bucket_pairs(cols[0], groups, gids)
         stats.add("bucket_pairs", len(a))
         stats.add("capped_buckets", capped)
-    _save_npy(Path(job.stage_dir) / f"{job.name}.npy", np.stack([a, b]).astype(np.int64))
+    save_npy(Path(job.stage_dir) / f"{job.name}.npy", np.stack([a, b]).astype(np.int64))
     return stats
 
 
@@ -288,7 +262,7 @@ def verify_task(job: ShardJob) -> Stats:
         stats.add(f"candidates_j.{k / 10:.1f}", int(c))
     rec = np.zeros(int(ok.sum()), dtype=[("a", "<i8"), ("b", "<i8"), ("j", "<f8")])
     rec["a"], rec["b"], rec["j"] = a[ok], b[ok], js[ok]
-    _save_npy(Path(job.stage_dir) / f"{job.name}.npy", rec)
+    save_npy(Path(job.stage_dir) / f"{job.name}.npy", rec)
     return stats
 
 

@@ -168,10 +168,10 @@ def _count_constraints(d: Document, stats: Stats) -> None:
 
 
 def input_files(run: Run) -> list[Path]:
-    """generate's output files, in order (the filter's input)."""
-    from pipeline.stages.generate import OUTPUTS, output_files
+    """generate's (or revise's) output files, in order (the filter's input)."""
+    from pipeline.stages.generate import OUTPUTS, synthetic_files
 
-    files = output_files(run.path / "generate")
+    files = synthetic_files(run)
     if not files:
         raise DatagenError(f"{run.path / 'generate' / OUTPUTS}: generate outputs not found")
     return files
@@ -179,6 +179,7 @@ def input_files(run: Run) -> list[Path]:
 
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     run.require_finished("generate", "filter")
+    run.require_finished("revise", "filter")
     run.require_finished("train_classifier", "filter")
     folder = run.stage_dir("filter")
     clf = classifier_choice(run, cfg)

@@ -25,7 +25,7 @@ from pipeline.config import PipelineConfig, TeacherConfig
 from pipeline.errors import DatagenError
 from pipeline.runs import Run
 from pipeline.secrets import env_secret, has_credentials, redact, safe_url
-from pipeline.teacher.batch import BatchStats, Job, run_batch
+from pipeline.teacher.batch import BatchStats, Job, ask, run_batch, run_tasks
 from pipeline.teacher.budget import (
     SPEND_FILE,
     BudgetExhausted,
@@ -44,10 +44,12 @@ __all__ = [
     "Job",
     "Teacher",
     "TeacherError",
+    "ask",
     "budget_note",
     "check_teacher_config",
     "open_teacher",
     "run_batch",
+    "run_tasks",
     "spend_report",
 ]
 

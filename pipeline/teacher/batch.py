@@ -1,11 +1,13 @@
-"""Run many teacher requests with a concurrency limit, a budget and a progress bar."""
+"""Run many teacher requests (or items that each make several) with a concurrency limit, a
+budget and a progress bar."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -22,6 +24,8 @@ from rich.text import Text
 
 from pipeline.teacher.budget import BudgetExhausted
 from pipeline.teacher.client import Completion, Teacher, TeacherError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -79,38 +83,34 @@ def _counts(stats: BatchStats) -> str:
     return text + (f" budget-skipped={stats.skipped_by_budget}" if stats.skipped_by_budget else "")
 
 
-async def run_batch(
+async def run_tasks(
     teacher: Teacher,
-    jobs: Iterable[Job],
-    on_success: Callable[[Job, Completion], bool | None],
-    on_failure: Callable[[Job, str, int], None],
+    items: Iterable[T],
+    work: Callable[[T], Awaitable[bool | None]],
     console: Console,
     label: str,
     total: int | None = None,
+    stats: BatchStats | None = None,
 ) -> BatchStats:
-    """Send ``jobs`` with ``teacher.cfg.concurrency`` workers. ``on_success`` returns False for
-    an answer it could not use (counted as failed). A job whose request does not fit the
-    budget (``teacher.ledger``) is skipped and left pending; cached jobs still complete."""
-    stats = BatchStats(cost_known=teacher.price is not None)
-    it = iter(jobs)
+    """Run ``work(item)`` for every item with ``teacher.cfg.concurrency`` workers. An item may
+    make several requests in turn (a critique, then a revision of it): ``work`` records what
+    it got and returns False for an item that failed. An item whose next request does not fit
+    the budget (``teacher.ledger``) is left pending; the answers it already got are in the
+    cache, so continuing it later costs only what it still needs."""
+    stats = stats or BatchStats(cost_known=teacher.price is not None)
+    it = iter(items)
     progress = make_progress(console)
     task = progress.add_task(label, total=total, counts=_counts(stats))
 
     async def worker() -> None:
-        for job in it:
+        for item in it:
             try:
-                c = await teacher.complete(job.messages, job.params, item_id=job.id)
+                ok = await work(item)
             except BudgetExhausted:
                 stats.stopped_by_budget = True
                 stats.skipped_by_budget += 1
-            except TeacherError as e:
-                stats.failed += 1
-                on_failure(job, e.reason, e.attempts)
             else:
-                stats.tokens_in += c.prompt_tokens
-                stats.tokens_out += c.completion_tokens
-                stats.cached += c.cached
-                if on_success(job, c) is False:
+                if ok is False:
                     stats.failed += 1
                 else:
                     stats.done += 1
@@ -123,3 +123,50 @@ async def run_batch(
         stats.spent_usd = teacher.ledger.session_usd
     stats.endpoints = teacher.pool.report()
     return stats
+
+
+async def ask(
+    teacher: Teacher,
+    stats: BatchStats,
+    messages: list[dict[str, str]],
+    params: dict[str, Any] | None,
+    item_id: str,
+) -> Completion:
+    """One request of an item's work (``run_tasks``), its tokens and cache hit counted in
+    ``stats``. Raises TeacherError (failed for good) and BudgetExhausted (left pending)."""
+    c = await teacher.complete(messages, params, item_id=item_id)
+    stats.tokens_in += c.prompt_tokens
+    stats.tokens_out += c.completion_tokens
+    stats.cached += c.cached
+    return c
+
+
+async def run_batch(
+    teacher: Teacher,
+    jobs: Iterable[Job],
+    on_success: Callable[[Job, Completion], bool | None | Awaitable[bool | None]],
+    on_failure: Callable[[Job, str, int], None],
+    console: Console,
+    label: str,
+    total: int | None = None,
+) -> BatchStats:
+    """Send ``jobs`` with ``teacher.cfg.concurrency`` workers. ``on_success`` returns False for
+    an answer it could not use (counted as failed); it may return an awaitable (work on the
+    answer that sends more requests, such as a code exercise's repair rounds: its worker
+    waits for it). A job whose request does not fit the budget (``teacher.ledger``) is
+    skipped and left pending, also when ``on_success``'s own requests do not fit; cached
+    jobs still complete."""
+    stats = BatchStats(cost_known=teacher.price is not None)
+
+    async def work(job: Job) -> bool:
+        try:
+            c = await ask(teacher, stats, job.messages, job.params, job.id)
+            used = on_success(job, c)
+            if inspect.isawaitable(used):
+                used = await used
+        except TeacherError as e:
+            on_failure(job, e.reason, e.attempts)
+            return False
+        return used is not False
+
+    return await run_tasks(teacher, jobs, work, console, label, total, stats)
