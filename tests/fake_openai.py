@@ -78,15 +78,82 @@ class FakeOpenAI:
         self.rate_limited = 0  # 429s sent for the rate window
         self.answer = answer
         self.response_formats: list[object] = []  # each request's response_format (or None)
+        # /v1/completions with echo=true, logprobs (vLLM's prompt log-probabilities): given
+        # token ids, log p(ids[j] | ids[:j]) for j >= 1; decode_token names each id
+        self.prompt_logprobs: Callable[[list[int]], list[float]] | None = None
+        self.decode_token: Callable[[int], str] = str
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/completions", self.completions)
         return app
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def completions(self, request: web.Request) -> web.Response:
+        """Legacy completions, echo=true with logprobs: the prompt's token log-probabilities
+        (first None, as OpenAI and vLLM send it), then one generated token. Faults: the script's
+        "500", "429" and "drop" per prompt."""
+        body = await request.json()
+        ids = body["prompt"]
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+        key = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+        self.total += 1
+        if self.successes[key]:
+            self.after_success[key] += 1
+        self.attempts[key] += 1
+        faults = self.script(key)
+        n = self.attempts[key]
+        fault = faults[n - 1] if n - 1 < len(faults) else "ok"
+        if fault in ("500", "always500"):
+            return web.json_response({"error": {"message": "boom", "type": "server"}}, status=500)
+        if fault == "429":
+            return web.json_response(
+                {"error": {"message": "rate limited", "type": "rate"}},
+                status=429,
+                headers={"Retry-After": "0"},
+            )
+        if fault == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=200)
+        if self.prompt_logprobs is None or not body.get("echo") or body.get("logprobs") is None:
+            return web.json_response(
+                {"error": {"message": "no prompt logprobs here", "type": "invalid"}}, status=400
+            )
+        lps: list[float | None] = [None, *self.prompt_logprobs(list(ids)), -1.0]
+        tokens = [self.decode_token(i) for i in ids] + [" x"]
+        self.successes[key] += 1
+        return web.json_response(
+            {
+                "id": f"cmpl-{key}",
+                "object": "text_completion",
+                "created": 0,
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": "".join(tokens),
+                        "finish_reason": "length",
+                        "logprobs": {
+                            "tokens": tokens,
+                            "token_logprobs": lps,
+                            "top_logprobs": None,
+                            "text_offset": list(range(len(tokens))),
+                        },
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": len(ids),
+                    "completion_tokens": 1,
+                    "total_tokens": len(ids) + 1,
+                },
+            }
+        )
 
     def _window(self) -> tuple[bool, dict[str, str]]:
         """(over the limit, the x-ratelimit headers) for a request arriving now."""

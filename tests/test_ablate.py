@@ -174,7 +174,7 @@ def test_the_review_page_shows_the_classifier_and_the_ablation(ablated):
         "web": {i: n for i, n in enumerate(hs["negative"]) if n},
     }
     web = bars(svgs["web: classifier score of the reviewed documents, kept vs dropped"])
-    assert sum(web["kept"]) > 0 and sum(web["dropped"]) > 0  # both sides of the cut
+    assert sum(web["kept"].values()) > 0 and sum(web["dropped"].values()) > 0  # both sides
     m = json.loads((cwd / "runs/default/ablate/manifest.json").read_text())
     rows = table(page, "ablation-table")
     assert rows[0] == [

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 
+from pipeline import token_scores
 from pipeline.card import dataset_card
 from pipeline.config import MixEntry, PipelineConfig
 from pipeline.errors import DatagenError
@@ -160,7 +161,9 @@ def validate(cfg: PipelineConfig, run: Run) -> None:
     """Checks on the inputs, run by the driver before an earlier emit/ is moved aside: a bad
     config must not leave the run without its corpus. Reads only until the answer is known."""
     preflight(cfg)
-    load_tokenizer(cfg.emit.tokenizer, cfg.emit.eot_token)  # a missing file, a bad eot_token
+    tok = load_tokenizer(cfg.emit.tokenizer, cfg.emit.eot_token)  # a missing file, a bad eot
+    if cfg.emit.token_scores.enabled:  # a reference model with another tokenizer is refused
+        token_scores.open_reference(cfg.emit.token_scores, tok, check_only=True)
     _input_files(run)
     docs = read_shards(run.path / "dedup", Document)
     _check_inputs(
@@ -543,6 +546,7 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     # --- checks first: nothing is written before the inputs, mix and tokenizer are good
     preflight(cfg)
     tok = load_tokenizer(ecfg.tokenizer, ecfg.eot_token)
+    ref = token_scores.open_reference(ecfg.token_scores, tok) if ecfg.token_scores.enabled else None
     files, notes = _input_files(run)
     out = run.stage_dir("emit")
     work = out / WORK
@@ -609,6 +613,10 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
         out_shards[w["split"]].append(rec["stats"]["info"]["shard"])
     splits = {s: _split_stats(meta, d, r) for s, (d, r) in plans.items()}
     result = _manifest(cfg, tok, meta, splits, multipliers, out_shards, notes)
+    if ref is not None:  # Rho-1 reference losses beside each train token shard
+        result["token_scores"] = token_scores.score_shards(
+            token_shards(out, TRAIN), ecfg.token_scores, tok, console, ref
+        )
     result["rounds"] = {
         "tokenize": {"tasks": tok_run.shards, "ran": tok_run.ran},
         "write": {"tasks": write_run.shards, "ran": write_run.ran},

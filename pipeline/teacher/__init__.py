@@ -74,35 +74,41 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_url(url: str, t: TeacherConfig) -> None:
+def check_url(url: str, t: TeacherConfig, field: str = "teacher.base_url") -> None:
     """One endpoint URL: http(s) with a host, one URL (not two joined), no credentials, and
-    the key only where it may go."""
+    the key only where it may go. ``field`` names the setting in the error."""
+    section = field.rsplit(".", 1)[0]
     if has_credentials(url):  # never echo the URL: it holds the credentials
         raise DatagenError(
-            f"teacher.base_url: credentials in the URL are refused (they would be logged and "
-            f"stored); put the key in ${t.api_key_env} (teacher.api_key_env) instead"
+            f"{field}: credentials in the URL are refused (they would be logged and "
+            f"stored); put the key in ${t.api_key_env} ({section}.api_key_env) instead"
         )
     if any(c in url for c in ", \t\n") or url.count("://") > 1:
         raise DatagenError(
-            f"teacher.base_url: {redact(url.strip()[:200])!r} is not one URL; for several "
-            f"endpoints give a list: teacher.base_url=[http://host1:8000/v1,http://host2:8000/v1]"
+            f"{field}: {redact(url.strip()[:200])!r} is not one URL"
+            + (
+                "; for several endpoints give a list: "
+                "teacher.base_url=[http://host1:8000/v1,http://host2:8000/v1]"
+                if field == "teacher.base_url"
+                else ""
+            )
         )
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
         raise DatagenError(
-            f"teacher.base_url: {redact(url[:200])!r} has a port that is not a number"
+            f"{field}: {redact(url[:200])!r} has a port that is not a number"
         ) from None
     shown = safe_url(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DatagenError(f"teacher.base_url: {shown!r} is not an http(s):// URL with a host")
+        raise DatagenError(f"{field}: {shown!r} is not an http(s):// URL with a host")
     host = parts.hostname
     insecure = parts.scheme == "http" and not _is_loopback(host)
     if insecure and env_secret(t.api_key_env) and not t.allow_insecure_key:
         raise DatagenError(
-            f"teacher.base_url: ${t.api_key_env} is not sent to {host} over plain http; "
-            f"use https, or set teacher.allow_insecure_key=true to send it anyway"
+            f"{field}: ${t.api_key_env} is not sent to {host} over plain http; "
+            f"use https, or set {section}.allow_insecure_key=true to send it anyway"
         )
 
 
