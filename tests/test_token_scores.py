@@ -110,6 +110,9 @@ def test_losses_are_the_reference_models_log_softmax(scored, llm):
     ts = manifest["token_scores"]
     assert ts["reference"]["backend"] == "llama.cpp"
     assert ts["tokens"] == manifest["splits"]["train"]["tokens"] and ts["shards_scored"] >= 2
+    # the summary (the review's stage table) carries them too
+    assert manifest["summary"]["scored_tokens"] == ts["tokens"]
+    assert manifest["summary"]["ref_loss_mean"] == ts["mean_loss"]
     checked_windowed = False
     for ds in train_shards(scored):
         tokens, ends = read_token_shard(ds, tok.dtype)

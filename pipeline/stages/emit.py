@@ -614,9 +614,12 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     splits = {s: _split_stats(meta, d, r) for s, (d, r) in plans.items()}
     result = _manifest(cfg, tok, meta, splits, multipliers, out_shards, notes)
     if ref is not None:  # Rho-1 reference losses beside each train token shard
-        result["token_scores"] = token_scores.score_shards(
+        ts = token_scores.score_shards(
             token_shards(out, TRAIN), ecfg.token_scores, tok, console, ref
         )
+        result["token_scores"] = ts
+        # in the summary, so the review's stage table shows them
+        result["summary"].update(scored_tokens=ts["tokens"], ref_loss_mean=ts["mean_loss"])
     result["rounds"] = {
         "tokenize": {"tasks": tok_run.shards, "ran": tok_run.ran},
         "write": {"tasks": write_run.shards, "ran": write_run.ran},
