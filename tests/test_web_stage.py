@@ -39,12 +39,18 @@ PRECHECK_OFF = ("web.precheck_language=false", "web.precheck_heuristics=false")
 
 def config(root: Path, *overrides: str, inputs: list[Path] | None = None) -> PipelineConfig:
     paths = ",".join(f"'{p}'" for p in (INPUTS if inputs is None else inputs))
+    # the teacher-labelled classifier, which without labels gives no model: these tests check
+    # the web steps themselves (the reference classifier's cut: test_reference_classifier.py)
+    source = (
+        [] if any(o.startswith("classifier.") for o in overrides) else ["classifier.source=teacher"]
+    )
     return load_config(
         [
             f"run.root={root}",
             "run.name=t",
             f"web.inputs=[{paths}]",
             "executor.workers=1",
+            *source,
             *overrides,
         ]
     )
