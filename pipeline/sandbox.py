@@ -44,7 +44,7 @@ from pydantic import BaseModel
 from pipeline.config import SandboxConfig
 from pipeline.errors import DatagenError
 from pipeline.records import Isolation, Verdict
-from pipeline.secrets import redact
+from pipeline.redaction import redact
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 # root runs each sandbox as UID_BASE + the launching thread's id: thread ids are unique among

@@ -45,8 +45,8 @@ from rich.progress import (
 
 from pipeline.config import TeacherConfig, TokenScoresConfig
 from pipeline.errors import DatagenError
+from pipeline.redaction import env_secret, redact, safe_url
 from pipeline.runs import atomic_write_bytes, atomic_write_json, read_json
-from pipeline.secrets import env_secret, redact, safe_url
 from pipeline.tokenize import LoadedTokenizer, read_token_shard
 
 FIELD = "emit.token_scores"

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from pipeline.config import load_config
-from pipeline.secrets import redact
+from pipeline.redaction import redact
 from pipeline.teacher import limits
 from pipeline.teacher.cache import ResponseCache, cache_key
 from pipeline.teacher.client import MalformedResponse, Teacher, _parse_completion, retry_after_s

@@ -33,8 +33,8 @@ from rich.console import Console
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.records import utc_now
+from pipeline.redaction import env_secret, redact
 from pipeline.runs import STOPPED_BUDGET, Run, RunLock, remove_stale_temps
-from pipeline.secrets import env_secret, redact
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.prompting import PromptLibrary, describe
 from pipeline.records import Document, Failure, stable_id, utc_now
+from pipeline.redaction import env_secret, redact
 from pipeline.runs import STOPPED_BUDGET, JsonlAppender, Run, read_jsonl
-from pipeline.secrets import env_secret, redact
 from pipeline.teacher.structured import schema_format
 from pipeline.teacher.structured import structured_mode as _structured_mode
 

@@ -52,6 +52,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.prompting import PromptLibrary, describe, prompts_folder
 from pipeline.records import Document, Failure, PlanItem, utc_now
+from pipeline.redaction import safe_url
 from pipeline.runs import (
     STOPPED_BUDGET,
     JsonlAppender,
@@ -60,7 +61,6 @@ from pipeline.runs import (
     read_jsonl,
     repair_jsonl_tail,
 )
-from pipeline.secrets import safe_url
 from pipeline.stages import DRY_RUN, WAITING
 from pipeline.stages.plan import iter_plan, planned_count
 from pipeline.teacher import (

@@ -33,8 +33,8 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.prompting import PromptLibrary, describe
 from pipeline.records import Critique, Document, Revision, RevisionRound
+from pipeline.redaction import env_secret, redact
 from pipeline.runs import STOPPED_BUDGET, Run, read_jsonl
-from pipeline.secrets import env_secret, redact
 from pipeline.stages.generate import OutputLog, output_files
 from pipeline.teacher.structured import schema_format, structured_mode
 

@@ -23,8 +23,8 @@ from rich.console import Console
 
 from pipeline.config import PipelineConfig, TeacherConfig
 from pipeline.errors import DatagenError
+from pipeline.redaction import env_secret, has_credentials, redact, safe_url
 from pipeline.runs import Run
-from pipeline.secrets import env_secret, has_credentials, redact, safe_url
 from pipeline.teacher.batch import BatchStats, Job, ask, run_batch, run_tasks
 from pipeline.teacher.budget import (
     SPEND_FILE,

@@ -50,8 +50,8 @@ from rich.progress import Progress, TaskID
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.records import utc_now
+from pipeline.redaction import redact
 from pipeline.runs import JsonlAppender, Run, file_mode, read_jsonl, repair_jsonl_tail
-from pipeline.secrets import redact
 from pipeline.teacher import NO_KEY, _api_key, cache_dir, check_teacher_config
 from pipeline.teacher.batch import BatchStats, Job, make_progress
 from pipeline.teacher.budget import SPEND_FILE, SpendLedger

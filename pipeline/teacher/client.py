@@ -35,7 +35,7 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from pipeline.config import Price, TeacherConfig
-from pipeline.secrets import redact
+from pipeline.redaction import redact
 from pipeline.teacher.budget import SpendLedger
 from pipeline.teacher.cache import ResponseCache, cache_key
 from pipeline.teacher.endpoints import Endpoint, EndpointPool

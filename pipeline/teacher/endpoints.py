@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pipeline.secrets import safe_url
+from pipeline.redaction import safe_url
 from pipeline.teacher.limits import HeaderLimit
 
 # ok: an answer; down: the endpoint failed (connection, 5xx, timeout); limited: 429;
