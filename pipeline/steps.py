@@ -193,6 +193,13 @@ class ModifierStep:
         return batch
 
 
+def setup_all(steps: list[Step]) -> list[Step]:
+    """Each step's ``setup`` (models, indexes), once per worker: for ``worker_cached``."""
+    for s in steps:
+        s.setup()
+    return steps
+
+
 def run_steps(
     steps: Sequence[Step], batch: list[Document], stats: Stats
 ) -> tuple[list[Document], list[Document]]:

@@ -39,7 +39,7 @@ from pipeline.executor import ShardJob, make_executor, run_shards, worker_cached
 from pipeline.records import Document
 from pipeline.runs import Run
 from pipeline.shards import RecordWriter, ShardSpec, batched, plan_shards, read_slices
-from pipeline.steps import FilterStep, KeepStep, Stats, Step, run_steps
+from pipeline.steps import FilterStep, KeepStep, Stats, Step, run_steps, setup_all
 
 CONFIG_KEYS = (
     "filter",
@@ -114,18 +114,12 @@ def build_steps(cfg: PipelineConfig, clf: dict[str, Any]) -> list[Step]:
     return steps
 
 
-def _setup(steps: list[Step]) -> list[Step]:
-    for s in steps:
-        s.setup()
-    return steps
-
-
 def filter_shard(job: ShardJob) -> Stats:
     """One shard: read its records, run the steps batch by batch, write kept and dropped."""
     p = job.payload
     cfg = PipelineConfig.model_validate(p["config"])
     clf = p["classifier"]
-    steps = worker_cached(f"filter:{p['key']}", lambda: _setup(build_steps(cfg, clf)))
+    steps = worker_cached(f"filter:{p['key']}", lambda: setup_all(build_steps(cfg, clf)))
     spec = ShardSpec.model_validate(p["shard"])
     out = Path(job.stage_dir)
     stats = Stats()

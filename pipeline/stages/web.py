@@ -48,7 +48,7 @@ from pipeline.errors import DatagenError
 from pipeline.executor import ShardJob, make_executor, run_shards, worker_cached
 from pipeline.runs import Run
 from pipeline.shards import RecordWriter, batched
-from pipeline.steps import FilterStep, ModifierStep, Stats, Step, run_steps
+from pipeline.steps import FilterStep, ModifierStep, Stats, Step, run_steps, setup_all
 from pipeline.web import funnel
 from pipeline.web.extract import Extractor, ExtractStep
 from pipeline.web.pages import (
@@ -121,17 +121,11 @@ def build_steps(cfg: PipelineConfig, clf: dict[str, Any]) -> list[Step]:
     return steps
 
 
-def _setup(steps: list[Step]) -> list[Step]:
-    for s in steps:
-        s.setup()
-    return steps
-
-
 def web_shard(job: ShardJob) -> Stats:
     """One input part: read it, run the steps batch by batch, write kept and dropped."""
     p = job.payload
     cfg = PipelineConfig.model_validate(p["config"])
-    steps = worker_cached(f"web:{p['key']}", lambda: _setup(build_steps(cfg, p["classifier"])))
+    steps = worker_cached(f"web:{p['key']}", lambda: setup_all(build_steps(cfg, p["classifier"])))
     src = InputSource(**p["input"])
     out = Path(job.stage_dir)
     stats = Stats()
