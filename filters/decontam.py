@@ -29,7 +29,7 @@ import csv
 import glob as globlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,10 +253,9 @@ class Decontaminator:
         of the whole word sequence of the values with min_short..n-1 words), all values
         tokenised and hashed at once; ``lengths`` gets the sequence lengths indexed."""
         n = self.n
-        bounds = np.cumsum([0] + [len(v) + 1 for v in values])  # a value and its "\n"
-        hashes, starts, _ = self._words("\n".join(values))  # no word crosses a "\n"
-        value = np.searchsorted(bounds, starts, side="right") - 1  # of each word
-        counts = np.bincount(value, minlength=len(values))
+        hashes, _, _, bounds = self._words(values)
+        counts = np.diff(bounds)
+        value = np.repeat(np.arange(len(values)), counts)  # of each word
         first = np.cumsum(counts) - counts  # each value's first word
         ngram = whole = np.zeros(0, dtype=np.uint64)
         short_lengths = set(np.unique(counts[(counts >= self.min_short) & (counts < n)]).tolist())
@@ -281,40 +280,88 @@ class Decontaminator:
             if c["values_too_short"]
         ]
 
-    def _words(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(hash, start, end) of each word: ``\\w+`` runs of the original text, each
-        lower-cased on its own, so char positions are the original's even where lower()
-        changes length ("İ".lower() is 2 chars)."""
-        low, in_place = lowered(text)
-        if in_place:
-            cp = code_points(low)
-            starts, ends = word_spans(cp)
-            return self._hasher.spans(cp, starts, ends), starts, ends
-        starts, ends = word_spans(code_points(text))
-        words = [text[s:e].lower() for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
-        return self._hasher.words(words), starts, ends
+    def _words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(hash, start, end, bounds) of the words of ``texts`` end to end (text j's are
+        ``bounds[j]:bounds[j + 1]``): ``\\w+`` runs of the original text, each lower-cased on
+        its own, start and end char positions in their own text even where lower() changes
+        length ("İ".lower() is 2 chars). Texts that lower-case in place are hashed together."""
+        pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        run: list[str] = []  # consecutive texts that lower-case in place
 
-    def _matches(self, text: str) -> list[tuple[int, int, str]]:
-        """(char start, char end, benchmark) of each matching word sequence, by start."""
-        if not self.lengths:
-            return []
-        hashes, starts, ends = self._words(text)
-        lengths, parts = [], []
+        def flush() -> None:
+            if not run:
+                return
+            cp = code_points("\n".join(run))  # "\n" is no \w: no word spans two texts
+            starts, ends = word_spans(cp)
+            hashes = self._hasher.spans(cp, starts, ends)
+            sizes = np.fromiter(map(len, run), dtype=np.int64, count=len(run))
+            first = np.concatenate(([0], np.cumsum(sizes + 1)[:-1]))
+            cut = np.append(np.searchsorted(starts, first), len(starts)).tolist()
+            for j, off in enumerate(first.tolist()):
+                a, b = cut[j], cut[j + 1]
+                pieces.append((hashes[a:b], starts[a:b] - off, ends[a:b] - off))
+            run.clear()
+
+        size = 0
+        for text in texts:
+            low, in_place = lowered(text)
+            if in_place:
+                if size + len(low) > _CHUNK_CHARS:
+                    flush()
+                    size = 0
+                run.append(low)
+                size += len(low) + 1
+                continue
+            flush()
+            size = 0
+            starts, ends = word_spans(code_points(text))
+            words = [text[s:e].lower() for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+            pieces.append((self._hasher.words(words), starts, ends))
+        flush()
+        bounds = np.concatenate(([0], np.cumsum([len(h) for h, _, _ in pieces])))
+        if not pieces:
+            empty = np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.uint64), empty, empty, bounds
+        return (
+            np.concatenate([h for h, _, _ in pieces]),
+            np.concatenate([s for _, s, _ in pieces]),
+            np.concatenate([e for _, _, e in pieces]),
+            bounds,
+        )
+
+    def _matches(self, texts: Sequence[str]) -> list[list[tuple[int, int, str]]]:
+        """Per text, (char start, char end, benchmark) of each matching word sequence, by
+        start. One lookup for every sequence of every text."""
+        found: list[list[tuple[int, int, str]]] = [[] for _ in texts]
+        if not self.lengths or not texts:
+            return found
+        hashes, starts, ends, bounds = self._words(texts)
+        text_of = np.repeat(np.arange(len(texts)), np.diff(bounds))
+        end = bounds[1:][text_of]  # per word: where its text's words end
+        lengths, firsts, parts = [], [], []
         for length, keys in windows(hashes, self.lengths, self._mult):
+            first = np.flatnonzero(np.arange(len(keys)) + length <= end[: len(keys)])
             lengths.append(length)
-            parts.append(keys ^ self._salt[length])
+            firsts.append(first)  # sequences inside one text
+            parts.append(keys[first] ^ self._salt[length])
         if not parts:
-            return []
+            return found
         offsets = np.cumsum([0] + [len(p) for p in parts])
-        found = []
-        for q, bench in self._index.lookup(np.concatenate(parts)):  # one lookup for all
+        for q, bench in self._index.lookup(np.concatenate(parts)):
             j = int(np.searchsorted(offsets, q, side="right")) - 1
-            i, length = q - int(offsets[j]), lengths[j]
-            found.append((int(starts[i]), int(ends[i + length - 1]), self.names[bench]))
-        return sorted(found)
+            i, length = int(firsts[j][q - int(offsets[j])]), lengths[j]
+            hit = (int(starts[i]), int(ends[i + length - 1]), self.names[bench])
+            found[int(text_of[i])].append(hit)
+        return [sorted(f) for f in found]
 
     def check(self, text: str) -> DecontamResult:
-        found = self._matches(text)
+        return self.check_batch([text])[0]
+
+    def check_batch(self, texts: Sequence[str]) -> list[DecontamResult]:
+        """:meth:`check` of each text; the hashing and the index lookup of all in one batch."""
+        return [self._result(t, f) for t, f in zip(texts, self._matches(texts), strict=True)]
+
+    def _result(self, text: str, found: list[tuple[int, int, str]]) -> DecontamResult:
         if not found:
             return DecontamResult()
         counts: dict[str, int] = {}
@@ -412,8 +459,7 @@ class DecontamStep:
                 "warnings": self.decon.warnings(),
             },
         )
-        for doc in batch:
-            res = self.decon.check(doc.text)
+        for doc, res in zip(batch, self.decon.check_batch([d.text for d in batch]), strict=True):
             doc.scores["decontam.matches"] = float(sum(res.matches.values()))
             for b in res.matches:
                 stats.add(f"decontam.{b}.docs_matched")

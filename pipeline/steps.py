@@ -121,7 +121,9 @@ class FilterStep:
     ``drop=False`` only scores (e.g. the classifier probability and the constraint coverage
     of every record, dropped or not); a later :class:`KeepStep` applies the thresholds to the
     stored scores without scoring again. ``setup`` calls each filter's own ``setup`` (model
-    loading), when it has one."""
+    loading), when it has one. A filter with ``score_batch(docs) -> [scores]`` (the Gopher
+    families) scores the batch's survivors in one call, filter after filter; the scores and
+    drop reasons are those of scoring document by document."""
 
     def __init__(self, name: str, filters: Sequence[DocFilter], drop: bool = True) -> None:
         self.name = name
@@ -134,14 +136,21 @@ class FilterStep:
                 f.setup()  # type: ignore[attr-defined]
 
     def process(self, batch: list[Document], stats: Stats) -> list[Document]:
-        for doc in batch:
-            for f in self.filters:
-                scores = f.score(doc)
-                fam = f.family
+        alive = batch
+        for f in self.filters:
+            if not alive:
+                break
+            many = getattr(f, "score_batch", None)  # one call for the batch, where it has one
+            scored = many(alive) if many else [f.score(d) for d in alive]
+            fam = f.family
+            left = []
+            for doc, scores in zip(alive, scored, strict=True):
                 doc.scores.update({f"{fam}.{k}": round(float(v), 6) for k, v in scores.items()})
                 if self.drop and (reason := f.keep(scores)) is not None:
                     doc.drop_reason = reason
-                    break
+                else:
+                    left.append(doc)
+            alive = left
         return batch
 
 

@@ -7,7 +7,7 @@ tests/test_filter_equivalence.py (same scores and decisions on every real docume
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,15 @@ _LINE_SPLIT = re.compile(r"\n+")
 _ALPHA = re.compile(r"[^\W\d_]")
 
 
+def _one_by_one(self: Any, docs: Sequence[Document | str]) -> list[dict[str, float]]:
+    """The previous implementation had no batch scoring: ``score`` per document."""
+    return [self.score(d) for d in docs]
+
+
 class GopherQualityFilter(gopher.GopherQualityFilter):
     """The previous ``score``: Python string operations per word."""
+
+    score_batch = _one_by_one
 
     def __init__(self, cfg: GopherQualityConfig | None = None) -> None:
         super().__init__(cfg)
@@ -114,6 +121,8 @@ class _Words:
 
 class GopherRepetitionFilter(gopher.GopherRepetitionFilter):
     """The previous ``score``: n-grams of per-text word ids, one ``np.unique`` per n."""
+
+    score_batch = _one_by_one
 
     def score(self, doc: Document | str) -> dict[str, float]:
         text = doc if isinstance(doc, str) else doc.text
@@ -253,7 +262,11 @@ class ReferenceDecontaminator(Decontaminator):
             order = np.argsort(keys)
             self._tables[length] = (keys[order], ids[order])
 
-    def _matches(self, text: str) -> list[tuple[int, int, str]]:
+    def _matches(self, texts: Sequence[str]) -> list[list[tuple[int, int, str]]]:
+        """Per text (the interface ``Decontaminator.check_batch`` calls), one at a time."""
+        return [self._matches_one(t) for t in texts]
+
+    def _matches_one(self, text: str) -> list[tuple[int, int, str]]:
         """(char start, char end, benchmark) of each matching word sequence, by start."""
         if not self._tables:
             return []

@@ -55,8 +55,15 @@ def test_the_documents_cover_the_paths_that_matter(texts):
 )
 def test_gopher_scores_equal_the_previous_implementation(texts, new_filter, old_filter):
     new, old = new_filter(), old_filter()
-    differ = [i for i, t in enumerate(texts) if new.score(t) != old.score(t)]
+    before = [old.score(t) for t in texts]
+    differ = [i for i, t in enumerate(texts) if new.score(t) != before[i]]
     assert differ == []
+    # in batches, as the filter step scores them (all texts at once: several hashing chunks)
+    for size in (7, len(texts)):
+        got = [s for i in range(0, len(texts), size) for s in new.score_batch(texts[i : i + size])]
+        assert [i for i, s in enumerate(got) if s != before[i]] == []
+    # texts of the batch scored last, reordered (the words are reused, not recomputed)
+    assert new.score_batch(texts[::-3]) == before[::-3]
 
 
 def test_constraint_coverage_equals_the_previous_implementation(texts):
@@ -89,9 +96,9 @@ def test_decontamination_equals_the_previous_implementation(texts, mode):
     new, old = Decontaminator(cfg), ref.ReferenceDecontaminator(cfg)
     assert {b: c["ngrams"] + c["whole"] for b, c in new.loaded.items()} == old.first_keys
     docs = texts + _quoting(texts) + [m["text"] for m in openstax_modules()]
-    matched = 0
-    for i, t in enumerate(docs):
-        got = new.check(t)
-        assert got == old.check(t), i
-        matched += bool(got.matches)
-    assert matched >= 80
+    before = [old.check(t) for t in docs]
+    assert [i for i, t in enumerate(docs) if new.check(t) != before[i]] == []
+    # in one batch, as the decontamination step checks a batch (several hashing chunks)
+    batch = new.check_batch(docs)
+    assert [i for i, got in enumerate(batch) if got != before[i]] == []
+    assert sum(bool(got.matches) for got in batch) >= 80
