@@ -179,17 +179,23 @@ def test_corrupt_record_is_skipped_and_the_rest_of_the_file_read(tmp_path: Path)
     assert f"offset {victim_off}" in stats.messages[0]
 
 
-def _response_spans(path: Path) -> list[tuple[str, int, int]]:
-    """(WARC-Record-ID, offset, length) of each response record, as warcio reads them."""
+def _response_spans(
+    path: Path, types: tuple[str, ...] = ("response",)
+) -> list[tuple[str, int, int]]:
+    """(WARC-Record-ID, offset, length) of each response record (or record of ``types``), as
+    warcio reads them."""
     with open(path, "rb") as f:
         it = ArchiveIterator(f)
         spans = []
         for rec in it:
             rec.content_stream().read()
-            if rec.rec_type == "response":
+            if rec.rec_type in types:
                 rid = rec.rec_headers.get_header("WARC-Record-ID")
                 spans.append((rid, it.get_record_offset(), it.get_record_length()))
     return spans
+
+
+ALL_TYPES = ("warcinfo", "request", "response", "resource", "metadata")
 
 
 @pytest.mark.parametrize("which", [1, 8, 12])
@@ -466,6 +472,74 @@ def test_a_large_parquet_file_splits_into_row_ranges_that_read_as_the_whole(
     assert stats.files == 1
 
 
-def test_warc_html_and_tar_inputs_are_one_shard_each() -> None:
-    src = resolve_inputs([str(RESILIPARSE), str(IAH), str(POSTLIGHT)])
-    assert plan_parts(src, 10) == src
+def _records(recs: list) -> list[tuple]:
+    return [(r.offset, r.record_id, r.url, r.payload, r.text) for r in recs]
+
+
+@pytest.mark.parametrize(
+    ("path", "shard_docs"), [(IAH, 20), (WAYBACK, 10), (RESILIPARSE, 5), (DOLMA0, 8)]
+)
+def test_a_large_warc_splits_into_byte_ranges_that_read_as_the_whole(
+    path: Path, shard_docs: int
+) -> None:
+    src = resolve_inputs([str(path)])
+    parts = plan_parts(src, shard_docs)
+    assert len(parts) > 1
+    assert [p.start for p in parts[1:]] == [p.stop for p in parts[:-1]]
+    assert (parts[0].start, parts[-1].stop) == (0, None)
+    whole, whole_stats = read_all(path)
+    split, split_stats = _read_parts(parts)
+    assert _records(split) == _records(whole)  # offsets too: the document ids do not change
+    assert split_stats.as_dict() == whole_stats.as_dict()  # the file and its bytes once
+    starts = {off for _, off, _ in _response_spans(path, ALL_TYPES)}
+    assert all(p.start in starts for p in parts)  # each part starts at a record
+    per_part = [sum(1 for _ in iter_source(p, ReadStats())) for p in parts]
+    assert max(per_part) < len(whole) / 2
+
+
+def test_a_single_gzip_stream_or_plain_warc_an_arc_and_a_tar_stay_one_part(tmp_path: Path) -> None:
+    plain = tmp_path / "resiliparse.warc"
+    plain.write_bytes(gzip.decompress(RESILIPARSE.read_bytes()))
+    src = resolve_inputs([str(WEBIS_BIG), str(plain), str(ARC), str(WHIRLWIND), str(POSTLIGHT)])
+    assert plan_parts(src, 1) == src
+
+
+def _split_damaged(tmp_path: Path, shard_docs: int, victim: int) -> tuple[Path, list]:
+    """IAH with the record that starts part ``victim`` of its split garbled in the middle (its
+    first bytes intact: the damaged file is split at the same places)."""
+    parts = plan_parts(resolve_inputs([str(IAH)]), shard_docs)
+    spans = _response_spans(IAH, ALL_TYPES)
+    (length,) = [n for _, off, n in spans if off == parts[victim].start]
+    data = bytearray(IAH.read_bytes())
+    mid = parts[victim].start + length // 2
+    data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
+    bad = tmp_path / "garbled.warc.gz"
+    bad.write_bytes(bytes(data))
+    damaged = plan_parts(resolve_inputs([str(bad)]), shard_docs)
+    assert [(p.start, p.stop) for p in damaged] == [(p.start, p.stop) for p in parts]
+    return bad, damaged
+
+
+def test_a_damaged_record_at_a_part_start_is_reported_once_by_that_part(tmp_path: Path) -> None:
+    bad, parts = _split_damaged(tmp_path, 20, victim=3)
+    whole, whole_stats = read_all(bad)
+    split, split_stats = _read_parts(parts)
+    assert _records(split) == _records(whole)
+    assert split_stats.as_dict() == whole_stats.as_dict()
+    assert split_stats.errors == {"corrupt_record": 1}
+    assert split_stats.messages[0].startswith(f"{bad} @ offset {parts[3].start}: gzip member")
+    before = ReadStats()
+    assert list(iter_source(parts[2], before)) and not before.errors  # stops at the part's end
+
+
+def test_a_truncated_split_warc_reads_as_the_whole(tmp_path: Path) -> None:
+    parts = plan_parts(resolve_inputs([str(IAH)]), 20)
+    cut = tmp_path / "cut.warc.gz"
+    cut.write_bytes(IAH.read_bytes()[: parts[-2].start + 5000])  # inside the last but one part
+    cut_parts = plan_parts(resolve_inputs([str(cut)]), 20)
+    assert len(cut_parts) > 2
+    whole, whole_stats = read_all(cut)
+    split, split_stats = _read_parts(cut_parts)
+    assert _records(split) == _records(whole) != []
+    assert split_stats.as_dict() == whole_stats.as_dict()
+    assert sum(split_stats.errors.values()) == 1

@@ -234,6 +234,20 @@ def test_a_large_jsonl_input_is_split_into_shards_that_add_up_to_the_whole(tmp_p
     assert one["funnel"][0]["documents"] == 697 and four["documents"] > 50
 
 
+def test_warcs_split_into_byte_ranges_keep_and_drop_the_same_documents(tmp_path: Path) -> None:
+    inputs = [RESILIPARSE, DOLMA0, DOLMA1]
+    run1, one = run_web(config(tmp_path / "one", "web.keep_dropped=true", inputs=inputs))
+    cfg = config(tmp_path / "many", "web.keep_dropped=true", "executor.shard_docs=6", inputs=inputs)
+    run_n, many = run_web(cfg)
+    assert one["shards_total"] == 3 < many["shards_total"]
+    for docs in (kept_docs, dropped_docs):
+        assert [d.model_dump_json() for d in docs(run_n)] == [
+            d.model_dump_json() for d in docs(run1)
+        ]
+    assert many["funnel"] == one["funnel"] and many["reader"] == one["reader"]
+    assert one["funnel"][0]["documents"] == 57 and many["documents"] > 0
+
+
 def test_html_pages_in_a_tar_archive_are_read_and_filtered(tmp_path: Path) -> None:
     run, m = run_web(config(tmp_path, inputs=[POSTLIGHT]))
     kept = kept_docs(run)

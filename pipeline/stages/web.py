@@ -20,7 +20,9 @@ decision names the drop reason):
 Deduplication is the ``dedup`` stage's (one rule for synthetic and web documents).
 
 Shards: one per input file (a WARC, ARC, HTML file, tar archive or HF dataset); a JSONL or
-parquet file with more than ``executor.shard_docs`` rows is cut into row ranges. Each shard
+parquet file with more than ``executor.shard_docs`` rows is cut into row ranges, a
+per-record-gzip WARC with more documents into byte ranges of about that many (one big file
+no longer keeps one worker busy while the others wait; document ids do not change). Each shard
 writes ``web/part-NNNNN.jsonl.zst`` (kept) and, with ``web.keep_dropped``,
 ``web/dropped/part-NNNNN.jsonl.zst`` (reason + scores), then its completion marker; a killed
 stage reruns only the unfinished shards, and any executor gives the same bytes.
@@ -237,11 +239,15 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
 
 
 def _size(src: InputSource) -> float:
-    """A shard's expected work: its file's bytes (a row range: its share of them)."""
+    """A shard's expected work: its file's bytes (a byte or row range: its share of them)."""
     if src.format == "hf":
         return 0.0
     size = float(src.size)
-    return size if src.whole else size / 2  # a part of a split file: about shard_docs rows
+    if src.whole:
+        return size
+    if src.format == "warc":
+        return (src.stop or size) - src.start
+    return size / 2  # a row range of a split file: about shard_docs rows
 
 
 def _manifest(

@@ -3,7 +3,9 @@ HTML files (.tar, .tar.gz, .tar.xz, .tar.bz2), JSONL (plain, .gz, .zst), parquet
 Face ``datasets`` (streaming).
 
 :func:`plan_parts` cuts the inputs into the web stage's shards: one per file (or dataset), a
-JSONL or parquet file with more than ``executor.shard_docs`` rows into row ranges of that many.
+JSONL or parquet file with more than ``executor.shard_docs`` rows into row ranges of that many,
+a per-record-gzip WARC (as Common Crawl writes them) with more documents into byte ranges that
+start at gzip members and hold about that many. Records keep their offsets in the whole file.
 
 Every reader yields :class:`WebRecord` one at a time and never holds a file in memory. Damage
 is counted in :class:`ReadStats` (one line per problem naming the file and offset) and the
@@ -92,6 +94,12 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
 CONTENT_TYPES = ("response", "resource", "conversion")
 _ARC_HEADER = re.compile(rb"^(\S+) (\S+) (\d{14}) (\S*) (?:.* )?(\d+)\r?\n?$")
 MAX_MESSAGES = 50
+# WARC splitting: records (and at most about these bytes) sampled for the bytes per document;
+# fewer compressed bytes than a gzip member holding a document record can have (the smallest
+# in the real data: 240)
+_SAMPLE_RECORDS = 48
+_SAMPLE_BYTES = 1 << 22
+_MIN_DOC_BYTES = 128
 _HINT = " (set web.inputs=[PATH,...], or web.inputs=[] to skip web data)"
 _HTTP_PARSER = StatusAndHeadersParser(["HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/2.0"], verify=False)
 
@@ -139,9 +147,10 @@ class ReadStats:
 
 @dataclass(frozen=True)
 class InputSource:
-    """A resolved input: a file with its format, or a HF dataset name; for a JSONL or parquet
-    file split into shards, rows ``start`` to ``stop`` (exclusive; None = to the end) of it
-    (``byte_start``: where row ``start`` begins in a plain JSONL file)."""
+    """A resolved input: a file with its format, or a HF dataset name; for a file split into
+    shards, its records ``start`` to ``stop`` (exclusive; None = to the end): rows of a JSONL
+    or parquet file (``byte_start``: where row ``start`` begins in a plain JSONL file), the
+    records starting at these byte offsets of a WARC."""
 
     path: str
     format: str
@@ -323,6 +332,11 @@ def _where(path: str, offset: int | None) -> str:
 
 
 # --------------------------------------------------------------------------- WARC / WET
+# warcio raises assorted types on damaged bytes (AttributeError on a cut header, ValueError,
+# zlib.error, EOFError)
+_WARCIO_ERRORS = (EOFError, zlib.error, OSError, ValueError, AttributeError, KeyError, IndexError)
+
+
 class _GzipMemberDamage(Exception):
     """A gzip member of a WARC that does not decompress (bad CRC, garbled deflate data)."""
 
@@ -349,12 +363,38 @@ def _archive_iterator(raw: IO[bytes], gz: bool) -> ArchiveIterator:
     return it
 
 
-def iter_warc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
-    """WARC and WET records via warcio; copes with damage as described in the module doc."""
+class _Window:
+    """A seekable binary file that ends at ``stop``: warcio and the damage scan, reading a
+    part of a split WARC, never see the bytes of the next part."""
+
+    def __init__(self, f: IO[bytes], stop: int) -> None:
+        self._f = f
+        self._stop = stop
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._stop - self._f.tell()
+        if left <= 0:
+            return b""
+        return self._f.read(left if size < 0 else min(size, left))
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._f.seek(pos, whence)
+
+
+def iter_warc(
+    path: str, stats: ReadStats, start: int = 0, stop: int | None = None
+) -> Iterator[WebRecord]:
+    """WARC and WET records via warcio; copes with damage as described in the module doc.
+    ``start``/``stop``: the records that start in these bytes of a per-record-gzip file
+    (``start`` is where one starts; a damaged record is skipped within the range)."""
     seen = 0
-    with open(path, "rb") as raw:
-        gz = raw.read(3) == GZIP_MAGIC
-        pos = 0
+    with open(path, "rb") as f:
+        gz = f.read(3) == GZIP_MAGIC
+        raw: Any = f if stop is None else _Window(f, stop)
+        pos = start
         while True:
             raw.seek(pos)
             it = _archive_iterator(raw, gz)
@@ -376,17 +416,8 @@ def iter_warc(path: str, stats: ReadStats) -> Iterator[WebRecord]:
                 why = one_line(e)
             except _GzipMemberDamage as e:
                 why = f"gzip member does not decompress ({e})"
-            # warcio raises assorted types on damaged bytes (AttributeError on a cut header,
-            # ValueError, zlib.error, EOFError); count the damage and resume after it
-            except (
-                EOFError,
-                zlib.error,
-                OSError,
-                ValueError,
-                AttributeError,
-                KeyError,
-                IndexError,
-            ) as e:
+            # count the damage and resume after it
+            except _WARCIO_ERRORS as e:
                 why = f"unreadable record ({type(e).__name__}: {one_line(e)})"
             off = max(off, int(getattr(it, "offset", off)))
             nxt = _next_member(raw, off + 1, gz)
@@ -411,16 +442,7 @@ def _iter_warc_stream(path: str, stats: ReadStats, skip: int) -> Iterator[WebRec
                 off = it.get_record_offset()
                 if wr is not None:
                     yield wr
-        except (
-            ArchiveLoadFailed,
-            EOFError,
-            zlib.error,
-            OSError,
-            ValueError,
-            AttributeError,
-            KeyError,
-            IndexError,
-        ) as e:
+        except (ArchiveLoadFailed, *_WARCIO_ERRORS) as e:
             kind = "truncated" if isinstance(e, EOFError) else "corrupt_record"
             stats.error(
                 kind,
@@ -892,7 +914,7 @@ def iter_source(
             return
     fields = (text_field, url_field, date_field)
     if src.format == "warc":
-        yield from iter_warc(src.path, stats)
+        yield from iter_warc(src.path, stats, src.start, src.stop)
     elif src.format == "arc":
         yield from iter_arc(src.path, stats)
     elif src.format == "html":
@@ -909,13 +931,62 @@ def iter_source(
         raise DatagenError(f"{src.path}: unknown format '{src.format}'")
 
 
+def warc_parts(src: InputSource, shard_docs: int) -> list[InputSource]:
+    """A per-record-gzip WARC cut into byte ranges of about ``shard_docs`` documents: the
+    compressed bytes per document of its first records times ``shard_docs``, each range
+    ending at the first gzip member starting a WARC record at or after that length. A plain
+    or single-gzip-stream WARC, one with fewer documents (sure when it has fewer than
+    ``shard_docs`` x ``_MIN_DOC_BYTES`` bytes) or one whose first records are damaged is one
+    part."""
+    size = src.size
+    if size < shard_docs * _MIN_DOC_BYTES:
+        return [src]
+    with open(src.path, "rb") as raw:
+        if raw.read(3) != GZIP_MAGIC:
+            return [src]
+        raw.seek(0)
+        per_doc = _bytes_per_doc(raw)
+        if per_doc is None:
+            return [src]
+        step = max(1, round(shard_docs * per_doc))
+        bounds = [0]
+        while bounds[-1] + step < size:
+            nxt = _next_member(raw, bounds[-1] + step, gz=True)
+            if nxt is None:
+                break
+            bounds.append(nxt)
+    stops: list[int | None] = [*bounds[1:], None]
+    return [replace(src, start=a, stop=b) for a, b in zip(bounds, stops, strict=True)]
+
+
+def _bytes_per_doc(raw: IO[bytes]) -> float | None:
+    """Compressed bytes per document record in the first ``_SAMPLE_RECORDS`` records (or
+    ``_SAMPLE_BYTES``) of a gzip WARC; None for a single gzip stream, damage, or no document
+    among them."""
+    it = _archive_iterator(raw, gz=True)
+    docs = end = 0
+    try:
+        for n, rec in enumerate(it, 1):
+            docs += rec.rec_type in CONTENT_TYPES
+            end = it.get_record_offset() + it.get_record_length()
+            if n == _SAMPLE_RECORDS or end >= _SAMPLE_BYTES:
+                break
+    except (ArchiveLoadFailed, _GzipMemberDamage, *_WARCIO_ERRORS):
+        return None
+    return end / docs if docs else None
+
+
 def plan_parts(sources: list[InputSource], shard_docs: int) -> list[InputSource]:
     """The web stage's shards: one per input, except that a JSONL or parquet file with more
-    than ``shard_docs`` rows becomes row ranges of ``shard_docs`` rows. Depends only on the
-    inputs and ``shard_docs``. A compressed JSONL file that cannot be read to its end is one
-    shard (its reader reports the damage)."""
+    than ``shard_docs`` rows becomes row ranges of ``shard_docs`` rows, and a per-record-gzip
+    WARC with more than about ``shard_docs`` documents byte ranges of about that many
+    (:func:`warc_parts`). Depends only on the inputs and ``shard_docs``. A compressed JSONL
+    file that cannot be read to its end is one shard (its reader reports the damage)."""
     parts: list[InputSource] = []
     for src in sources:
+        if src.format == "warc":
+            parts += warc_parts(src, shard_docs)
+            continue
         if src.format == "jsonl":
             try:
                 n = count_lines(Path(src.path))
