@@ -14,11 +14,16 @@ distribution is hand-made:
   started for this stage on 127.0.0.1 and stopped after it. Every node must see the run
   directory at the same path (a shared filesystem).
 
-Completion markers (datatrove's ``completions/``): when a shard job returns, its stats are
-written to ``<stage>/completions/<shard>.json`` (atomically, after the job renamed its outputs
-into place). A rerun of a killed or failed stage skips the shards that have a marker and
-redoes only the others, so the result equals an uninterrupted run. Per-shard stats merged in
-shard order give the same manifest whichever executor ran the shards and in what order.
+An executor maps a top-level function over jobs and yields each job's result (anything
+picklable) as it finishes; :func:`map_jobs` does so under a progress bar, for work that is
+redone each time (the review's pass over a stage's output).
+
+Completion markers (datatrove's ``completions/``) are :func:`run_shards`' addition, for the
+stages: when a shard job returns, its stats are written to ``<stage>/completions/<shard>.json``
+(atomically, after the job renamed its outputs into place). A rerun of a killed or failed stage
+skips the shards that have a marker and redoes only the others, so the result equals an
+uninterrupted run. Per-shard stats merged in shard order give the same manifest whichever
+executor ran the shards and in what order.
 
 Setup once per worker: :func:`worker_cached` builds an object (a list of steps with fastText
 models loaded) once per worker process and key; later shards on the same worker reuse it.
@@ -31,8 +36,9 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 from rich.console import Console
@@ -54,8 +60,9 @@ COMPLETIONS = "completions"
 
 
 class ShardJob(BaseModel):
-    """One unit of work: shard ``index`` of a stage whose outputs go under ``stage_dir``.
-    ``payload`` is whatever the stage's job function needs (slices to read, paths, config)."""
+    """One unit of work: shard ``index`` of a stage whose outputs (and, under ``run_shards``,
+    completion markers) go under ``stage_dir``. ``payload`` is whatever the job function needs
+    (slices to read, paths, config)."""
 
     index: int
     stage_dir: str
@@ -73,16 +80,22 @@ class ShardJob(BaseModel):
         return Path(self.stage_dir) / COMPLETIONS / f"{self.name}.json"
 
 
-JobFn = Callable[[ShardJob], Stats]
+T = TypeVar("T")
+JobFn = Callable[[ShardJob], Stats]  # a stage's shard job (run by run_shards)
 
 
-def _run_job(fn: JobFn, job: ShardJob) -> tuple[int, dict[str, Any]]:
-    """Run one shard job and write its completion marker. Idempotent: a job whose marker
-    exists (a retried Ray task whose first attempt finished) returns the stored stats."""
+def _run_job(fn: Callable[[ShardJob], T], job: ShardJob) -> tuple[int, T]:
+    """Run one job on a worker, in the driver's working directory: (job index, result)."""
     if os.getcwd() != job.cwd and os.path.isdir(job.cwd):
         os.chdir(job.cwd)
+    return job.index, fn(job)
+
+
+def _marked(fn: JobFn, job: ShardJob) -> dict[str, Any]:
+    """Run one shard job and write its completion marker. Idempotent: a job whose marker
+    exists (a retried Ray task whose first attempt finished) returns the stored stats."""
     if job.marker.exists():
-        return job.index, read_json(job.marker)
+        return read_json(job.marker)
     t0 = time.perf_counter()
     stats = fn(job)
     record = {
@@ -92,7 +105,7 @@ def _run_job(fn: JobFn, job: ShardJob) -> tuple[int, dict[str, Any]]:
         "stats": stats.model_dump(),
     }
     atomic_write_json(job.marker, record)
-    return job.index, record
+    return record
 
 
 # --------------------------------------------------------------------------- per worker
@@ -112,8 +125,8 @@ class Executor(Protocol):
     kind: str
     workers: int
 
-    def map(self, fn: JobFn, jobs: Sequence[ShardJob]) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Run every job; yield (shard index, marker record) as each finishes, any order."""
+    def map(self, fn: Callable[[ShardJob], T], jobs: Sequence[ShardJob]) -> Iterator[tuple[int, T]]:
+        """Run every job; yield (job index, ``fn(job)``) as each finishes, in any order."""
         ...
 
     def close(self) -> None: ...
@@ -126,7 +139,7 @@ class LocalExecutor:
         self.workers = workers
         self.max_attempts = max_attempts
 
-    def map(self, fn: JobFn, jobs: Sequence[ShardJob]) -> Iterator[tuple[int, dict[str, Any]]]:
+    def map(self, fn: Callable[[ShardJob], T], jobs: Sequence[ShardJob]) -> Iterator[tuple[int, T]]:
         if self.workers <= 1:
             for job in jobs:
                 yield _run_job(fn, job)
@@ -190,7 +203,7 @@ class RayExecutor:
         self.workers = int(ray.cluster_resources().get("CPU", workers))
         self.max_attempts = max_attempts
 
-    def map(self, fn: JobFn, jobs: Sequence[ShardJob]) -> Iterator[tuple[int, dict[str, Any]]]:
+    def map(self, fn: Callable[[ShardJob], T], jobs: Sequence[ShardJob]) -> Iterator[tuple[int, T]]:
         ray = self._ray
         # system failures (a dead worker or node) are retried by Ray; an exception raised by
         # the job itself is not (it would fail the same way again) and reaches the driver
@@ -247,6 +260,43 @@ def completed(stage_dir: Path) -> dict[int, dict[str, Any]]:
     return out
 
 
+def map_jobs(
+    executor: Executor,
+    fn: Callable[[ShardJob], T],
+    jobs: Sequence[ShardJob],
+    console: Console,
+    label: str,
+    unit: str = "docs",
+    count: Callable[[T], int] | None = None,
+    total: int | None = None,
+) -> Iterator[tuple[int, T]]:
+    """``executor.map`` under a progress bar: yield (job index, result) as each job finishes.
+    The bar counts jobs of ``total`` (default: these jobs; more when some finished earlier)
+    and shows the sum of ``count(result)`` with its rate."""
+    total = len(jobs) if total is None else total
+    progress = Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("shards"),
+        TextColumn("{task.fields[n]:,} " + unit + " {task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    t0 = time.perf_counter()
+    n = 0
+    with progress:
+        task = progress.add_task(label, total=total, completed=total - len(jobs), n=0, rate="")
+        for idx, result in executor.map(fn, jobs):
+            if count is not None:
+                n += count(result)
+            el = time.perf_counter() - t0
+            progress.update(task, advance=1, n=n, rate=f"({n / el:,.0f}/s)" if el > 0 else "")
+            yield idx, result
+
+
 def run_shards(
     executor: Executor,
     fn: JobFn,
@@ -266,28 +316,14 @@ def run_shards(
         console.print(
             f"{label}: {len(done)} of {len(jobs)} shards finished earlier; running {len(todo)}"
         )
-    progress = Progress(
-        TextColumn(f"[bold]{label}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("shards"),
-        TextColumn("{task.fields[n]:,} " + unit + " {task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-    )
+
+    def count(rec: dict[str, Any]) -> int:
+        return int(rec["stats"]["counts"].get(count_key, 0)) if count_key else 0
+
     records = dict(done)
-    t0 = time.perf_counter()
-    n = 0
-    with progress:
-        task = progress.add_task(label, total=len(jobs), completed=len(done), n=0, rate="")
-        for idx, rec in executor.map(fn, todo):
-            records[idx] = rec
-            if count_key:
-                n += int(rec["stats"]["counts"].get(count_key, 0))
-            el = time.perf_counter() - t0
-            progress.update(task, advance=1, n=n, rate=f"({n / el:,.0f}/s)" if el > 0 else "")
+    marked = partial(_marked, fn)
+    for idx, rec in map_jobs(executor, marked, todo, console, label, unit, count, len(jobs)):
+        records[idx] = rec
     per_shard = [records[j.index] for j in jobs]
     stats = Stats.merged(Stats.model_validate(r["stats"]) for r in per_shard)
     return ShardRun(

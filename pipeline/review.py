@@ -8,13 +8,21 @@ table and plot when it ran, the most frequent first sentences and openers, disti
 ratios and the near-duplicate rate. Plots are inline SVG and styles inline CSS: no network needed
 to open it.
 
-It streams: one pass over each side keeps mergeable counters (documents, length and quality
-histograms, drops per reason) and a bottom-k sample of documents, never the whole output. The
-funnel table comes from ``pipeline.card``, which the emit stage's dataset card uses too.
+It streams: one pass over the output keeps, per side (kept, dropped), mergeable counters
+(documents, length and quality histograms, drops per reason) and a bottom-k sample of documents,
+never the whole output. The pass runs in parallel on the configured executor
+(``executor.kind``, ``executor.workers``): one job per run of consecutive files of a side (the
+stage's shard files, its ``dropped/`` shards, emit's parquet parts, generate's JSONL files),
+each returning its :class:`Counts` and :class:`Sample`; they merge, in whatever order the jobs
+finish, into exactly the result of one serial pass. The jobs write nothing (no completion
+markers: a report is recomputed, never resumed). The text statistics then work on the merged
+sample. The funnel table comes from ``pipeline.card``, which the emit stage's dataset card uses
+too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import html
@@ -28,12 +36,14 @@ from typing import Any
 import pyarrow.parquet as pq
 from jinja2 import Environment
 from markupsafe import Markup
+from rich.console import Console
 
 from pipeline.card import funnel, reasons_text
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
+from pipeline.executor import ShardJob, make_executor, map_jobs
 from pipeline.records import Document, quality_of, utc_now
-from pipeline.runs import Run, atomic_write_text, read_jsonl, read_shards, shard_paths
+from pipeline.runs import Run, atomic_write_text, read_jsonl, shard_paths
 
 # the stages whose output folders hold documents (kept in the folder, dropped in dropped/)
 DOC_STAGES = ("generate", "filter", "web", "dedup", "emit")
@@ -63,10 +73,9 @@ def _doc_view(d: Document, stage: str, kept: bool) -> dict[str, Any]:
     }
 
 
-def _emit_docs(run: Run) -> Iterator[dict[str, Any]]:
-    for p in sorted((run.path / "emit" / "text" / "train").glob("part-*.parquet")):
-        rows = (r for b in pq.ParquetFile(p).iter_batches(batch_size=1000) for r in b.to_pylist())
-        for row in rows:
+def _emit_docs(path: Path) -> Iterator[dict[str, Any]]:
+    for b in pq.ParquetFile(path).iter_batches(batch_size=1000):
+        for row in b.to_pylist():
             if row.get("repeat", 0):
                 continue  # a repeated copy: the document was already shown
             scores = {"quality": row["quality"]} if row.get("quality") is not None else {}
@@ -89,66 +98,76 @@ def _emit_docs(run: Run) -> Iterator[dict[str, Any]]:
             }
 
 
-def _stage_docs(run: Run, stage: str, kept: bool) -> Iterator[dict[str, Any]]:
-    if stage == "emit":
-        if kept:
-            yield from _emit_docs(run)
-        return
+def _side_files(run: Run, stage: str, kept: bool) -> list[Path]:
+    """The files that hold one side (kept or dropped) of a stage's documents, in order."""
+    if stage == "emit":  # the emitted text, as parquet parts; nothing dropped
+        return sorted((run.path / "emit" / "text" / "train").glob("part-*.parquet")) if kept else []
     if stage == "generate":  # generate appends Documents to numbered JSONL files; nothing dropped
-        if kept:  # generate's own drafts (iter_outputs would give revise's rewrites)
-            from pipeline.stages.generate import output_files
+        from pipeline.stages.generate import output_files
 
-            for path in output_files(run.path / "generate"):
-                for d in read_jsonl(path, Document):
-                    yield _doc_view(d, stage, kept)
+        # generate's own drafts (synthetic_files would give revise's rewrites)
+        return output_files(run.path / "generate") if kept else []
+    return shard_paths(run.path / stage if kept else run.path / stage / "dropped")
+
+
+def _file_docs(path: Path, stage: str, kept: bool) -> Iterator[dict[str, Any]]:
+    """The documents of one file of ``_side_files``, as the page shows them."""
+    if path.suffix == ".parquet":
+        yield from _emit_docs(path)
         return
-    folder = run.path / stage if kept else run.path / stage / "dropped"
-    for d in read_shards(folder, Document):
+    for d in read_jsonl(path, Document):
         yield _doc_view(d, stage, kept)
 
 
 def _has_docs(run: Run, stage: str) -> bool:
-    if stage == "emit":
-        return any((run.path / "emit" / "text" / "train").glob("part-*.parquet"))
-    if stage == "generate":
-        from pipeline.stages.generate import output_files
+    return bool(_side_files(run, stage, True) or _side_files(run, stage, False))
 
-        return bool(output_files(run.path / "generate"))
-    return bool(shard_paths(run.path / stage)) or bool(shard_paths(run.path / stage / "dropped"))
+
+Position = tuple[str, int]  # (file, record number): where a document is in the pass
 
 
 class Sample:
     """A uniform sample of ``k`` documents in one pass: the ``k`` whose seeded hash of
-    (stage, side, id) is smallest (bottom-k sampling). It does not depend on the order the
-    documents come in, and two samples of disjoint parts merge into the sample of the whole."""
+    (stage, side, id) is smallest (bottom-k sampling), ties broken by id and then by position.
+    It is a function of the set of documents seen, not of their order, so the samples of
+    disjoint parts, merged in any order, are the sample of the whole."""
 
     def __init__(self, k: int, seed: int) -> None:
         self.k = k
         self.seed = seed
-        # (-key, id, arrival, doc): the largest key on top; arrival breaks ties of equal ids
-        self._heap: list[tuple[int, str, int, dict[str, Any]]] = []
-        self._seen = 0
+        self._items: list[tuple[int, str, Position, dict[str, Any]]] = []  # (key, id, at, doc)
+        self._cut: tuple[int, str, Position] | None = None  # the k-th smallest rank so far
 
     def key(self, d: dict[str, Any]) -> int:
         raw = f"{self.seed}\x1f{d['stage']}\x1f{d['kept']}\x1f{d['id']}".encode()
         return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
-    def add(self, d: dict[str, Any], key: int | None = None) -> None:
-        self._seen += 1
-        item = (-(self.key(d) if key is None else key), d["id"], self._seen, d)
-        if len(self._heap) < self.k:
-            heapq.heappush(self._heap, item)
-        elif item[:2] > self._heap[0][:2]:
-            heapq.heapreplace(self._heap, item)
+    def add(self, d: dict[str, Any], at: Position) -> None:
+        item = (self.key(d), d["id"], at, d)
+        if self._cut is not None and item[:3] > self._cut:
+            return  # k documents rank before it
+        self._items.append(item)
+        if len(self._items) >= 2 * self.k:
+            self._prune()
+
+    def _prune(self) -> None:
+        if len(self._items) > self.k:
+            self._items = heapq.nsmallest(self.k, self._items, key=lambda t: t[:3])
+            self._cut = self._items[-1][:3]
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._prune()  # a job sends its k documents, not up to 2k
+        return self.__dict__
 
     def merge(self, other: Sample) -> Sample:
-        for neg, _, _, d in other._heap:
-            self.add(d, -neg)
+        self._items.extend(t for t in other._items if self._cut is None or t[:3] <= self._cut)
+        self._prune()
         return self
 
     def items(self) -> list[dict[str, Any]]:
         """The sampled documents, smallest hash first (the first ``n`` are a sample too)."""
-        return [t[3] for t in sorted(self._heap, key=lambda t: (-t[0], t[1], t[2]))]
+        self._prune()
+        return [t[3] for t in sorted(self._items, key=lambda t: t[:3])]
 
 
 LENGTH_BIN = 0.1  # length histogram bins: a tenth of a decade of words
@@ -606,26 +625,66 @@ def _resolve_stages(run: Run, stage: str | None) -> list[str]:
     return chosen
 
 
-def _side(run: Run, stages: list[str], kept: bool, k: int, seed: int) -> tuple[Counts, Sample]:
-    """One pass over one side of the stages' documents: counters over all, a sample of k
-    (per stage, then merged: the same as one pass over all of them)."""
-    counts, sample = Counts(), Sample(k, seed)
-    for s in stages:
-        c, smp = Counts(), Sample(k, seed)
-        for d in _stage_docs(run, s, kept):
-            c.add(d)
-            smp.add(d)
-        counts.merge(c)
-        sample.merge(smp)
+JOBS_PER_WORKER = 4  # jobs per worker and side: a slow last job leaves the others less idle
+
+
+def _groups(files: list[tuple[str, str]], parts: int) -> list[list[tuple[str, str]]]:
+    """``files`` ((stage, path) pairs) cut into at most ``parts`` runs of consecutive files of
+    about equal bytes."""
+    sizes = [Path(f).stat().st_size for _, f in files]
+    total = sum(sizes) or 1
+    groups: list[list[tuple[str, str]]] = []
+    acc = 0
+    for file, size in zip(files, sizes, strict=True):
+        if not groups or acc >= total * len(groups) / parts:
+            groups.append([])
+        groups[-1].append(file)
+        acc += size
+    return groups
+
+
+def _read_part(job: ShardJob) -> tuple[Counts, Sample]:
+    """One job of the review's pass: the counters and the sample of some files of one side."""
+    p = job.payload
+    counts, sample = Counts(), Sample(p["k"], p["seed"])
+    for stage, path in p["files"]:
+        for i, d in enumerate(_file_docs(Path(path), stage, p["kept"])):
+            counts.add(d)
+            sample.add(d, (path, i))
     return counts, sample
 
 
-def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
+def _sides(
+    cfg: PipelineConfig, run: Run, sides: dict[bool, list[str]], console: Console
+) -> dict[bool, tuple[Counts, Sample]]:
+    """The review's pass: for each side (kept: True, dropped: False) and its stages, counters
+    over every document and a sample of ``review.max_stats_docs``. Jobs of consecutive files run
+    on the configured executor, without completion markers (a report is redone, never resumed),
+    and their parts merge into the result of one pass over all the files, in any order."""
+    k, seed = cfg.review.max_stats_docs, cfg.seed
+    out = {kept: (Counts(), Sample(k, seed)) for kept in sides}
+    with contextlib.closing(make_executor(cfg.executor)) as ex:
+        jobs = []
+        for kept, stages in sides.items():
+            files = [(s, str(f)) for s in stages for f in _side_files(run, s, kept)]
+            for group in _groups(files, JOBS_PER_WORKER * ex.workers):
+                part = {"kept": kept, "files": group, "k": k, "seed": seed}
+                jobs.append(ShardJob(index=len(jobs), stage_dir=str(run.path), payload=part))
+        side = {j.index: j.payload["kept"] for j in jobs}
+        parts = map_jobs(ex, _read_part, jobs, console, "review", count=lambda r: r[0].n)
+        for idx, (counts, sample) in parts:
+            out[side[idx]][0].merge(counts)
+            out[side[idx]][1].merge(sample)
+    return out
+
+
+def write_review(cfg: PipelineConfig, stage: str | None, console: Console | None = None) -> Path:
     """Write the review page for ``stage`` (default: filter, web and dedup) and return its path.
 
-    One streaming pass per side: counts and histograms over every document, text statistics
-    (distinct-n, near duplicates, first sentences) over a seeded sample of at most
-    ``review.max_stats_docs``; the documents shown are the first ``review.n`` of that sample."""
+    One streaming pass over both sides, in parallel on the executor: counts and histograms over
+    every document, text statistics (distinct-n, near duplicates, first sentences) over a
+    seeded sample of at most ``review.max_stats_docs`` per side; the documents shown are the
+    first ``review.n`` of that sample. Progress goes to ``console`` (default: stderr)."""
     from pipeline.review_recipes import STAGES as RECIPE_STAGES
     from pipeline.review_recipes import write_recipe_review
 
@@ -637,8 +696,8 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
     # dedup reads the kept documents of filter and web: when it ran, its kept set is the
     # final one (each document counted once), and every stage's dropped ones are shown
     kept_from = ["dedup"] if "dedup" in stages else stages
-    kept_c, kept_s = _side(run, kept_from, True, rcfg.max_stats_docs, cfg.seed)
-    drop_c, drop_s = _side(run, stages, False, rcfg.max_stats_docs, cfg.seed)
+    sides = _sides(cfg, run, {True: kept_from, False: stages}, console or Console(stderr=True))
+    (kept_c, kept_s), (drop_c, drop_s) = sides[True], sides[False]
     kept, dropped = kept_s.items(), drop_s.items()
     show_kept, show_dropped = kept[: rcfg.n], dropped[: rcfg.n]
     for d in show_kept + show_dropped:
@@ -659,7 +718,7 @@ def write_review(cfg: PipelineConfig, stage: str | None) -> Path:
             n_stats_dropped=len(dropped),
             funnel=funnel(run),
             reasons=reasons_text,
-            drop_reasons=drop_c.reasons.most_common(),
+            drop_reasons=sorted(drop_c.reasons.items(), key=lambda rc: (-rc[1], rc[0])),
             hist_len=histogram_svg(
                 {"kept": kept_c.length, "dropped": drop_c.length},
                 "length (words, log scale)",

@@ -344,33 +344,48 @@ def test_review_of_generate_reads_its_outputs_file(real_run, tmp_path):
 
 
 def test_review_sample_and_counters_merge_into_the_one_pass_result(real_run):
-    """The review's statistics stream: counters and the bottom-k sample of two halves of the
-    real documents (in any order) merge into those of one pass over all of them."""
-    docs = [
-        _doc_view(d, s, kept)
+    """The review's statistics stream: counters and the bottom-k sample of three parts of the
+    real documents, merged in any order, equal those of one pass over all of them."""
+    folders = [
+        (s, k, real_run.path / s / ("" if k else "dropped"))
         for s in ("filter", "web", "dedup")
-        for kept in (True, False)
-        for d in read_shards(real_run.path / s / ("" if kept else "dropped"), Document)
+        for k in (True, False)
+    ]
+    docs = [
+        (_doc_view(d, s, kept), (f"{s}/{kept}", i))
+        for s, kept, folder in folders
+        for i, d in enumerate(read_shards(folder, Document))
     ]
     assert len(docs) > 100
     one_c, one_s = Counts(), Sample(25, seed=3)
-    for d in docs:
+    for d, at in docs:
         one_c.add(d)
-        one_s.add(d)
-    halves = [(Counts(), Sample(25, seed=3)) for _ in range(2)]
-    for i, d in enumerate(reversed(docs)):
-        halves[i % 2][0].add(d)
-        halves[i % 2][1].add(d)
-    c = halves[1][0].merge(halves[0][0])
-    smp = halves[1][1].merge(halves[0][1])
-    assert (c.n, c.length, c.quality, c.reasons) == (
-        one_c.n,
-        one_c.length,
-        one_c.quality,
-        one_c.reasons,
-    )
-    assert c.n == len(docs) and sum(c.reasons.values()) == sum(not d["kept"] for d in docs)
-    assert [(d["stage"], d["id"]) for d in smp.items()] == [
-        (d["stage"], d["id"]) for d in one_s.items()
-    ]
-    assert len(one_s.items()) == 25 and len({d["stage"] for d in one_s.items()}) > 1
+        one_s.add(d, at)
+
+    def merged(order: tuple[int, ...]) -> tuple[Counts, Sample]:
+        parts = [(Counts(), Sample(25, seed=3)) for _ in range(3)]
+        for i, (d, at) in enumerate(reversed(docs)):
+            parts[i % 3][0].add(d)
+            parts[i % 3][1].add(d, at)
+        c, smp = Counts(), Sample(25, seed=3)
+        for i in order:
+            c.merge(parts[i][0])
+            smp.merge(parts[i][1])
+        return c, smp
+
+    def stats(c: Counts) -> tuple:
+        return c.n, c.length, c.quality, c.reasons, c.by_origin
+
+    def ids(smp: Sample) -> list[tuple[str, str]]:
+        return [(d["stage"], d["id"]) for d in smp.items()]
+
+    for order in ((0, 1, 2), (2, 0, 1)):
+        c, smp = merged(order)
+        assert stats(c) == stats(one_c)
+        assert ids(smp) == ids(one_s)
+    assert one_c.n == len(docs)
+    assert sum(one_c.reasons.values()) == sum(not d["kept"] for d, _ in docs)
+    # the bottom 25 by the seeded hash, smallest first
+    ranked = sorted((d for d, _ in docs), key=lambda d: (one_s.key(d), d["id"]))
+    assert ids(one_s) == [(d["stage"], d["id"]) for d in ranked[:25]]
+    assert len({d["stage"] for d in one_s.items()}) > 1
