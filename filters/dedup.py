@@ -201,7 +201,7 @@ def words(lowered: str) -> list[bytes]:
     return out
 
 
-class _WordHashes(dict[bytes, int]):
+class WordHashes(dict[bytes, int]):
     """xxh3-64 of each word, memoised (word frequencies are Zipfian; the cache is bounded).
     A dict whose ``__missing__`` hashes: ``map(self.__getitem__, words)`` runs in C for hits."""
 
@@ -258,7 +258,7 @@ class Signer:
         used = params.num_perm if all_positions else self.bands * self.rows
         self._a = self.permutations[0][:used].astype(np.uint32)
         self._b = self.permutations[1][:used].astype(np.uint32)
-        self._words = _WordHashes()
+        self._words = WordHashes()
         rng = np.random.default_rng(params.seed)
         odd = rng.integers(1, 2**63, size=params.ngram, dtype=np.uint64) * _U64(2)
         self._mult = odd + _U64(1)

@@ -33,22 +33,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 from jinja2 import Environment
 from markupsafe import Markup
 from rich.console import Console
 
+from filters.dedup import MinHashParams, WordHashes, find_duplicates
+from filters.ngrams import multipliers, windows
 from pipeline.card import funnel, reasons_text
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
 from pipeline.executor import ShardJob, make_executor, map_jobs
 from pipeline.records import Document, quality_of, utc_now
 from pipeline.runs import Run, atomic_write_text, read_jsonl, shard_paths
+from pipeline.stages.dedup import params_of
 
 # the stages whose output folders hold documents (kept in the folder, dropped in dropped/)
 DOC_STAGES = ("generate", "filter", "web", "dedup", "emit")
 DEFAULT_STAGES = ("filter", "web", "dedup")  # what `datagen review` shows without stage=
-NEAR_DUP_THRESHOLD = 0.8  # Jaccard on word 5-grams, Lee et al. 2022 (arXiv:2107.06499)
 WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -210,16 +213,28 @@ class Counts:
 
 
 # --------------------------------------------------------------------------- statistics
+def distinct_ns(texts: list[str], ns: tuple[int, ...] = (1, 2, 3)) -> dict[int, float]:
+    """Distinct n-grams / all n-grams over the texts (Li et al. 2016, distinct-n) for each n;
+    words are ``\\w+`` runs of the lower-cased text. N-grams are counted by a 64-bit key
+    (``filters.ngrams``) of xxh3 word hashes (``filters.dedup``): all texts in one array, one
+    sort per n; two distinct n-grams share a key with probability ~2**-64."""
+    hashes = WordHashes()
+    parts = [hashes.of(t.lower()) for t in texts]
+    words = np.concatenate([np.zeros(0, dtype=np.uint64), *parts])
+    ends = np.repeat(np.cumsum([len(p) for p in parts]), [len(p) for p in parts])
+    out = dict.fromkeys(ns, 0.0)
+    if not ns:
+        return out
+    for n, keys in windows(words, ns, multipliers(max(ns), seed=7)):
+        inside = keys[np.arange(len(keys)) + n <= ends[: len(keys)]]  # within one text
+        if len(inside):
+            inside = np.sort(inside)
+            out[n] = (1 + int((inside[1:] != inside[:-1]).sum())) / len(inside)
+    return out
+
+
 def distinct_n(texts: list[str], n: int) -> float:
-    """Distinct n-grams / all n-grams over the texts (Li et al. 2016, distinct-n)."""
-    seen: set[tuple[str, ...]] = set()
-    total = 0
-    for t in texts:
-        w = WORD.findall(t.lower())
-        grams = list(zip(*(w[i:] for i in range(n)), strict=False))
-        total += len(grams)
-        seen.update(grams)
-    return len(seen) / total if total else 0.0
+    return distinct_ns(texts, (n,))[n]
 
 
 def diversity_by_axis(
@@ -239,31 +254,21 @@ def diversity_by_axis(
                     "axis": axis,
                     "value": value,
                     "docs": len(texts),
-                    "d": [distinct_n(texts, n) for n in (1, 2, 3)],
+                    "d": list(distinct_ns(texts).values()),
                     "openers": Counter(opener(t) for t in texts).most_common(openers),
                 }
             )
     return rows
 
 
-def near_dup_rate(texts: list[str], seed: int) -> float:
-    """Share of documents with at least one other document above the MinHash Jaccard
-    threshold (word 5-gram shingles, 128 permutations, LSH from datasketch)."""
-    from datasketch import MinHash, MinHashLSH
-
+def near_dup_rate(texts: list[str], params: MinHashParams) -> float:
+    """Share of documents with at least one other that the dedup stage's rule joins to it
+    (``filters.dedup``: an exact copy, or an LSH candidate whose exact word n-gram Jaccard is
+    at least the threshold): the same functions the dedup stage runs."""
     if len(texts) < 2:
         return 0.0
-    lsh = MinHashLSH(threshold=NEAR_DUP_THRESHOLD, num_perm=128)
-    hashes = []
-    for i, t in enumerate(texts):
-        w = WORD.findall(t.lower())
-        shingles = {" ".join(w[j : j + 5]) for j in range(max(1, len(w) - 4))}
-        m = MinHash(num_perm=128, seed=seed)
-        m.update_batch([s.encode() for s in shingles])
-        lsh.insert(str(i), m)
-        hashes.append(m)
-    dup = sum(1 for i, m in enumerate(hashes) if any(k != str(i) for k in lsh.query(m)))
-    return dup / len(texts)
+    found = find_duplicates(texts, params)
+    return sum(len(c.members) for c in found.clusters) / len(texts)
 
 
 _SENT = re.compile(r"(?<=[.!?])\s+")
@@ -558,7 +563,7 @@ in the stage output; counts, histograms and drop reasons over all of them, text 
 <h2 id="diversity">Diversity (kept)</h2>
 <p class="meta">over the sample of {{ n_stats_kept }} kept documents</p>
 <table><tr><th>distinct-1</th><th>distinct-2</th><th>distinct-3</th>
-<th>near-duplicate rate (MinHash Jaccard &ge; {{ near_dup_threshold }})</th></tr>
+<th>near-duplicate rate (the dedup rule: {{ near_dup_rule }})</th></tr>
 <tr><td class="num">{{ "%.3f"|format(d1) }}</td><td class="num">{{ "%.3f"|format(d2) }}</td>
 <td class="num">{{ "%.3f"|format(d3) }}</td>
 <td class="num">{{ "%.1f"|format(100 * near_dup) }}%</td></tr>
@@ -704,6 +709,7 @@ def write_review(cfg: PipelineConfig, stage: str | None, console: Console | None
         d["html"] = highlight(d["text"], d["required_words"])
 
     kept_texts = [d["text"] for d in kept]
+    distinct = distinct_ns(kept_texts)
     page = (
         Environment(autoescape=True)
         .from_string(PAGE)
@@ -732,11 +738,11 @@ def write_review(cfg: PipelineConfig, stage: str | None, console: Console | None
             ),
             clf=classifier_view(cfg, run, kept_c, drop_c),
             ablation=ablation_view(run),
-            d1=distinct_n(kept_texts, 1),
-            d2=distinct_n(kept_texts, 2),
-            d3=distinct_n(kept_texts, 3),
-            near_dup=near_dup_rate(kept_texts, cfg.seed),
-            near_dup_threshold=NEAR_DUP_THRESHOLD,
+            d1=distinct[1],
+            d2=distinct[2],
+            d3=distinct[3],
+            near_dup=near_dup_rate(kept_texts, params_of(cfg)),
+            near_dup_rule=f"word {cfg.dedup.ngram}-gram Jaccard ≥ {cfg.dedup.threshold}",
             first_sentences=Counter(first_sentence(t) for t in kept_texts).most_common(10),
             openers=Counter(opener(t) for t in kept_texts).most_common(10),
             by_axis=diversity_by_axis(kept),

@@ -19,6 +19,7 @@ from emit_testdata import copy_run
 from filters_testdata import openstax_modules
 from markupsafe import escape
 
+from filters.dedup import MinHashParams
 from pipeline.config import load_config
 from pipeline.errors import DatagenError
 from pipeline.records import Document, quality_of
@@ -316,8 +317,20 @@ def test_distinct_n_and_near_dup_rate_on_real_text():
     assert distinct_n(texts, 1) < distinct_n(texts, 2) < distinct_n(texts, 3) <= 1.0
     doubled = texts + texts[:4]
     assert distinct_n(doubled, 3) < distinct_n(texts, 3)
-    assert near_dup_rate(texts, seed=1) == 0.0
-    assert near_dup_rate(doubled, seed=1) == pytest.approx(8 / 24)
+    # the hashed count is the exact count of distinct word tuples
+    for n in (1, 2, 3):
+        grams = [
+            g
+            for t in doubled
+            for g in zip(*(re.findall(r"\w+", t.lower())[i:] for i in range(n)), strict=False)
+        ]
+        assert distinct_n(doubled, n) == len(set(grams)) / len(grams)
+    params = MinHashParams(seed=1)
+    assert near_dup_rate(texts, params) == 0.0
+    assert near_dup_rate(doubled, params) == pytest.approx(8 / 24)
+    # a copy with a few words changed is a near duplicate (verified Jaccard >= 0.8)
+    edited = texts[5].replace(" the ", " a ", 3)
+    assert near_dup_rate([*texts, edited], params) == pytest.approx(2 / 21)
 
 
 def test_review_without_any_output_is_an_error(tmp_path):
