@@ -64,6 +64,9 @@ FILES = [
     WEB / "other_web_archives/copycat_wayback-snapshots-topic-02.warc.gz",
 ]
 PRECHECK_OFF = ["web.precheck_language=false", "web.precheck_heuristics=false"]
+# the one-switch speed option: trafilatura without its fallback extractors (readability,
+# jusText); measured as a row of its own, its kept set against the default in --kept-set
+FAST = ["web.trafilatura_fast=true"]
 SHARD_DOCS = 50  # documents per web shard: the big WARCs become several shards (docstring)
 
 
@@ -282,11 +285,12 @@ def throughput(a: argparse.Namespace, work: Path) -> None:
         f"input: {len(FILES)} WARC files, {size:.1f} MB, {n1} response records; "
         f"workers={a.workers}; rounds={a.rounds} (alternating)"
     )
-    runs: dict[str, list[dict]] = {"datagen": [], "datatrove": []}
-    systems = ["datagen"] + ([] if a.skip_datatrove else ["datatrove"])
+    extra = {"datagen": [], "datagen, trafilatura_fast": FAST, "datatrove": []}
+    systems = ["datagen", "datagen, trafilatura_fast"] + ([] if a.skip_datatrove else ["datatrove"])
+    runs: dict[str, list[dict]] = {s: [] for s in systems}
     for i in range(a.rounds):
         for s in systems if i % 2 == 0 else systems[::-1]:
-            res = measure(s, [x1], a.workers)
+            res = measure(s.split(",")[0], [x1], a.workers, extra[s])
             runs[s].append(res)
             print(
                 f"  round {i + 1} {s}: {res['elapsed_s']:.2f} s, "
@@ -301,7 +305,8 @@ def throughput(a: argparse.Namespace, work: Path) -> None:
         rounds = " / ".join(f"{r['elapsed_s']:.2f}" for r in runs[s])
         print(f"| {s} | {med[s]:.2f} | {n1 / med[s]:.1f} | {runs[s][0]['kept']} | {rounds} |")
     if "datatrove" in med:
-        print(f"\ndatagen / datatrove throughput ratio: {med['datatrove'] / med['datagen']:.2f}x")
+        for s in systems[:2]:
+            print(f"\n{s} / datatrove throughput ratio: {med['datatrove'] / med[s]:.2f}x")
     print(f"load average after: {os.getloadavg()}")
 
     xn = input_folder(work, a.rss_repeat)
@@ -331,6 +336,14 @@ def kept_set(a: argparse.Namespace, work: Path) -> None:
     print(
         f"kept set change: {lost} lost, {gained} gained of {len(k_off)} "
         f"= {100 * (lost + gained) / max(len(k_off), 1):.2f}%"
+    )
+    fast = measure("datagen", inputs, a.workers, FAST)
+    k_fast = set(fast["kept_ids"])
+    lost, gained = len(k_on - k_fast), len(k_fast - k_on)
+    print(
+        f"web.trafilatura_fast=true: kept {len(k_fast)}, {fast['elapsed_s']:.1f} s; against the "
+        f"default: {lost} lost, {gained} gained of {len(k_on)} "
+        f"= {100 * (lost + gained) / max(len(k_on), 1):.2f}%"
     )
 
 
