@@ -15,6 +15,8 @@ Run (from the project root; take the benchmark lock on shared machines):
 
     flock /work/bench.lock /tmp/bench-venv-web/bin/python scripts/bench/web_stage.py --rounds 5
     flock /work/bench.lock /tmp/bench-venv-web/bin/python scripts/bench/web_stage.py --kept-set
+    flock /work/bench.lock /tmp/bench-venv-web/bin/python scripts/bench/web_stage.py --rounds 3 \\
+        --big-rounds 3     # and both systems on the 10x input (start-up weighs less)
 
 Each measurement runs in a fresh subprocess: datagen with the project's python (``.venv`` here,
 else ``$DATAGEN_PYTHON``; this checkout's code first on PYTHONPATH), datatrove with the bench
@@ -319,6 +321,21 @@ def throughput(a: argparse.Namespace, work: Path) -> None:
     for label, n, r in (("1x", n1, small), (f"{a.rss_repeat}x", nn, big)):
         print(f"| {label} | {n} | {r['shards']} | {r['peak_rss_mb']} | {r['elapsed_s']:.1f} |")
     print(f"RSS ratio {a.rss_repeat}x / 1x: {big['peak_rss_mb'] / small['peak_rss_mb']:.2f}")
+    if a.big_rounds and not a.skip_datatrove:
+        # the same comparison on the 10x input: start-up and model loading weigh less
+        big_runs: dict[str, list[float]] = {"datagen": [], "datatrove": []}
+        for i in range(a.big_rounds):
+            for s in ("datagen", "datatrove")[:: 1 if i % 2 else -1]:
+                big_runs[s].append(measure(s, [xn], a.workers)["elapsed_s"])
+        print(f"\n{a.rss_repeat}x input ({nn} response records), {a.big_rounds} rounds:")
+        print("| system | median wall s | docs/s | per round s |")
+        print("|---|---|---|---|")
+        for s, ts in big_runs.items():
+            med = statistics.median(ts)
+            per = " / ".join(f"{t:.1f}" for t in ts)
+            print(f"| {s} | {med:.1f} | {nn / med:.1f} | {per} |")
+        ratio = statistics.median(big_runs["datatrove"]) / statistics.median(big_runs["datagen"])
+        print(f"datagen / datatrove throughput ratio at {a.rss_repeat}x: {ratio:.2f}x")
 
 
 def kept_set(a: argparse.Namespace, work: Path) -> None:
@@ -353,6 +370,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rss-repeat", type=int, default=10)
     ap.add_argument("--skip-datatrove", action="store_true")
+    ap.add_argument(
+        "--big-rounds", type=int, default=0, help="also compare both on the 10x input, K rounds"
+    )
     ap.add_argument("--kept-set", action="store_true", help="pre-checks on vs off, all real data")
     ap.add_argument("--child", choices=["datagen", "datatrove"])
     ap.add_argument("--tmp", type=Path)
