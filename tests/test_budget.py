@@ -42,6 +42,9 @@ def test_one_budget_per_run_across_reruns_and_stages_and_a_larger_one_continues(
             "annotate.n=8",
             "teacher.max_tokens=200",
             "decontam.enabled=false",
+            # the budget is the subject: the classifier learns from the (budgeted) ratings, as
+            # before the reference classifier became the default, not from the web inputs
+            "classifier.source=teacher",
         ]
         r = datagen(*args, "budget.max_cost_usd=0.5", cwd=tmp_path)
         assert r.returncode == 0, r.stderr

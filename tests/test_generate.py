@@ -423,7 +423,16 @@ def test_plan_and_outputs_roll_into_numbered_files_read_in_order_by_later_stages
         args = gen_args(srv.url, "plan.n=25", "plan.shard_items=7", "teacher.concurrency=2")
         gen = tmp_path / "runs/default/generate"
         kill_midway(args, tmp_path, gen / "outputs-00001.jsonl", min_lines=2)
-        r = datagen(*args, "stage=filter", "decontam.enabled=false", "annotate.n=9", cwd=tmp_path)
+        # classifier.source=teacher: filter's classifier learns from annotate's ratings (the
+        # reference classifier would read and extract the default web inputs: not the subject)
+        r = datagen(
+            *args,
+            "stage=filter",
+            "decontam.enabled=false",
+            "annotate.n=9",
+            "classifier.source=teacher",
+            cwd=tmp_path,
+        )
         assert r.returncode == 0, r.stderr
     plan = tmp_path / "runs/default/plan"
     assert sorted(p.name for p in plan.glob("plan*.jsonl")) == [

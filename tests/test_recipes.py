@@ -19,7 +19,9 @@ from pipeline.runs import read_shards
 
 # the faults of test_generate, minus a slow answer (time) and a server that never recovers
 SCRIPTS = [[], ["429"], ["500", "500"], ["malformed"], ["drop"], ["empty", "429"], []]
-BASE = ["teacher.model=fake-model", "annotate.n=0", *FAST]
+# classifier.source=teacher (with annotate.n=0: no model): the recipes are the subject, not the
+# reference classifier, which would read and extract the default web inputs in every run
+BASE = ["teacher.model=fake-model", "annotate.n=0", "classifier.source=teacher", *FAST]
 
 
 def faults(key: str) -> list[str]:

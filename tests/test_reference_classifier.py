@@ -256,7 +256,7 @@ def test_a_configured_pool_is_sampled_by_record_with_a_seed(tmp_path):
     assert p["from"] == "classifier.negatives" and p["records"] == 697
     assert 0.2 * 697 < p["sampled"] < 0.4 * 697
     assert m["trained"] and 0 < p["pages"] < p["sampled"]
-    run_b, m_b = _train(tmp_path / "b", *pool)
+    run_b, m_b = _train(tmp_path / "b", *pool, "executor.workers=2")  # any worker count
     assert m_b["negative_pool"] == {**p, "shards_run": [0]}
     assert m_b["heldout"] == m["heldout"]  # the same pages, examples and model
     with pytest.raises(DatagenError, match="classifier.negatives: nope.warc.gz: no such file"):
