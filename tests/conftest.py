@@ -26,6 +26,17 @@ def datagen(
     )
 
 
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray instance on 127.0.0.1 for the module's tests (tests/ray_cluster.py), shut
+    down after them."""
+    pytest.importorskip("ray")
+    from ray_cluster import RayCluster
+
+    with RayCluster() as address:
+        yield address
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.exists():

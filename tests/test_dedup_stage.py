@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA, datagen
 from filters_testdata import ccnet_docs, chunks, openstax_modules, web_pages, wikitext_articles
-from ray_cluster import RayCluster
 from test_filter_stage import base_docs, edit, prepare_run
 
 from filters.classifier import train_classifier
@@ -236,13 +235,6 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("part-*.jsonl.zst"))
     }
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    pytest.importorskip("ray")
-    with RayCluster() as address:
-        yield address
 
 
 @pytest.fixture(scope="module")

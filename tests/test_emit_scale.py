@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from emit_testdata import EMIT, copy_run
-from ray_cluster import RayCluster
 from test_executor import _children
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,13 +77,6 @@ def reference(real_run, tmp_path_factory) -> tuple[Path, dict]:
     run = copy_run(real_run, tmp_path_factory.mktemp("ref"), without=("emit",))
     m = emit(run.path.parent, "executor.workers=1")
     return run.path / "emit", m
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    pytest.importorskip("ray")
-    with RayCluster() as address:
-        yield address
 
 
 def test_local_1_and_2_workers_and_another_input_cut_write_the_same_bytes(

@@ -14,18 +14,11 @@ from pathlib import Path
 
 import pytest
 from conftest import datagen
-from ray_cluster import RayCluster
 from test_filter_stage import base_docs, prepare_run
 
 pytest.importorskip("ray")
 
 SHARD = "executor.shard_docs=20"
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    with RayCluster() as address:
-        yield address
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from conftest import datagen
 from emit_testdata import copy_run, pipeline_overrides
-from ray_cluster import RayCluster
 from run_testdata import tree
 
 from pipeline.records import Document
@@ -22,13 +21,6 @@ from pipeline.runs import Run, read_shards, shard_paths
 # the run's seed
 REVIEW = ["review.max_stats_docs=20", "review.n=8", "seed=7"]
 CREATED = re.compile(r'(?<=<p class="meta">)\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00')
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    pytest.importorskip("ray")
-    with RayCluster() as address:
-        yield address
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from conftest import datagen
-from ray_cluster import RayCluster
 from test_web_stage import config, prepare
 from web_testdata import (
     CCNET,
@@ -45,12 +44,6 @@ COUNTS = (
     "decontam",
     "shards_total",
 )
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    with RayCluster() as address:
-        yield address
 
 
 @pytest.fixture(scope="module")
