@@ -23,6 +23,7 @@ piece at the same positions (checked for every code point in tests/test_codepoin
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -88,3 +89,32 @@ def split_spans(cp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def word_spans(cp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spans of ``re.finditer(r"\\w+", text)``."""
     return runs(tables().word[cp.astype(np.intp)])
+
+
+# --------------------------------------------------------------------------- batches of texts
+def joined(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The code points of ``texts`` joined by "\\n" (whitespace and no ``\\w``: no word of
+    either kind spans two texts) and the index where each text starts."""
+    sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    return code_points("\n".join(texts)), np.concatenate(([0], np.cumsum(sizes + 1)[:-1]))
+
+
+def text_bounds(starts: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Word offsets of each text (len(texts) + 1) from the words' ``starts`` in a
+    :func:`joined` array and the texts' ``first`` indices."""
+    return np.append(np.searchsorted(starts, first), len(starts))
+
+
+def chunks(texts: Sequence[str], limit: int) -> Iterator[list[str]]:
+    """Consecutive runs of ``texts`` of at most about ``limit`` characters (a longer text
+    alone): what one :func:`joined` array should hold."""
+    run: list[str] = []
+    size = 0
+    for t in texts:
+        if run and size + len(t) > limit:
+            yield run
+            run, size = [], 0
+        run.append(t)
+        size += len(t) + 1
+    if run:
+        yield run

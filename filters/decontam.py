@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from filters.codepoints import code_points, lowered, word_spans
-from filters.ngrams import WordHasher, multipliers, windows
+from filters.codepoints import chunks, code_points, joined, lowered, text_bounds, word_spans
+from filters.ngrams import WordHasher, multipliers, windows, windows_within
 from pipeline import PROJECT_ROOT, dotted
 from pipeline.config import BenchmarkSource, DecontamConfig, project_path
 from pipeline.errors import DatagenError
@@ -289,31 +289,22 @@ class Decontaminator:
         run: list[str] = []  # consecutive texts that lower-case in place
 
         def flush() -> None:
-            if not run:
-                return
-            cp = code_points("\n".join(run))  # "\n" is no \w: no word spans two texts
-            starts, ends = word_spans(cp)
-            hashes = self._hasher.spans(cp, starts, ends)
-            sizes = np.fromiter(map(len, run), dtype=np.int64, count=len(run))
-            first = np.concatenate(([0], np.cumsum(sizes + 1)[:-1]))
-            cut = np.append(np.searchsorted(starts, first), len(starts)).tolist()
-            for j, off in enumerate(first.tolist()):
-                a, b = cut[j], cut[j + 1]
-                pieces.append((hashes[a:b], starts[a:b] - off, ends[a:b] - off))
+            for part in chunks(run, _CHUNK_CHARS):
+                cp, first = joined(part)
+                starts, ends = word_spans(cp)
+                hashes = self._hasher.spans(cp, starts, ends)
+                cut = text_bounds(starts, first).tolist()
+                for j, off in enumerate(first.tolist()):
+                    a, b = cut[j], cut[j + 1]
+                    pieces.append((hashes[a:b], starts[a:b] - off, ends[a:b] - off))
             run.clear()
 
-        size = 0
         for text in texts:
             low, in_place = lowered(text)
             if in_place:
-                if size + len(low) > _CHUNK_CHARS:
-                    flush()
-                    size = 0
                 run.append(low)
-                size += len(low) + 1
                 continue
             flush()
-            size = 0
             starts, ends = word_spans(code_points(text))
             words = [text[s:e].lower() for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
             pieces.append((self._hasher.words(words), starts, ends))
@@ -337,13 +328,11 @@ class Decontaminator:
             return found
         hashes, starts, ends, bounds = self._words(texts)
         text_of = np.repeat(np.arange(len(texts)), np.diff(bounds))
-        end = bounds[1:][text_of]  # per word: where its text's words end
         lengths, firsts, parts = [], [], []
-        for length, keys in windows(hashes, self.lengths, self._mult):
-            first = np.flatnonzero(np.arange(len(keys)) + length <= end[: len(keys)])
+        for length, first, keys in windows_within(hashes, bounds, self.lengths, self._mult):
             lengths.append(length)
             firsts.append(first)  # sequences inside one text
-            parts.append(keys[first] ^ self._salt[length])
+            parts.append(keys ^ self._salt[length])
         if not parts:
             return found
         offsets = np.cumsum([0] + [len(p) for p in parts])

@@ -17,15 +17,15 @@ per batch rather than once per document. ``score(doc)`` is a batch of one.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
-from filters.codepoints import code_points, runs, tables
+from filters.codepoints import chunks, joined, runs, tables, text_bounds
 from filters.lines import duplicates
-from filters.ngrams import WordHasher, multipliers, windows
+from filters.ngrams import WordHasher, multipliers, text_ends, windows
 from pipeline.config import GopherQualityConfig, GopherRepetitionConfig
 from pipeline.records import Document
 
@@ -108,40 +108,23 @@ def _last() -> _LastBatch:
 _CHUNK = 1 << 20  # code points hashed together (the hasher's tables grow to this)
 
 
-def _chunks(texts: Sequence[str]) -> Iterator[list[str]]:
-    """Consecutive runs of ``texts`` of about ``_CHUNK`` characters (a longer text alone)."""
-    run: list[str] = []
-    size = 0
-    for t in texts:
-        if run and size + len(t) > _CHUNK:
-            yield run
-            run, size = [], 0
-        run.append(t)
-        size += len(t) + 1
-    if run:
-        yield run
-
-
 def _word_batch(lows: list[str]) -> WordBatch:
     t = tables()
-    # "\n" between texts: whitespace, so no word spans two texts
-    cp = code_points("\n".join(lows))
+    cp, first = joined(lows)
     idx = cp.astype(np.intp)  # an intp index gathers faster
     starts, ends = runs(~t.space[idx])
     letters = np.zeros(len(cp) + 1, dtype=np.int32)
     np.cumsum(t.letter[idx], out=letters[1:])
     lens = ends - starts
-    sizes = np.fromiter(map(len, lows), dtype=np.int64, count=len(lows))
-    first_char = np.concatenate(([0], np.cumsum(sizes + 1)[:-1]))
-    bounds = np.append(np.searchsorted(starts, first_char), len(starts))
+    bounds = text_bounds(starts, first)
     cum = np.concatenate(([0], np.cumsum(lens)))
-    word_chars = cum[bounds[1:]] - cum[bounds[:-1]]
+    sizes = np.fromiter(map(len, lows), dtype=np.int64, count=len(lows))
     return WordBatch(
         hashes=_hasher().spans(cp, starts, ends),
         lens=lens,
         has_letter=letters[ends] > letters[starts],
         bounds=bounds,
-        space_chars=sizes - word_chars,
+        space_chars=sizes - (cum[bounds[1:]] - cum[bounds[:-1]]),
     )
 
 
@@ -151,7 +134,8 @@ def word_batch(texts: Sequence[str]) -> WordBatch:
     rows = [last.rows.get(t, -1) for t in texts]
     if last.words is not None and -1 not in rows:
         return last.words.select(rows)
-    words = WordBatch.concat([_word_batch([t.lower() for t in run]) for run in _chunks(texts)])
+    lows = [t.lower() for t in texts]
+    words = WordBatch.concat([_word_batch(run) for run in chunks(lows, _CHUNK)])
     last.words, last.rows = words, {t: j for j, t in enumerate(texts)}
     return words
 
@@ -295,7 +279,7 @@ def repeated_ngram_chars(
         return top, dup
     lens = words.lens
     text_of = np.repeat(np.arange(n_texts), np.diff(words.bounds))  # per word
-    end = words.bounds[1:][text_of]  # per word: where its text's words end
+    end = text_ends(words.bounds)  # per word: where its text's words end
     salt = text_of.astype(np.uint64) * _TEXT_SALT
     cum = np.concatenate(([0], np.cumsum(lens)))
     first_n = max(min(wanted), 1)

@@ -125,3 +125,20 @@ def windows(
             acc = term if k == 0 else acc[:m] + term
             if k + 1 in want:
                 yield k + 1, acc
+
+
+def text_ends(bounds: np.ndarray) -> np.ndarray:
+    """Per word of texts end to end (text j's words ``bounds[j]:bounds[j + 1]``): the offset
+    where its text's words end."""
+    return np.repeat(bounds[1:], np.diff(bounds))
+
+
+def windows_within(
+    h: np.ndarray, bounds: np.ndarray, lengths: Iterable[int], mult: np.ndarray
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """:func:`windows` of texts end to end, keeping the windows inside one text: (L, start
+    of each such L-word window, its key)."""
+    end = text_ends(bounds)
+    for length, keys in windows(h, lengths, mult):
+        first = np.flatnonzero(np.arange(len(keys)) + length <= end[: len(keys)])
+        yield length, first, keys[first]

@@ -40,7 +40,7 @@ from markupsafe import Markup
 from rich.console import Console
 
 from filters.dedup import MinHashParams, WordHashes, find_duplicates
-from filters.ngrams import multipliers, windows
+from filters.ngrams import multipliers, windows_within
 from pipeline.card import funnel, reasons_text
 from pipeline.config import PipelineConfig
 from pipeline.errors import DatagenError
@@ -221,12 +221,11 @@ def distinct_ns(texts: list[str], ns: tuple[int, ...] = (1, 2, 3)) -> dict[int, 
     hashes = WordHashes()
     parts = [hashes.of(t.lower()) for t in texts]
     words = np.concatenate([np.zeros(0, dtype=np.uint64), *parts])
-    ends = np.repeat(np.cumsum([len(p) for p in parts]), [len(p) for p in parts])
+    bounds = np.concatenate(([0], np.cumsum([len(p) for p in parts], dtype=np.int64)))
     out = dict.fromkeys(ns, 0.0)
     if not ns:
         return out
-    for n, keys in windows(words, ns, multipliers(max(ns), seed=7)):
-        inside = keys[np.arange(len(keys)) + n <= ends[: len(keys)]]  # within one text
+    for n, _, inside in windows_within(words, bounds, ns, multipliers(max(ns), seed=7)):
         if len(inside):
             inside = np.sort(inside)
             out[n] = (1 + int((inside[1:] != inside[:-1]).sum())) / len(inside)
