@@ -590,8 +590,11 @@ class WebConfig(Section):
     # wanted language less than precheck_lang_score (confidently another language) ...
     precheck_language: bool = True
     precheck_lang_score: float = Field(0.1, ge=0.0, le=1.0)
-    # ... and pages under Gopher's word-count / stop-word bounds or over its top n-gram limits
+    # ... and pages under Gopher's word-count / stop-word bounds or over its top n-gram limits,
+    # or whose visible text fails at least precheck_failed_families of the heuristic filters
+    # (Gopher repetition, Gopher quality, FineWeb, C4; 0: not this rule)
     precheck_heuristics: bool = True
+    precheck_failed_families: int = Field(3, ge=0, le=4)
     extractor: str = Field("trafilatura", pattern="^(trafilatura|resiliparse)$")
     include_tables: bool = True
     trafilatura_fast: bool = False  # skip trafilatura's fallback extractors (faster)
@@ -702,7 +705,10 @@ class ExecutorConfig(Section):
     kind: str = Field("local", pattern="^(local|ray)$")
     workers: int = Field(0, ge=0)  # local processes; 0 = one per core; 1 = in this process
     address: str = ""  # ray: "auto", "ray://host:port", or empty = start a local instance
-    shard_docs: int = Field(10_000, ge=1)  # documents per shard (and per output shard file)
+    # documents per shard (and per output shard file); small enough that a run of tens of
+    # thousands of documents gives every core several shards (the last ones do not leave
+    # workers idle), large enough that a shard's fixed cost is noise; clusters: 50k-100k
+    shard_docs: int = Field(1_000, ge=1)
     max_attempts: int = Field(3, ge=1)  # a shard whose worker dies this often fails the stage
 
 

@@ -26,6 +26,9 @@ from web_testdata import (
     train_quality_model,
 )
 
+from filters.c4 import C4Filter
+from filters.fineweb import FineWebQualityFilter
+from filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import DatagenError
 from pipeline.records import Document
@@ -182,6 +185,37 @@ def test_the_prechecks_drop_only_pages_extraction_would_drop(tmp_path: Path) -> 
     off_steps = {s["step"] for s in off["funnel"]}
     assert "precheck" not in off_steps and off["precheck"]["language"] is False
     assert on["funnel"][0] == off["funnel"][0]
+
+
+def test_the_heuristics_precheck_drops_pages_whose_visible_text_fails_most_families(
+    tmp_path: Path,
+) -> None:
+    """The real pages it drops before extraction fail at least 3 of the 4 heuristic families on
+    their visible text (the text a dropped page keeps), scored here filter by filter; with the
+    rule off the same documents are kept, and those pages are extracted and dropped later."""
+    inputs = [RESILIPARSE, ARC, DOLMA0]
+    cfg = config(tmp_path / "on", "web.keep_dropped=true", inputs=inputs)
+    run_on, on = run_web(cfg)
+    pre = [d for d in dropped_docs(run_on) if d.drop_reason == "precheck.heuristics"]
+    assert len(pre) >= 3 and on["precheck"]["failed_families"] == 3
+    w = cfg.web
+    families = [
+        GopherRepetitionFilter(w.gopher_repetition),
+        GopherQualityFilter(w.gopher_quality),
+        FineWebQualityFilter(w.fineweb),
+        C4Filter(w.c4),
+    ]
+    for d in pre:
+        failed = [f.family for f in families if f.keep(f.score(d.text)) is not None]
+        assert len(failed) >= 3 and d.scores["precheck.failed_families"] >= 3, (d.id, failed)
+    off_cfg = config(
+        tmp_path / "off", "web.keep_dropped=true", "web.precheck_failed_families=0", inputs=inputs
+    )
+    run_off, off = run_web(off_cfg)
+    assert "precheck.heuristics" not in off["drop_reasons"]
+    assert {d.id: d.text for d in kept_docs(run_on)} == {d.id: d.text for d in kept_docs(run_off)}
+    later = {d.id: d.drop_reason or "" for d in dropped_docs(run_off)}
+    assert all(d.id in later and not later[d.id].startswith("precheck.") for d in pre)
 
 
 def test_quality_classifier_keeps_only_probabilities_above_min_quality(

@@ -8,8 +8,8 @@ decision names the drop reason):
   blocklist   domains / URL prefixes from ``web.blocklist``
   precheck    on the page's whole visible text, before the expensive extraction: pages
               confidently in another language (``web.precheck_language``), under Gopher's
-              word-count / stop-word bounds or over its top n-gram limits
-              (``web.precheck_heuristics``)
+              word-count / stop-word bounds or over its top n-gram limits, or failing
+              most heuristic families (``web.precheck_heuristics``)
   extract     HTML -> main text (trafilatura by default)
   language    fastText lid.176: ``web.languages`` at >= ``web.lang_min_score``
   heuristics  Gopher repetition + quality, FineWeb quality, C4 page rules
@@ -55,6 +55,7 @@ from pipeline.web import funnel
 from pipeline.web.extract import Extractor, ExtractStep
 from pipeline.web.pages import (
     LanguageStep,
+    PageHeuristicsFilter,
     PageLanguageFilter,
     PageRepetitionFilter,
     PageWordsFilter,
@@ -86,13 +87,6 @@ def build_steps(cfg: PipelineConfig, clf: dict[str, Any]) -> list[Step]:
     )
     blocklist = BlocklistFilter(cfg.project_path(w.blocklist)) if w.blocklist else BlocklistFilter()
     steps: list[Step] = [RecordStep(), FilterStep("blocklist", [blocklist])]
-    pre: list[Any] = []
-    if w.precheck_language:
-        pre.append(PageLanguageFilter(lid, w.precheck_lang_score))
-    if w.precheck_heuristics:
-        pre += [PageWordsFilter(w.gopher_quality), PageRepetitionFilter(w.gopher_repetition)]
-    if pre:
-        steps.append(FilterStep("precheck", pre))
     heuristics: list[Any] = [
         GopherRepetitionFilter(w.gopher_repetition),
         GopherQualityFilter(w.gopher_quality),
@@ -108,6 +102,18 @@ def build_steps(cfg: PipelineConfig, clf: dict[str, Any]) -> list[Step]:
         modifiers.append(C4LineRemover(c4))
     if w.pii:
         modifiers.append(PIIMasker(w.email_placeholder, w.ip_placeholder))
+    pre: list[Any] = []
+    if w.precheck_language:
+        pre.append(PageLanguageFilter(lid, w.precheck_lang_score))
+    if w.precheck_heuristics:
+        pre += [PageWordsFilter(w.gopher_quality), PageRepetitionFilter(w.gopher_repetition)]
+        if w.precheck_failed_families:
+            # the costliest (Gopher repetition) last: it scores only pages that may reach the bar
+            pre.append(
+                PageHeuristicsFilter([*heuristics[1:], heuristics[0]], w.precheck_failed_families)
+            )
+    if pre:
+        steps.append(FilterStep("precheck", pre))
     steps += [
         ExtractStep(w.extractor, w.include_tables, w.trafilatura_fast),
         LanguageStep(lid),
@@ -283,6 +289,7 @@ def _manifest(
             "language": w.precheck_language,
             "lang_score": w.precheck_lang_score,
             "heuristics": w.precheck_heuristics,
+            "failed_families": w.precheck_failed_families if w.precheck_heuristics else 0,
         },
         "charset": funnel.counts_under(st, "charset."),
         "pii_masked": funnel.counts_under(st, "pii."),

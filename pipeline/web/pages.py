@@ -15,6 +15,10 @@ Steps, cheapest first, so that the expensive extraction runs only on pages that 
   and :class:`PageRepetitionFilter` apply Gopher's word count, stop-word and top n-gram rules
   to it (a page with fewer words or stop words than the rule asks for cannot have more after
   extraction; the n-gram rule held on every page of the real data, docs/benchmarks.md);
+  :class:`PageHeuristicsFilter` drops a page whose visible text fails at least
+  ``web.precheck_failed_families`` of the web stage's heuristic filters (Gopher repetition and
+  quality, FineWeb, C4): such a page is junk all over (listings, link farms, tables of numbers),
+  and its main text has not passed them on any page of the real data (docs/benchmarks.md);
 - :class:`LanguageStep`: the language filter on the extracted text, recording the language.
 """
 
@@ -245,6 +249,48 @@ class PageRepetitionFilter:
         for n, limit in sorted(self.limits.items()):
             if s.get(f"top_{n}gram_char_frac", 0.0) > limit:
                 return f"precheck.top_{n}gram_char_frac"
+        return None
+
+
+class PageHeuristicsFilter:
+    """The web stage's heuristic filters on the page's visible text: drops the page as
+    ``precheck.heuristics`` when at least ``min_failed`` of them fail (``failed_families``
+    is stored). The last filter (the costliest, Gopher repetition) scores only the pages that
+    can still reach ``min_failed``."""
+
+    family = "precheck"
+
+    def __init__(self, filters: Sequence[Any], min_failed: int) -> None:
+        self.filters = filters
+        self.min_failed = min_failed
+
+    def setup(self) -> None:
+        for f in self.filters:
+            if callable(getattr(f, "setup", None)):
+                f.setup()
+
+    def score(self, page: Page) -> dict[str, float]:
+        return self.score_batch([page])[0]
+
+    def score_batch(self, pages: Sequence[Page]) -> list[dict[str, float]]:
+        html = [i for i, p in enumerate(pages) if p.is_html]
+        failed = dict.fromkeys(html, 0)
+        for k, f in enumerate(self.filters):
+            # pages that cannot reach min_failed with the filters left are not scored further
+            todo = [i for i in html if failed[i] + len(self.filters) - k >= self.min_failed]
+            if not todo:
+                break
+            texts = [pages[i].page_text() for i in todo]
+            many = getattr(f, "score_batch", None)
+            for i, s in zip(todo, many(texts) if many else map(f.score, texts), strict=True):
+                failed[i] += f.keep(s) is not None
+        return [
+            {"failed_families": float(failed[i])} if i in failed else {} for i in range(len(pages))
+        ]
+
+    def keep(self, s: dict[str, float]) -> str | None:
+        if s.get("failed_families", 0.0) >= self.min_failed:
+            return "precheck.heuristics"
         return None
 
 
