@@ -55,6 +55,9 @@ def _powers(base: int, p: int, n: int) -> np.ndarray:
 
 # the sum of (code point) * base**i over a word stays exact in uint64 up to this length
 _EXACT_WORD = 2**11  # code points < 2**21, powers < 2**32: 2**11 terms < 2**64
+# code points hashed at a time: a batch of texts end to end (millions of code points) is
+# hashed in runs of whole words this long, so the power tables and temporaries stay small
+_CHUNK = 2**18
 
 
 class WordHasher:
@@ -76,7 +79,23 @@ class WordHasher:
 
     def spans(self, cp: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """uint64 hash of each word ``cp[starts[i]:ends[i]]``: per prime p, the sum over the
-        word of (code point + 1) * base**(position in the word), mod p."""
+        word of (code point + 1) * base**(position in the word), mod p. Words in text order
+        over a long array are hashed in runs of about ``_CHUNK`` code points (a word's hash
+        does not depend on where it sits), so memory does not grow with the array."""
+        if len(cp) <= _CHUNK or len(starts) < 2 or (np.diff(ends) < 0).any():
+            return self._spans(cp, starts, ends)
+        out = np.empty(len(starts), dtype=_U64)
+        i = 0
+        while i < len(starts):
+            o = int(starts[i])
+            j = max(i + 1, int(np.searchsorted(ends, o + _CHUNK, side="right")))
+            e = int(ends[i:j].max())
+            o = min(o, int(starts[i:j].min()))
+            out[i:j] = self._spans(cp[o:e], starts[i:j] - o, ends[i:j] - o)
+            i = j
+        return out
+
+    def _spans(self, cp: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         n = len(cp)
         self._grow(n)
         exact = not len(starts) or int((ends - starts).max()) <= _EXACT_WORD

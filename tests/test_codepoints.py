@@ -17,7 +17,15 @@ from filters.codepoints import (
     tables,
     word_spans,
 )
-from filters.ngrams import _BASES, _EXACT_WORD, _PRIMES, WordHasher, multipliers, windows
+from filters.ngrams import (
+    _BASES,
+    _CHUNK,
+    _EXACT_WORD,
+    _PRIMES,
+    WordHasher,
+    multipliers,
+    windows,
+)
 
 
 def _real_texts() -> list[str]:
@@ -83,6 +91,23 @@ def test_word_hashes_follow_their_definition_inside_any_text():
         h = hasher.spans(cp, s, e).tolist()
         assert h[-len(words) :] == got
     assert hasher.words([long_word]).tolist() == [_python_hash(long_word)]
+
+
+def test_a_long_array_is_hashed_in_runs_with_the_same_hashes_and_small_tables():
+    """Real texts end to end, far longer than one run of _CHUNK code points: every word's
+    hash is the hash of the word alone, and the power tables stay about one run long."""
+    texts = _real_texts()
+    body = " ".join(texts)
+    assert len(body) > 3 * _CHUNK
+    hasher = WordHasher()
+    cp = code_points(body)
+    s, e = split_spans(cp)
+    got = hasher.spans(cp, s, e)
+    words = body.split()
+    alone = [WordHasher().words(words[k : k + 1000]) for k in range(0, len(words), 1000)]
+    assert got.tolist() == np.concatenate(alone).tolist()  # each piece one run
+    assert got[:50].tolist() == [_python_hash(w) for w in words[:50]]
+    assert hasher._size <= 2 * _CHUNK
 
 
 def test_ngram_windows_of_every_length_come_from_one_pass():

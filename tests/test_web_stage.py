@@ -218,6 +218,41 @@ def test_the_heuristics_precheck_drops_pages_whose_visible_text_fails_most_famil
     assert all(d.id in later and not later[d.id].startswith("precheck.") for d in pre)
 
 
+def test_the_heuristics_precheck_decides_as_scoring_every_family_would(tmp_path: Path) -> None:
+    """Scoring only the undecided pages filter after filter gives the decision of counting
+    every family's failure on every real page of two crawls."""
+    from pipeline.steps import Stats
+    from pipeline.web.pages import PageHeuristicsFilter, RecordStep, read_pages
+    from pipeline.web.readers import ReadStats, plan_parts, resolve_inputs
+
+    w = config(tmp_path, inputs=[RESILIPARSE, ARC]).web
+    families = [
+        GopherQualityFilter(w.gopher_quality),
+        FineWebQualityFilter(w.fineweb),
+        C4Filter(w.c4),
+        GopherRepetitionFilter(w.gopher_repetition),
+    ]
+    pages = [
+        p
+        for src in plan_parts(resolve_inputs(w.inputs, w.format), 1000)
+        for p in RecordStep().process(list(read_pages(src, ReadStats(), w)), Stats())
+        if p.drop_reason is None
+    ]
+    assert len(pages) > 50
+    for bar in (1, 2, 3, 4):
+        rule = PageHeuristicsFilter(families, bar)
+        got = [rule.keep(s) for s in rule.score_batch(pages)]
+        want = [
+            "precheck.heuristics"
+            if sum(f.keep(f.score(p.page_text())) is not None for f in families) >= bar
+            else None
+            for p in pages
+        ]
+        assert got == want, bar
+        if bar == 3:  # the default drops some of these pages and keeps others
+            assert 0 < got.count(None) < len(pages)
+
+
 def test_quality_classifier_keeps_only_probabilities_above_min_quality(
     tmp_path: Path, quality_model: Path
 ) -> None:

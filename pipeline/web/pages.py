@@ -254,9 +254,10 @@ class PageRepetitionFilter:
 
 class PageHeuristicsFilter:
     """The web stage's heuristic filters on the page's visible text: drops the page as
-    ``precheck.heuristics`` when at least ``min_failed`` of them fail (``failed_families``
-    is stored). The last filter (the costliest, Gopher repetition) scores only the pages that
-    can still reach ``min_failed``."""
+    ``precheck.heuristics`` when at least ``min_failed`` of them fail. A filter scores only
+    the pages still undecided (that can reach ``min_failed`` and have not), so the last one
+    (the costliest, Gopher repetition) sees few; ``failed_families`` (stored) counts the
+    failures among the filters that scored the page."""
 
     family = "precheck"
 
@@ -276,8 +277,8 @@ class PageHeuristicsFilter:
         html = [i for i, p in enumerate(pages) if p.is_html]
         failed = dict.fromkeys(html, 0)
         for k, f in enumerate(self.filters):
-            # pages that cannot reach min_failed with the filters left are not scored further
-            todo = [i for i in html if failed[i] + len(self.filters) - k >= self.min_failed]
+            left = len(self.filters) - k
+            todo = [i for i in html if failed[i] < self.min_failed <= failed[i] + left]
             if not todo:
                 break
             texts = [pages[i].page_text() for i in todo]
