@@ -114,6 +114,19 @@ class Step(Protocol):
     def process(self, batch: list[Document], stats: Stats) -> list[Document]: ...
 
 
+def setup_filters(filters: Sequence[Any]) -> None:
+    """Each filter's own ``setup`` (model loading), where it has one."""
+    for f in filters:
+        if callable(getattr(f, "setup", None)):
+            f.setup()
+
+
+def score_all(f: Any, docs: Sequence[Any]) -> list[dict[str, float]]:
+    """``f``'s scores of each of ``docs``: one ``score_batch`` call where the filter has one."""
+    many = getattr(f, "score_batch", None)
+    return many(docs) if many else [f.score(d) for d in docs]
+
+
 class FilterStep:
     """Score with each filter in turn (scores stored on the record as ``family.metric``), drop
     at the first keep decision that fails; the reason names the filter family and metric.
@@ -131,17 +144,14 @@ class FilterStep:
         self.drop = drop
 
     def setup(self) -> None:
-        for f in self.filters:
-            if callable(getattr(f, "setup", None)):
-                f.setup()  # type: ignore[attr-defined]
+        setup_filters(self.filters)
 
     def process(self, batch: list[Document], stats: Stats) -> list[Document]:
         alive = batch
         for f in self.filters:
             if not alive:
                 break
-            many = getattr(f, "score_batch", None)  # one call for the batch, where it has one
-            scored = many(alive) if many else [f.score(d) for d in alive]
+            scored = score_all(f, alive)
             fam = f.family
             left = []
             for doc, scores in zip(alive, scored, strict=True):

@@ -34,7 +34,7 @@ from filters.gopher import GopherRepetitionFilter
 from filters.lid import LanguageIdFilter
 from pipeline.config import GopherQualityConfig, GopherRepetitionConfig, WebConfig
 from pipeline.records import Document, stable_id
-from pipeline.steps import FilterStep, Stats
+from pipeline.steps import FilterStep, Stats, score_all, setup_filters
 from pipeline.web.extract import decode_html, is_binary, is_html, nonblank_lines, page_text
 from pipeline.web.readers import InputSource, ReadStats, WebRecord, iter_source
 
@@ -266,9 +266,7 @@ class PageHeuristicsFilter:
         self.min_failed = min_failed
 
     def setup(self) -> None:
-        for f in self.filters:
-            if callable(getattr(f, "setup", None)):
-                f.setup()
+        setup_filters(self.filters)
 
     def score(self, page: Page) -> dict[str, float]:
         return self.score_batch([page])[0]
@@ -282,8 +280,7 @@ class PageHeuristicsFilter:
             if not todo:
                 break
             texts = [pages[i].page_text() for i in todo]
-            many = getattr(f, "score_batch", None)
-            for i, s in zip(todo, many(texts) if many else map(f.score, texts), strict=True):
+            for i, s in zip(todo, score_all(f, texts), strict=True):
                 failed[i] += f.keep(s) is not None
         return [
             {"failed_families": float(failed[i])} if i in failed else {} for i in range(len(pages))
