@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -66,9 +66,12 @@ def tables() -> Tables:
     )
 
 
+@lru_cache(maxsize=512)
 def lowered(text: str) -> tuple[str, bool]:
     """(``text.lower()``, whether it lower-cases ``text`` character by character in place:
-    no 'İ' or 'Σ', so every word of it is the lower case of the word at the same span)."""
+    no 'İ' or 'Σ', so every word of it is the lower case of the word at the same span).
+    Remembered for the last few hundred texts (a batch): decontamination, the Gopher
+    filters and the constraint check each need it for the same documents in turn."""
     low = text.lower()
     return low, len(low) == len(text) and "Σ" not in text
 
@@ -118,3 +121,14 @@ def chunks(texts: Sequence[str], limit: int) -> Iterator[list[str]]:
         size += len(t) + 1
     if run:
         yield run
+
+
+def split_counts(texts: Sequence[str], limit: int = 1 << 20) -> list[int]:
+    """``len(text.split())`` of each text, counted over the code points of the texts end to
+    end, about ``limit`` characters at a time (no ``str`` per word)."""
+    out: list[int] = []
+    for run in chunks(texts, limit):
+        cp, first = joined(run)
+        starts, _ = split_spans(cp)
+        out.extend(np.diff(text_bounds(starts, first)).tolist())
+    return out

@@ -23,7 +23,7 @@ from functools import cache
 
 import numpy as np
 
-from filters.codepoints import chunks, joined, runs, tables, text_bounds
+from filters.codepoints import chunks, joined, lowered, runs, tables, text_bounds
 from filters.lines import duplicates
 from filters.ngrams import WordHasher, multipliers, text_ends, windows
 from pipeline.config import GopherQualityConfig, GopherRepetitionConfig
@@ -33,7 +33,6 @@ _BULLETS = ("-", "*", "•", "‣", "◦", "⁃", "·", "●", "○", "▪")
 _ELLIPSES = ("...", "…")
 _TEXT_SALT = np.uint64(0x9E3779B97F4A7C15)  # odd: distinct texts, distinct salts
 _PARA_SPLIT = re.compile(r"\n\s*\n")
-_LINE_SPLIT = re.compile(r"\n+")
 
 
 @cache
@@ -134,7 +133,7 @@ def word_batch(texts: Sequence[str]) -> WordBatch:
     rows = [last.rows.get(t, -1) for t in texts]
     if last.words is not None and -1 not in rows:
         return last.words.select(rows)
-    lows = [t.lower() for t in texts]
+    lows = [lowered(t)[0] for t in texts]
     words = WordBatch.concat([_word_batch(run) for run in chunks(lows, _CHUNK)])
     last.words, last.rows = words, {t: j for j, t in enumerate(texts)}
     return words
@@ -239,7 +238,7 @@ def line_repetition(text: str) -> dict[str, float]:
     stripped = text.strip()
     total = max(len(stripped), 1)
     paras = [p.strip() for p in _PARA_SPLIT.split(stripped) if p.strip()]
-    lines = [ln.strip() for ln in _LINE_SPLIT.split(stripped) if ln.strip()]
+    lines = [ln.strip() for ln in stripped.split("\n") if ln.strip()]  # = re.split(r"\n+")
     p_dup, p_chars = duplicates(paras)
     l_dup, l_chars = duplicates(lines)
     return {

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field
 
 from filters.base import DocFilter
+from filters.codepoints import split_counts
 from pipeline.records import Document
 
 
@@ -240,7 +241,7 @@ def run_steps(
                 dropped.append(d)
             else:
                 alive.append(d)
-        stats.passed(step.name, alive, sum(map(words, alive)))
+        stats.passed(step.name, alive, words.total(alive))
     return alive, dropped
 
 
@@ -250,9 +251,10 @@ class _WordCounts:
     def __init__(self) -> None:
         self._seen: dict[int, tuple[str, int]] = {}
 
-    def __call__(self, doc: Document) -> int:
-        hit = self._seen.get(id(doc))
-        if hit is None or hit[0] is not doc.text:
-            hit = (doc.text, len(doc.text.split()))
-            self._seen[id(doc)] = hit
-        return hit[1]
+    def total(self, docs: list[Document]) -> int:
+        """The words of ``docs``; those not seen with their current text are counted in one
+        batch (``filters.codepoints.split_counts``)."""
+        new = [d for d in docs if (hit := self._seen.get(id(d))) is None or hit[0] is not d.text]
+        for d, n in zip(new, split_counts([d.text for d in new]), strict=True):
+            self._seen[id(d)] = (d.text, n)
+        return sum(self._seen[id(d)][1] for d in docs)

@@ -13,6 +13,7 @@ from filters.codepoints import (
     N_CODE_POINTS,
     code_points,
     lowered,
+    split_counts,
     split_spans,
     tables,
     word_spans,
@@ -65,6 +66,22 @@ def test_spans_are_python_words_on_real_text():
         assert [text[a:b] for a, b in zip(s, e, strict=True)] == text.split()
         s, e = word_spans(cp)
         assert [text[a:b] for a, b in zip(s, e, strict=True)] == re.findall(r"\w+", text)
+
+
+def test_split_counts_are_python_word_counts_in_batches_of_any_size():
+    texts = _real_texts() + ["", "  ", "a\x00b \ud800x", "\u2028x\x1cy\x85z", "x"]
+    want = [len(t.split()) for t in texts]
+    for limit in (1, 5_000, 1 << 20):  # one text per run, a few, all of them
+        assert split_counts(texts, limit) == want
+    assert split_counts([]) == []
+
+
+def test_lowered_is_str_lower():
+    for text in _real_texts()[:30] + ["İstanbul ΣΑΣ", ""]:
+        low, in_place = lowered(text)
+        assert low == text.lower()
+        assert in_place == (len(low) == len(text) and "Σ" not in text)
+        assert lowered(text) == (low, in_place)  # the memo gives the same answer
 
 
 def _python_hash(word: str) -> int:
