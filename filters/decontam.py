@@ -285,18 +285,19 @@ class Decontaminator:
         ``bounds[j]:bounds[j + 1]``): ``\\w+`` runs of the original text, each lower-cased on
         its own, start and end char positions in their own text even where lower() changes
         length ("İ".lower() is 2 chars). Texts that lower-case in place are hashed together."""
-        pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # pieces of texts in order: (hashes, starts, ends, words per text)
+        pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         run: list[str] = []  # consecutive texts that lower-case in place
 
         def flush() -> None:
             for part in chunks(run, _CHUNK_CHARS):
                 cp, first = joined(part)
                 starts, ends = word_spans(cp)
-                hashes = self._hasher.spans(cp, starts, ends)
-                cut = text_bounds(starts, first).tolist()
-                for j, off in enumerate(first.tolist()):
-                    a, b = cut[j], cut[j + 1]
-                    pieces.append((hashes[a:b], starts[a:b] - off, ends[a:b] - off))
+                counts = np.diff(text_bounds(starts, first))
+                off = np.repeat(first, counts)  # positions in each word's own text
+                pieces.append(
+                    (self._hasher.spans(cp, starts, ends), starts - off, ends - off, counts)
+                )
             run.clear()
 
         for text in texts:
@@ -307,18 +308,13 @@ class Decontaminator:
             flush()
             starts, ends = word_spans(code_points(text))
             words = [text[s:e].lower() for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
-            pieces.append((self._hasher.words(words), starts, ends))
+            pieces.append((self._hasher.words(words), starts, ends, np.array([len(words)])))
         flush()
-        bounds = np.concatenate(([0], np.cumsum([len(h) for h, _, _ in pieces])))
-        if not pieces:
-            empty = np.zeros(0, dtype=np.int64)
-            return np.zeros(0, dtype=np.uint64), empty, empty, bounds
-        return (
-            np.concatenate([h for h, _, _ in pieces]),
-            np.concatenate([s for _, s, _ in pieces]),
-            np.concatenate([e for _, _, e in pieces]),
-            bounds,
+        hashes, starts, ends, counts = (
+            np.concatenate([np.zeros(0, dtype=dtype), *(p[k] for p in pieces)])
+            for k, dtype in enumerate((np.uint64, np.int64, np.int64, np.int64))
         )
+        return hashes, starts, ends, np.concatenate(([0], np.cumsum(counts)))
 
     def _matches(self, texts: Sequence[str]) -> list[list[tuple[int, int, str]]]:
         """Per text, (char start, char end, benchmark) of each matching word sequence, by
