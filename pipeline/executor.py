@@ -5,7 +5,8 @@ job needs, all picklable) and a top-level function ``fn(job) -> Stats``; nothing
 distribution is hand-made:
 
 - ``executor.kind=local``: ``executor.workers`` processes (0 = one per core) from a
-  ``concurrent.futures.ProcessPoolExecutor``; ``workers=1`` runs in this process. A worker
+  ``concurrent.futures.ProcessPoolExecutor`` (forked from a forkserver that imported the
+  stage once); ``workers=1`` runs in this process. A worker
   that dies (kill -9, out of memory) costs only the shards it was running: the pool is
   rebuilt and those shards run again (``executor.max_attempts`` times at most).
 - ``executor.kind=ray``: one Ray task per shard (``ray.remote(max_retries=...)``: Ray
@@ -146,8 +147,7 @@ class LocalExecutor:
             return
         todo = {j.index: j for j in jobs}
         attempts = dict.fromkeys(todo, 0)
-        # spawn: a clean interpreter per worker (no inherited threads, locks or open models)
-        ctx = mp.get_context("spawn")
+        ctx = _worker_context(fn)
         while todo:
             pool = cf.ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=ctx)
             try:
@@ -174,6 +174,17 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+def _worker_context(fn: Callable[..., Any]) -> Any:
+    """Workers forked from a forkserver: a clean single-threaded interpreter (no inherited
+    threads, locks or open models, as with spawn) that has imported the job's module once,
+    so a worker starts in milliseconds instead of re-importing the stage (~0.5 s each, on
+    the wall of every stage). The server lives as long as the driver and serves every stage
+    it runs; modules are preloaded only when the server starts (the first pool)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", fn.__module__])
+    return ctx
 
 
 class RayExecutor:

@@ -52,3 +52,27 @@ def real_run(tmp_path_factory: pytest.TempPathFactory):
     from emit_testdata import build_real_run
 
     return build_real_run(tmp_path_factory.mktemp("real_run"))
+
+
+def processes(parent: int, needle: str) -> list[int]:
+    """Pids of the processes whose command line holds ``needle`` and whose parent is
+    ``parent`` (0: any parent)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text().split()
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if (parent == 0 or int(stat[3]) == parent) and needle in cmd:
+            out.append(int(p.name))
+    return out
+
+
+def local_workers(driver: int) -> list[int]:
+    """The local executor's worker processes of a running ``datagen`` driver: the children of
+    its forkserver (pipeline.executor forks workers from one)."""
+    servers = processes(driver, "multiprocessing.forkserver")
+    return [w for server in servers for w in processes(server, "")]

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import local_workers, processes
 from emit_testdata import EMIT, copy_run
-from test_executor import _children
 
 ROOT = Path(__file__).resolve().parents[1]
 # several input shards (16 kept documents) and many small output shards
@@ -167,7 +167,7 @@ def test_a_killed_local_worker_costs_only_its_shards(real_run, reference, tmp_pa
     run = copy_run(real_run, tmp_path, without=("emit",))
     proc = _start(run.path.parent, "executor.workers=2")
     _wait_markers(run.path / "emit", 1, proc)  # in the write round
-    workers = _children(proc.pid, "spawn_main")
+    workers = local_workers(proc.pid)
     assert workers, "no worker processes found"
     os.kill(workers[0], signal.SIGKILL)
     assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
@@ -184,7 +184,7 @@ def test_a_killed_ray_worker_costs_only_its_shard(real_run, reference, tmp_path,
     deadline = time.monotonic() + 60
     workers: list[int] = []
     while not workers and time.monotonic() < deadline:
-        workers = _children(0, "ray::_run_job")
+        workers = processes(0, "ray::_run_job")
         time.sleep(0.005)
     assert workers, "no busy Ray worker found"
     os.kill(workers[0], signal.SIGKILL)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import datagen
+from conftest import datagen, local_workers, processes
 from test_filter_stage import base_docs, prepare_run
 
 pytest.importorskip("ray")
@@ -138,27 +138,12 @@ def test_a_killed_stage_reruns_only_its_unfinished_shards(template, reference, t
     assert {k: m[k] for k in COUNTS} == {k: _manifest(reference)[k] for k in COUNTS}
 
 
-def _children(pid: int, needle: str) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text().split()
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if (pid == 0 or int(stat[3]) == pid) and needle in cmd:
-            out.append(int(p.name))
-    return out
-
-
 def test_a_killed_local_worker_costs_only_its_shards(template, reference, tmp_path):
     root = _copy(template, tmp_path)
     folder = root / "runs/default/filter"
     proc = _start(root, "executor.workers=2")
     _wait_markers(folder, 2, proc)
-    workers = _children(proc.pid, "spawn_main")
+    workers = local_workers(proc.pid)
     assert workers, "no worker processes found"
     os.kill(workers[0], signal.SIGKILL)
     assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
@@ -174,7 +159,7 @@ def test_a_killed_ray_worker_costs_only_its_shard(template, reference, tmp_path,
     deadline = time.monotonic() + 60
     workers: list[int] = []
     while not workers and time.monotonic() < deadline:
-        workers = _children(0, "ray::_run_job")
+        workers = processes(0, "ray::_run_job")
         time.sleep(0.01)
     assert workers, "no busy Ray worker found"
     os.kill(workers[0], signal.SIGKILL)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import datagen
+from conftest import datagen, local_workers, processes
 from test_web_stage import config, prepare
 from web_testdata import (
     CCNET,
@@ -164,21 +164,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _children(pid: int, needle: str) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text().split()
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if (pid == 0 or int(stat[3]) == pid) and needle in cmd:
-            out.append(int(p.name))
-    return out
-
-
 def test_a_killed_stage_reruns_only_its_unfinished_shards(
     template, inputs, model, reference, tmp_path
 ):
@@ -205,7 +190,7 @@ def test_a_killed_local_worker_costs_only_its_shards(template, inputs, model, re
     folder = root / "runs/t/web"
     proc = _start(root, inputs, model, "executor.workers=2")
     _wait_markers(folder, 2, proc)
-    workers = _children(proc.pid, "spawn_main")
+    workers = local_workers(proc.pid)
     assert workers, "no worker processes found"
     os.kill(workers[0], signal.SIGKILL)
     assert proc.wait(timeout=600) == 0, proc.stderr.read() if proc.stderr else ""
@@ -224,7 +209,7 @@ def test_a_killed_ray_worker_costs_only_its_shard(
     deadline = time.monotonic() + 60
     workers: list[int] = []
     while not workers and time.monotonic() < deadline:
-        workers = _children(0, "ray::_run_job")
+        workers = processes(0, "ray::_run_job")
         time.sleep(0.01)
     assert workers, "no busy Ray worker found"
     os.kill(workers[0], signal.SIGKILL)
