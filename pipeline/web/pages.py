@@ -240,10 +240,18 @@ class PageRepetitionFilter:
         self.gopher = GopherRepetitionFilter(cfg.model_copy(update={"max_dup_ngram_char_frac": {}}))
 
     def score(self, page: Page) -> dict[str, float]:
-        if not page.is_html:
-            return {}
-        s = self.gopher.score(page.page_text())
-        return {f"top_{n}gram_char_frac": s[f"top_{n}gram_char_frac"] for n in self.limits}
+        return self.score_batch([page])[0]
+
+    def score_batch(self, pages: Sequence[Page]) -> list[dict[str, float]]:
+        """The HTML pages' n-gram passes in one batch (``GopherRepetitionFilter.score_batch``)."""
+        texts = [p.page_text() for p in pages if p.is_html]
+        scores = iter(self.gopher.score_batch(texts) if texts else [])
+        keys = [f"top_{n}gram_char_frac" for n in self.limits]
+        out = []
+        for p in pages:
+            s = next(scores) if p.is_html else {}
+            out.append({k: s[k] for k in keys} if s else {})
+        return out
 
     def keep(self, s: dict[str, float]) -> str | None:
         for n, limit in sorted(self.limits.items()):
