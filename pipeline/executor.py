@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -136,9 +137,14 @@ class Executor(Protocol):
 class LocalExecutor:
     kind = "local"
 
-    def __init__(self, workers: int, max_attempts: int = 3) -> None:
+    def __init__(
+        self, workers: int, max_attempts: int = 3, job: Callable[..., Any] | None = None
+    ) -> None:
         self.workers = workers
         self.max_attempts = max_attempts
+        if job is not None and workers > 1:  # the server imports while the driver plans
+            _worker_context(job)
+            forkserver.ensure_running()
 
     def map(self, fn: Callable[[ShardJob], T], jobs: Sequence[ShardJob]) -> Iterator[tuple[int, T]]:
         if self.workers <= 1:
@@ -181,10 +187,18 @@ def _worker_context(fn: Callable[..., Any]) -> Any:
     threads, locks or open models, as with spawn) that has imported the job's module once,
     so a worker starts in milliseconds instead of re-importing the stage (~0.5 s each, on
     the wall of every stage). The server lives as long as the driver and serves every stage
-    it runs; modules are preloaded only when the server starts (the first pool)."""
+    it runs; modules are preloaded only when the server starts (the first pool, or
+    ``make_executor(..., job=fn)``, which starts it at once)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", fn.__module__])
+    ctx.set_forkserver_preload(["__main__", *_modules(fn)])
     return ctx
+
+
+def _modules(fn: Any) -> list[str]:
+    """The modules of ``fn`` and, for a ``functools.partial``, of the functions it binds."""
+    if isinstance(fn, partial):
+        return [m for f in (fn.func, *fn.args) if callable(f) for m in _modules(f)]
+    return [fn.__module__]
 
 
 class RayExecutor:
@@ -245,11 +259,14 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-def make_executor(cfg: ExecutorConfig) -> Executor:
+def make_executor(cfg: ExecutorConfig, job: Callable[..., Any] | None = None) -> Executor:
+    """The configured executor. ``job``: the shard function it will run, when known now; the
+    local executor then starts its worker server at once (it imports the job's module while
+    the driver plans the shards)."""
     workers = cfg.workers or os.cpu_count() or 1
     if cfg.kind == "ray":
         return RayExecutor(cfg.address, workers, cfg.max_attempts)
-    return LocalExecutor(workers, cfg.max_attempts)
+    return LocalExecutor(workers, cfg.max_attempts, job)
 
 
 # --------------------------------------------------------------------------- driver side

@@ -176,21 +176,22 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
     run.require_finished("revise", "filter")
     run.require_finished("train_classifier", "filter")
     folder = run.stage_dir("filter")
-    clf = classifier_choice(run, cfg)
-    if clf["note"]:
-        console.print(f"[yellow]filter: no classifier decision ({clf['note']})[/]")
-    shards = plan_shards(input_files(run), cfg.executor.shard_docs)
-    config = cfg.model_dump(mode="json")
-    key = cfg.section_hash(*CONFIG_KEYS) + str(clf)
-    jobs = [
-        ShardJob(
-            index=s.index,
-            stage_dir=str(folder),
-            payload={"config": config, "classifier": clf, "shard": s.model_dump(), "key": key},
-        )
-        for s in shards
-    ]
-    with contextlib.closing(make_executor(cfg.executor)) as ex:
+    # a local executor starts its worker server now: it imports the stage while we plan
+    with contextlib.closing(make_executor(cfg.executor, job=filter_shard)) as ex:
+        clf = classifier_choice(run, cfg)
+        if clf["note"]:
+            console.print(f"[yellow]filter: no classifier decision ({clf['note']})[/]")
+        shards = plan_shards(input_files(run), cfg.executor.shard_docs)
+        config = cfg.model_dump(mode="json")
+        key = cfg.section_hash(*CONFIG_KEYS) + str(clf)
+        jobs = [
+            ShardJob(
+                index=s.index,
+                stage_dir=str(folder),
+                payload={"config": config, "classifier": clf, "shard": s.model_dump(), "key": key},
+            )
+            for s in shards
+        ]
         result = run_shards(ex, filter_shard, jobs, console, "filter", count_key="input")
     decon = result.stats.info.get("decontam", {})
     for name, why in decon.get("unavailable", {}).items():

@@ -188,8 +188,6 @@ def preflight(cfg: PipelineConfig) -> None:
 
 
 def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
-    from pipeline.stages.filter import classifier_choice
-
     sources = resolve_inputs(cfg.web.inputs, cfg.web.format)  # a bad path fails first
     run.require_finished("train_classifier", "web")
     folder = run.stage_dir("web")
@@ -207,22 +205,25 @@ def run(cfg: PipelineConfig, run: Run, console: Console) -> dict[str, Any]:
             "shards_run": [],
             "summary": {"read": 0, "kept": 0, "note": "no inputs"},
         }
-    clf = classifier_choice(run, cfg)
-    parts = plan_parts(sources, cfg.executor.shard_docs)
-    config = cfg.model_dump(mode="json")
-    key = cfg.section_hash(*CONFIG_KEYS) + str(clf)
-    jobs = [
-        ShardJob(
-            index=i,
-            stage_dir=str(folder),
-            payload={"config": config, "classifier": clf, "input": vars(src), "key": key},
-        )
-        for i, src in enumerate(parts)
-    ]
-    # the largest inputs first: a big file started last would leave the other workers idle
-    order = sorted(jobs, key=lambda j: (-_size(parts[j.index]), j.index))
-    t0 = time.perf_counter()
-    with contextlib.closing(make_executor(cfg.executor)) as ex:
+    # a local executor starts its worker server now: it imports the stage while we plan
+    with contextlib.closing(make_executor(cfg.executor, job=web_shard)) as ex:
+        from pipeline.stages.filter import classifier_choice
+
+        clf = classifier_choice(run, cfg)
+        parts = plan_parts(sources, cfg.executor.shard_docs)
+        config = cfg.model_dump(mode="json")
+        key = cfg.section_hash(*CONFIG_KEYS) + str(clf)
+        jobs = [
+            ShardJob(
+                index=i,
+                stage_dir=str(folder),
+                payload={"config": config, "classifier": clf, "input": vars(src), "key": key},
+            )
+            for i, src in enumerate(parts)
+        ]
+        # the largest inputs first: a big file started last would leave the other workers idle
+        order = sorted(jobs, key=lambda j: (-_size(parts[j.index]), j.index))
+        t0 = time.perf_counter()
         result = run_shards(ex, web_shard, order, console, "web", unit="pages", count_key="read")
     elapsed = time.perf_counter() - t0
     per_shard = sorted(result.per_shard, key=lambda r: r["shard"])
